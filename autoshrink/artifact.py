@@ -1,0 +1,181 @@
+"""`Artifact`: a compressed model as it will be deployed, callable whatever its runtime."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from autoshrink.plan import Plan
+from autoshrink.techniques import TechniqueReport
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True, eq=False)
+class Artifact:
+    """A compressed model and the exact bytes that deploy it.
+
+    ``payload`` is what `save` writes (a pickled torch module for ``runtime="torch"``, an ONNX
+    model for ``runtime="onnxruntime"``); ``size_bytes`` is its length. Calling the artifact
+    on a batch tensor returns the logits as a tensor.
+
+    Example:
+        >>> import torch
+        >>> from autoshrink import Plan, compress
+        >>> model = torch.nn.Sequential(torch.nn.Linear(8, 4))
+        >>> art = compress(model, Plan(), train_data=(torch.randn(4, 8),), example_input=torch.randn(1, 8))
+        >>> art(torch.randn(2, 8)).shape
+        torch.Size([2, 4])
+    """
+
+    plan: Plan
+    runtime: str
+    payload: bytes
+    num_parameters: int
+    reports: tuple[TechniqueReport, ...] = ()
+    module: nn.Module | None = None
+    _sessions: dict[int, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def size_bytes(self) -> int:
+        return len(self.payload)
+
+    @property
+    def suffix(self) -> str:
+        """File suffix for `save`: ``.onnx`` or ``.pt``."""
+        return ".onnx" if self.runtime == "onnxruntime" else ".pt"
+
+    @property
+    def torch_module(self) -> nn.Module | None:
+        """The torch module behind a torch artifact (None for ONNX Runtime)."""
+        return self.module
+
+    @property
+    def onnx_model(self) -> Any:
+        """The `onnx.ModelProto` behind an ONNX Runtime artifact (None for torch)."""
+        if self.runtime != "onnxruntime":
+            return None
+        import onnx
+
+        return onnx.load_from_string(self.payload)
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """Layers some technique left as they were, ``"technique: layer" -> reason``."""
+        return {f"{r.technique}: {k}": v for r in self.reports for k, v in r.skipped.items()}
+
+    def session(self, threads: int = 1) -> Any:
+        """An ONNX Runtime session using ``threads`` intra-op threads (cached)."""
+        if self.runtime != "onnxruntime":
+            raise TypeError(f"a {self.runtime} artifact has no ONNX Runtime session")
+        if threads not in self._sessions:
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            opts.log_severity_level = 3
+            self._sessions[threads] = ort.InferenceSession(
+                self.payload, opts, providers=["CPUExecutionProvider"]
+            )
+        return self._sessions[threads]
+
+    def runner(self, threads: int = 1) -> Any:
+        """A callable ``batch -> output`` with the least per-call overhead, for timing.
+
+        For ONNX Runtime it takes and returns numpy arrays; for torch, tensors (no grad).
+        """
+        if self.runtime == "onnxruntime":
+            sess = self.session(threads)
+            name = sess.get_inputs()[0].name
+            return lambda x: sess.run(None, {name: x})[0]
+        module = self.module
+        assert module is not None
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode():
+                return module(x)
+
+        return run
+
+    def __call__(self, batch: torch.Tensor, *, threads: int = 1) -> torch.Tensor:
+        if self.runtime == "onnxruntime":
+            array = batch.detach().cpu().numpy().astype(np.float32, copy=False)
+            return torch.from_numpy(np.asarray(self.runner(threads)(array)))
+        return self.runner(threads)(batch)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the deployable bytes (``.onnx`` or ``.pt``) and return the path."""
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(self.payload)
+        return p
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "plan": self.plan.to_dict(),
+            "runtime": self.runtime,
+            "size_bytes": self.size_bytes,
+            "num_parameters": self.num_parameters,
+            "reports": [r.to_dict() for r in self.reports],
+        }
+
+
+def torch_payload(module: nn.Module, plan: Plan, reports: tuple[TechniqueReport, ...]) -> bytes:
+    buffer = io.BytesIO()
+    meta = {"format": FORMAT_VERSION, "plan": plan.to_dict(), "reports": [r.to_dict() for r in reports]}
+    torch.save({"autoshrink": json.dumps(meta), "module": module}, buffer)
+    return buffer.getvalue()
+
+
+def onnx_payload(onnx_bytes: bytes, plan: Plan, reports: tuple[TechniqueReport, ...], num_parameters: int) -> bytes:
+    import onnx
+
+    model = onnx.load_from_string(onnx_bytes)
+    meta = {
+        "format": FORMAT_VERSION,
+        "plan": plan.to_dict(),
+        "reports": [r.to_dict() for r in reports],
+        "num_parameters": num_parameters,
+    }
+    del model.metadata_props[:]
+    model.metadata_props.add(key="autoshrink", value=json.dumps(meta))
+    return model.SerializeToString()
+
+
+def load_artifact(path: str | Path) -> Artifact:
+    """Load an artifact written by `Artifact.save` (``.onnx`` or ``.pt``)."""
+    p = Path(path)
+    payload = p.read_bytes()
+    if p.suffix == ".onnx":
+        import onnx
+
+        model = onnx.load_from_string(payload)
+        meta = json.loads({m.key: m.value for m in model.metadata_props}.get("autoshrink", "{}"))
+        return Artifact(
+            plan=Plan.from_dict(meta.get("plan", {})),
+            runtime="onnxruntime",
+            payload=payload,
+            num_parameters=int(meta.get("num_parameters", 0)),
+            reports=tuple(TechniqueReport.from_dict(r) for r in meta.get("reports", [])),
+        )
+    data = torch.load(io.BytesIO(payload), weights_only=False)
+    meta = json.loads(data["autoshrink"])
+    module = data["module"].eval()
+    return Artifact(
+        plan=Plan.from_dict(meta["plan"]),
+        runtime="torch",
+        payload=payload,
+        num_parameters=sum(p.numel() for p in module.parameters()),
+        reports=tuple(TechniqueReport.from_dict(r) for r in meta["reports"]),
+        module=module,
+    )

@@ -1,0 +1,145 @@
+"""Frozen configuration objects: the budget a candidate must meet and the hardware it runs on."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid; the message says which field and why."""
+
+
+def _positive_or_none(owner: str, name: str, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"{owner}.{name} must be a positive number or None, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Hard limits a candidate must meet to count as feasible.
+
+    Attributes:
+        latency_ms: median batch latency limit in milliseconds (required).
+        size_mb: artifact size limit in megabytes (10**6 bytes).
+        energy_mj: energy per inference limit in millijoules.
+        min_accuracy: lowest acceptable score on the evaluation split, in [0, 1].
+
+    Example:
+        >>> b = Budget(latency_ms=1.5, min_accuracy=0.97)
+        >>> b.violations({"latency_ms": 1.0, "size_bytes": 10, "energy_mj": 1.0, "accuracy": 0.99})
+        {'latency_ms': -0.5, 'min_accuracy': -0.020000000000000018}
+    """
+
+    latency_ms: float
+    size_mb: float | None = None
+    energy_mj: float | None = None
+    min_accuracy: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.latency_ms is None:
+            raise ConfigError("Budget.latency_ms is required")
+        _positive_or_none("Budget", "latency_ms", self.latency_ms)
+        _positive_or_none("Budget", "size_mb", self.size_mb)
+        _positive_or_none("Budget", "energy_mj", self.energy_mj)
+        if self.min_accuracy is not None and not (
+            isinstance(self.min_accuracy, (int, float)) and 0.0 <= self.min_accuracy <= 1.0
+        ):
+            raise ConfigError(f"Budget.min_accuracy must be in [0, 1], got {self.min_accuracy!r}")
+
+    def violations(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Constraint values (<= 0 means met) for each limit that is set.
+
+        ``metrics`` needs ``latency_ms``, ``size_bytes``, ``energy_mj`` and ``accuracy``.
+        """
+        out = {"latency_ms": metrics["latency_ms"] - self.latency_ms}
+        if self.size_mb is not None:
+            out["size_mb"] = metrics["size_bytes"] / 1e6 - self.size_mb
+        if self.energy_mj is not None:
+            out["energy_mj"] = metrics["energy_mj"] - self.energy_mj
+        if self.min_accuracy is not None:
+            out["min_accuracy"] = self.min_accuracy - metrics["accuracy"]
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    """Where and how latency is measured.
+
+    Attributes:
+        name: a label for reports.
+        device: ``"cpu"`` (the runtimes autoshrink targets today).
+        threads: intra-op threads for torch and ONNX Runtime. 1 is the stable default on
+            shared machines; more threads are noisier.
+        batch_size: batch size of one timed inference.
+        warmup_s: minimum warm-up time before timing (at least 10 iterations are run too).
+        repeats: timed iterations per block; three blocks are run and the fastest median kept.
+        energy_s: seconds of back-to-back inference measured by CodeCarbon for energy.
+        country_iso_code: country for CodeCarbon's carbon intensity (offline mode).
+
+    Example:
+        >>> HardwareProfile().threads
+        1
+    """
+
+    name: str = "local-cpu"
+    device: str = "cpu"
+    threads: int = 1
+    batch_size: int = 1
+    warmup_s: float = 0.5
+    repeats: int = 50
+    energy_s: float = 2.0
+    country_iso_code: str = "USA"
+
+    def __post_init__(self) -> None:
+        if self.device != "cpu":
+            raise ConfigError(f"HardwareProfile.device must be 'cpu', got {self.device!r}")
+        for name in ("threads", "batch_size", "repeats"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"HardwareProfile.{name} must be an integer >= 1, got {value!r}")
+        for name in ("warmup_s", "energy_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"HardwareProfile.{name} must be a number >= 0, got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HardwareProfile:
+        return _build(cls, data, "hardware profile")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> HardwareProfile:
+        return cls.from_dict(load_yaml_mapping(path))
+
+
+def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping; raise `ConfigError` with the path otherwise."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such file")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _build(cls: Any, data: dict[str, Any], what: str) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"{what}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+    return cls(**data)

@@ -1,0 +1,104 @@
+"""`measure`: score an artifact on accuracy, latency, energy and size, all measured."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from autoshrink.artifact import Artifact
+from autoshrink.config import HardwareProfile
+from autoshrink.data import DataLike, batches, split_batch
+
+Evaluate = Callable[[Artifact, DataLike], float]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Everything measured about one artifact on one hardware profile.
+
+    ``accuracy`` is top-1 accuracy, or the user's ``evaluate`` score (higher is better).
+    Latencies are milliseconds per batch of ``batch_size``; energy is CPU millijoules per
+    batch, obtained as ``energy_method`` says; ``size_bytes`` is the saved artifact's size.
+    """
+
+    accuracy: float
+    latency_ms: float
+    latency_p95_ms: float
+    energy_mj: float
+    size_bytes: int
+    num_parameters: int
+    runtime: str
+    threads: int
+    batch_size: int
+    latency_repeats: int
+    latency_spread: float
+    energy_method: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Measurement:
+        return cls(**data)
+
+
+def timing_batch(data: DataLike, batch_size: int, example_input: torch.Tensor | None = None) -> torch.Tensor:
+    """A real input batch of ``batch_size`` samples from ``data`` (repeated if it is short)."""
+    x, _ = split_batch(next(iter(batches(data, batch_size))))
+    if x.shape[0] < batch_size:
+        x = x.repeat(-(-batch_size // x.shape[0]), *([1] * (x.dim() - 1)))[:batch_size]
+    return x.contiguous()
+
+
+def measure(
+    artifact: Artifact,
+    *,
+    eval_data: DataLike,
+    hardware: HardwareProfile | None = None,
+    evaluate: Evaluate | None = None,
+) -> Measurement:
+    """Measure ``artifact``: accuracy on ``eval_data``, latency, energy and size.
+
+    Args:
+        artifact: what `autoshrink.compress` returned.
+        eval_data: labelled data to score on (and to draw the timing batch from).
+        hardware: threads, batch size and timing protocol; `HardwareProfile()` by default.
+        evaluate: optional ``callable(artifact, data) -> float`` (higher is better) used
+            instead of top-1 accuracy.
+
+    Example:
+        >>> import torch
+        >>> from autoshrink import HardwareProfile, Plan, compress
+        >>> net = torch.nn.Linear(4, 3)
+        >>> data = (torch.randn(16, 4), torch.randint(0, 3, (16,)))
+        >>> art = compress(net, Plan(), train_data=data, example_input=torch.randn(1, 4))
+        >>> m = measure(art, eval_data=data, hardware=HardwareProfile(warmup_s=0, repeats=5, energy_s=0.1))
+        >>> m.latency_ms > 0 and m.size_bytes == art.size_bytes
+        True
+    """
+    from autoshrink.measure.accuracy import top1_accuracy
+    from autoshrink.measure.energy import measure_energy
+    from autoshrink.measure.latency import measure_latency
+
+    hardware = hardware or HardwareProfile()
+    score = evaluate(artifact, eval_data) if evaluate else top1_accuracy(artifact, eval_data)
+    batch = timing_batch(eval_data, hardware.batch_size)
+    latency = measure_latency(artifact, batch, hardware)
+    energy = measure_energy(artifact, batch, hardware)
+    return Measurement(
+        accuracy=float(score),
+        latency_ms=latency.median_ms,
+        latency_p95_ms=latency.p95_ms,
+        energy_mj=energy.mj_per_inference,
+        size_bytes=artifact.size_bytes,
+        num_parameters=artifact.num_parameters,
+        runtime=artifact.runtime,
+        threads=latency.threads,
+        batch_size=latency.batch_size,
+        latency_repeats=latency.repeats,
+        latency_spread=latency.spread,
+        energy_method=energy.method,
+    )

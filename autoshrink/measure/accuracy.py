@@ -1,0 +1,30 @@
+"""Top-1 accuracy of an artifact over a labelled dataset."""
+
+from __future__ import annotations
+
+from autoshrink.artifact import Artifact
+from autoshrink.data import DataLike, batches, split_batch
+
+
+def top1_accuracy(artifact: Artifact, data: DataLike, batch_size: int = 128) -> float:
+    """Fraction of samples whose arg-max logit is the label.
+
+    Example:
+        >>> import torch
+        >>> from autoshrink import Plan, compress
+        >>> net = torch.nn.Linear(2, 2)
+        >>> art = compress(net, Plan(), train_data=(torch.randn(4, 2),), example_input=torch.randn(1, 2))
+        >>> 0.0 <= top1_accuracy(art, (torch.randn(8, 2), torch.randint(0, 2, (8,)))) <= 1.0
+        True
+    """
+    correct = total = 0
+    for batch in batches(data, batch_size):
+        x, y = split_batch(batch)
+        if y is None:
+            raise ValueError("accuracy needs labelled data: batches of (inputs, labels)")
+        pred = artifact(x).argmax(dim=-1)
+        correct += int((pred == y).sum())
+        total += int(y.numel())
+    if total == 0:
+        raise ValueError("the evaluation data is empty")
+    return correct / total

@@ -1,0 +1,92 @@
+"""Latency of an artifact in its own runtime: warm-up, many repeats, median and p95."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from autoshrink.artifact import Artifact
+from autoshrink.config import HardwareProfile
+
+BLOCKS = 3
+MIN_WARMUP_ITERS = 10
+UNSTABLE_SPREAD = 1.5
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Milliseconds per batch: the fastest of three block medians, and that block's p95."""
+
+    median_ms: float
+    p95_ms: float
+    repeats: int
+    threads: int
+    batch_size: int
+    spread: float  # p90 / p10 within the kept block; > 1.5 means the machine was noisy
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Temporarily set torch's intra-op thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def prepared_runner(artifact: Artifact, batch: torch.Tensor, threads: int) -> tuple[Callable[[Any], Any], Any]:
+    """The artifact's fastest call path and the input in the form it takes."""
+    run = artifact.runner(threads)
+    feed: Any = batch.numpy() if artifact.runtime == "onnxruntime" else batch
+    return run, feed
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def _block(run: Callable[[Any], Any], feed: Any, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(feed)
+        times.append((time.perf_counter() - start) * 1e3)
+    return sorted(times)
+
+
+def measure_latency(artifact: Artifact, batch: torch.Tensor, hardware: HardwareProfile) -> Latency:
+    """Time ``artifact`` on ``batch`` following the protocol in the README.
+
+    Warm up for at least ``hardware.warmup_s`` and 10 iterations, then time three blocks of
+    ``hardware.repeats`` iterations and keep the block with the lowest median. If that block
+    is noisy (p90/p10 > 1.5) the three blocks are measured once more.
+    """
+    with torch_threads(hardware.threads):
+        run, feed = prepared_runner(artifact, batch, hardware.threads)
+        start, iters = time.perf_counter(), 0
+        while iters < MIN_WARMUP_ITERS or time.perf_counter() - start < hardware.warmup_s:
+            run(feed)
+            iters += 1
+        best: list[float] = []
+        for _attempt in range(2):
+            blocks = [_block(run, feed, hardware.repeats) for _ in range(BLOCKS)]
+            best = min(blocks, key=statistics.median)
+            if _percentile(best, 0.9) / max(_percentile(best, 0.1), 1e-9) <= UNSTABLE_SPREAD:
+                break
+    return Latency(
+        median_ms=statistics.median(best),
+        p95_ms=_percentile(best, 0.95),
+        repeats=hardware.repeats * BLOCKS,
+        threads=hardware.threads,
+        batch_size=int(batch.shape[0]),
+        spread=_percentile(best, 0.9) / max(_percentile(best, 0.1), 1e-9),
+    )

@@ -1,0 +1,105 @@
+"""`Plan`: the knobs of one compression candidate."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+ALLOWED_BITS = (32, 8, 4)
+RUNTIMES = ("auto", "torch", "onnxruntime")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One candidate: how hard to prune, factorize, distill and quantize.
+
+    Techniques are applied in the fixed order prune -> low rank -> distill -> quantize.
+
+    Attributes:
+        prune: fraction of channels/neurons removed by structured pruning, in [0, 0.9].
+        rank: fraction of each factorizable layer's weights kept by low-rank
+            factorization, in (0, 1); ``None`` turns low rank off.
+        bits: 32 (float), 8 (int8 with integer kernels) or 4 (4-bit weights where the
+            runtime has a kernel, int8 elsewhere).
+        distill_epochs: epochs of knowledge distillation from the original model, >= 0.
+        runtime: ``"auto"`` (torch for 32 bits, ONNX Runtime for 8/4), ``"torch"`` or
+            ``"onnxruntime"`` (32 bits only for torch).
+
+    Example:
+        >>> p = Plan(prune=0.5, rank=0.5, bits=8, distill_epochs=2)
+        >>> Plan.from_json(p.to_json()) == p
+        True
+        >>> Plan(bits=3)
+        Traceback (most recent call last):
+        ...
+        ValueError: Plan.bits must be one of (32, 8, 4), got 3
+    """
+
+    prune: float = 0.0
+    rank: float | None = None
+    bits: int = 32
+    distill_epochs: int = 0
+    runtime: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prune, (int, float)) or not 0.0 <= self.prune <= 0.9:
+            raise ValueError(f"Plan.prune must be a number in [0, 0.9], got {self.prune!r}")
+        if self.rank is not None and (
+            not isinstance(self.rank, (int, float)) or not 0.0 < self.rank < 1.0
+        ):
+            raise ValueError(
+                f"Plan.rank must be None (off) or a number in (0, 1), got {self.rank!r}"
+            )
+        if self.bits not in ALLOWED_BITS:
+            raise ValueError(f"Plan.bits must be one of {ALLOWED_BITS}, got {self.bits!r}")
+        if not isinstance(self.distill_epochs, int) or self.distill_epochs < 0:
+            raise ValueError(
+                f"Plan.distill_epochs must be an integer >= 0, got {self.distill_epochs!r}"
+            )
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"Plan.runtime must be one of {RUNTIMES}, got {self.runtime!r}")
+        if self.runtime == "torch" and self.bits != 32:
+            raise ValueError(
+                "Plan.runtime='torch' only supports bits=32: integer kernels run in onnxruntime"
+            )
+
+    @property
+    def resolved_runtime(self) -> str:
+        """The runtime the artifact will need: ``"torch"`` or ``"onnxruntime"``."""
+        if self.runtime != "auto":
+            return self.runtime
+        return "torch" if self.bits == 32 else "onnxruntime"
+
+    @property
+    def label(self) -> str:
+        """A short human-readable name, e.g. ``prune0.5-rank0.5-int8-kd2``."""
+        parts = []
+        if self.prune:
+            parts.append(f"prune{self.prune:g}")
+        if self.rank is not None:
+            parts.append(f"rank{self.rank:g}")
+        parts.append("fp32" if self.bits == 32 else f"int{self.bits}")
+        if self.bits == 32 and self.resolved_runtime == "onnxruntime":
+            parts.append("ort")
+        if self.distill_epochs:
+            parts.append(f"kd{self.distill_epochs}")
+        return "-".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown Plan field(s) {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        return cls.from_dict(json.loads(text))

@@ -1,0 +1,148 @@
+"""Compression techniques: one config dataclass and one registered handler each.
+
+A handler takes the working `Stage` (the model being compressed), its config and the
+`Context` (teacher, data, example input) and returns the next `Stage`. `apply` dispatches on
+the config's type through the explicit registry below, so a new technique is one module with
+a config, a handler decorated with ``@register(Config)`` and an import in `_load_all`.
+
+Example:
+    >>> from autoshrink.techniques import registered
+    >>> sorted(registered())
+    ['DistillConfig', 'LowRankConfig', 'PruneConfig', 'QuantizeConfig']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from autoshrink.data import DataLike
+
+
+class CompressionError(RuntimeError):
+    """A technique could not produce a working artifact; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class TechniqueReport:
+    """What one technique did: layers changed, layers left alone (with the reason), details."""
+
+    technique: str
+    changed: tuple[str, ...] = ()
+    skipped: dict[str, str] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TechniqueReport:
+        return cls(
+            technique=data["technique"],
+            changed=tuple(data.get("changed", ())),
+            skipped=dict(data.get("skipped", {})),
+            details=dict(data.get("details", {})),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "technique": self.technique,
+            "changed": list(self.changed),
+            "skipped": dict(self.skipped),
+            "details": dict(self.details),
+        }
+
+
+@dataclass(frozen=True)
+class Context:
+    """What handlers may read: the original model (teacher), data, an example input."""
+
+    teacher: nn.Module
+    train_data: DataLike
+    example_input: torch.Tensor
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Stage:
+    """The candidate under construction: a torch module, then (after quantize) an ONNX model."""
+
+    module: nn.Module
+    reports: tuple[TechniqueReport, ...] = ()
+    onnx_bytes: bytes | None = None
+
+    def with_report(self, report: TechniqueReport, **changes: Any) -> Stage:
+        return replace(self, reports=self.reports + (report,), **changes)
+
+
+Handler = Callable[[Stage, Any, Context], Stage]
+C = TypeVar("C")
+
+_HANDLERS: dict[type, Handler] = {}
+
+
+def register(config_type: type[C]) -> Callable[[Callable[[Stage, C, Context], Stage]], Handler]:
+    """Register ``handler`` as the implementation of ``config_type``."""
+
+    def deco(handler: Callable[[Stage, C, Context], Stage]) -> Handler:
+        if config_type in _HANDLERS:
+            raise ValueError(f"a handler for {config_type.__name__} is already registered")
+        _HANDLERS[config_type] = handler
+        return handler
+
+    return deco
+
+
+def _load_all() -> None:
+    from autoshrink.techniques import distill, lowrank, prune, quantize  # noqa: F401
+
+
+def registered() -> list[str]:
+    """Names of the config types that have a handler."""
+    _load_all()
+    return [t.__name__ for t in _HANDLERS]
+
+
+def apply(stage: Stage, config: Any, context: Context) -> Stage:
+    """Run the handler registered for ``type(config)``."""
+    _load_all()
+    try:
+        handler = _HANDLERS[type(config)]
+    except KeyError:
+        raise TypeError(f"no technique registered for {type(config).__name__}") from None
+    return handler(stage, config, context)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def check_forward(module: nn.Module, example_input: torch.Tensor, expected: torch.Size, what: str) -> None:
+    """Run one forward pass; raise `CompressionError` if it fails or changes the output shape."""
+    try:
+        with torch.no_grad():
+            out = module.eval()(example_input)
+    except Exception as exc:  # a broken graph can raise anything; name the technique
+        raise CompressionError(f"{what} produced a model whose forward pass fails: {exc}") from exc
+    if not isinstance(out, torch.Tensor) or out.shape != expected:
+        got = out.shape if isinstance(out, torch.Tensor) else type(out).__name__
+        raise CompressionError(f"{what} changed the output shape from {tuple(expected)} to {got}")
+
+
+def output_layers(model: nn.Module, example_input: torch.Tensor) -> list[nn.Module]:
+    """Leaf modules whose output is the model's output (the classifier head)."""
+    outputs: dict[int, nn.Module] = {}
+    hooks = [
+        m.register_forward_hook(lambda mod, _i, out: outputs.__setitem__(id(out), mod))
+        for m in model.modules()
+        if not list(m.children())
+    ]
+    try:
+        with torch.no_grad():
+            final = model(example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+    layer = outputs.get(id(final))
+    return [layer] if layer is not None else []

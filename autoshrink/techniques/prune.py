@@ -1,0 +1,131 @@
+"""Structured pruning: remove whole channels/neurons with torch-pruning's dependency graph.
+
+Layers really shrink (a pruned conv has fewer output channels, and every layer that consumes
+them fewer inputs), so parameters, bytes and MACs fall. Channels are ranked by the L2 norm of
+their whole dependency group. The output layer keeps its classes; attention blocks and any
+layer type torch-pruning has no rule for are left whole and listed in the report.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from autoshrink.techniques import (
+    CompressionError,
+    Context,
+    Stage,
+    TechniqueReport,
+    check_forward,
+    count_parameters,
+    output_layers,
+    register,
+)
+
+_PRUNABLE = (
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.Linear,
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm,
+    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.PReLU, nn.Embedding, nn.LSTM,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Remove ``ratio`` of the channels of every prunable group (0 <= ratio <= 0.9)."""
+
+    ratio: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ratio <= 0.9:
+            raise ValueError(f"PruneConfig.ratio must be in [0, 0.9], got {self.ratio}")
+
+
+def _unprunable(model: nn.Module) -> tuple[list[nn.Module], set[int], dict[str, str]]:
+    """Modules to leave whole, ids of their parameters, and the reasons by layer name."""
+    ignored: list[nn.Module] = []
+    params: set[int] = set()
+    skipped: dict[str, str] = {}
+    inside_attention: set[int] = set()
+    for name, module in model.named_modules():
+        if id(module) in inside_attention:
+            continue
+        if isinstance(module, nn.MultiheadAttention):
+            ignored.append(module)
+            inside_attention.update(id(m) for m in module.modules())
+            skipped[name] = "attention: heads and the residual stream are kept whole"
+            continue
+        own = list(module.parameters(recurse=False))
+        if own and not isinstance(module, _PRUNABLE):
+            ignored.append(module)
+            params.update(id(p) for p in own)
+            skipped[name] = f"{type(module).__name__} has no structured-pruning rule"
+    return ignored, params, skipped
+
+
+def _groups_touching(pruner: tp.pruner.MetaPruner, params: set[int]) -> list[nn.Module]:
+    """Root layers of every channel group that reaches a parameter we must not slice."""
+    roots: list[nn.Module] = []
+    for group in pruner.DG.get_all_groups(root_module_types=pruner.root_module_types):
+        if any(id(dep.target.module) in params for dep, _ in group):
+            roots.extend(
+                dep.target.module
+                for dep, _ in group
+                if isinstance(dep.target.module, nn.Module)
+                and pruner.DG.is_out_channel_pruning_fn(dep.handler)
+            )
+    return roots
+
+
+@register(PruneConfig)
+def prune(stage: Stage, config: PruneConfig, context: Context) -> Stage:
+    model = stage.module
+    if config.ratio == 0:
+        return stage
+    example = context.example_input
+    model.eval()
+    with torch.no_grad():
+        expected = model(example).shape
+    before = count_parameters(model)
+    ignored, unknown_params, skipped = _unprunable(model)
+    heads = output_layers(model, example)
+    names = {id(m): n for n, m in model.named_modules()}
+    for head in heads:
+        skipped.setdefault(names[id(head)], "output layer keeps its size")
+    widths_before = {n: _width(m) for n, m in model.named_modules() if _width(m) is not None}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch-pruning warns about unwrapped parameters
+            pruner = tp.pruner.MetaPruner(
+                model,
+                example,
+                importance=tp.importance.GroupMagnitudeImportance(p=2),
+                pruning_ratio=config.ratio,
+                ignored_layers=ignored + heads,
+            )
+            pruner.ignored_layers.extend(_groups_touching(pruner, unknown_params))
+            pruner.step()
+    except (RuntimeError, ValueError, KeyError, IndexError, AssertionError) as exc:
+        raise CompressionError(f"structured pruning failed: {exc}") from exc
+    check_forward(model, example, expected, "structured pruning")
+    changed = tuple(
+        n for n, m in model.named_modules() if n in widths_before and _width(m) != widths_before[n]
+    )
+    after = count_parameters(model)
+    report = TechniqueReport(
+        technique="prune",
+        changed=changed,
+        skipped=skipped,
+        details={"ratio": config.ratio, "params_before": before, "params_after": after},
+    )
+    return stage.with_report(report, module=model)
+
+
+def _width(module: nn.Module) -> tuple[int, ...] | None:
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor) and isinstance(module, _PRUNABLE):
+        return tuple(weight.shape)
+    return None

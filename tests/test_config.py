@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autoshrink.config import Budget, ConfigError, HardwareProfile
+
+
+def test_budget_violations_are_signed_margins() -> None:
+    budget = Budget(latency_ms=2.0, size_mb=1.0, energy_mj=5.0, min_accuracy=0.9)
+    v = budget.violations({"latency_ms": 3.0, "size_bytes": 500_000, "energy_mj": 1.0, "accuracy": 0.95})
+    assert v["latency_ms"] == pytest.approx(1.0)  # violated
+    assert v["size_mb"] == pytest.approx(-0.5)
+    assert v["energy_mj"] == pytest.approx(-4.0)
+    assert v["min_accuracy"] == pytest.approx(-0.05)
+
+
+@pytest.mark.parametrize("kwargs", [{"latency_ms": 0}, {"latency_ms": -1}, {"latency_ms": 1, "min_accuracy": 2}])
+def test_bad_budget(kwargs: dict) -> None:
+    with pytest.raises(ConfigError, match="Budget"):
+        Budget(**kwargs)
+
+
+def test_hardware_yaml(tmp_path: Path) -> None:
+    good = tmp_path / "hw.yaml"
+    good.write_text("name: edge\nthreads: 2\nbatch_size: 4\n")
+    assert HardwareProfile.from_yaml(good).batch_size == 4
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("threads: 2\ncores: 4\n")
+    with pytest.raises(ConfigError, match="unknown key"):
+        HardwareProfile.from_yaml(bad)
+    with pytest.raises(ConfigError, match="no such file"):
+        HardwareProfile.from_yaml(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="threads"):
+        HardwareProfile(threads=0)

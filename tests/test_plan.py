@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import pytest
+
+from autoshrink.plan import Plan
+
+
+def test_json_round_trip() -> None:
+    plan = Plan(prune=0.5, rank=0.25, bits=4, distill_epochs=3)
+    assert Plan.from_json(plan.to_json()) == plan
+    assert Plan.from_dict(plan.to_dict()) == plan
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"prune": 0.95}, "Plan.prune"),
+        ({"prune": -0.1}, "Plan.prune"),
+        ({"rank": 0.0}, "Plan.rank"),
+        ({"rank": 1.0}, "Plan.rank"),
+        ({"bits": 16}, "Plan.bits"),
+        ({"distill_epochs": -1}, "Plan.distill_epochs"),
+        ({"distill_epochs": 1.5}, "Plan.distill_epochs"),
+        ({"runtime": "tensorrt"}, "Plan.runtime"),
+        ({"runtime": "torch", "bits": 8}, "Plan.runtime"),
+    ],
+)
+def test_invalid_plan_names_the_field(kwargs: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        Plan(**kwargs)
+
+
+def test_unknown_field_in_json_is_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown Plan field"):
+        Plan.from_dict({"prune": 0.1, "sparsity": 0.5})
+
+
+def test_runtime_resolution_and_label() -> None:
+    assert Plan().resolved_runtime == "torch"
+    assert Plan(bits=8).resolved_runtime == "onnxruntime"
+    assert Plan(prune=0.5, rank=0.5, bits=8, distill_epochs=2).label == "prune0.5-rank0.5-int8-kd2"

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from autoshrink import workloads
+from autoshrink.workloads.digits import digits_splits
+
+
+def test_splits_are_fixed_and_disjoint() -> None:
+    train, val, test = digits_splits()
+    assert (len(train), len(val), len(test)) == (1078, 359, 360)
+    again = digits_splits()[2]
+    assert torch.equal(test.tensors[0], again.tensors[0])
+    rows = {tuple(x.flatten().tolist()) for ds in (val, test) for x in ds.tensors[0]}
+    leaked = sum(tuple(x.flatten().tolist()) in rows for x in train.tensors[0][:200])
+    assert leaked <= 2  # digits has a few exact duplicate images; the splits themselves are disjoint
+
+
+@pytest.mark.slow
+def test_digits_workload_is_accurate_and_cached(tmp_path, monkeypatch) -> None:
+    wl = workloads.load("digits")  # trains once per machine (about a minute), then cached
+    x, y = wl.test.tensors
+    with torch.no_grad():
+        acc = (wl.model(x).argmax(1) == y).float().mean().item()
+    assert acc >= 0.97
+    assert wl.example_input.shape == (1, 1, 32, 32)
+    cached = workloads.load("digits")
+    for a, b in zip(wl.model.state_dict().values(), cached.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_unknown_workload() -> None:
+    with pytest.raises(ValueError, match="available"):
+        workloads.load("imagenet-please")
