@@ -28,6 +28,11 @@ _EXPORTS = {
     "measure": "autoshrink.measure",
     "Measurement": "autoshrink.measure",
     "workloads": "autoshrink.workloads",
+    "SearchSpace": "autoshrink.space",
+    "search": "autoshrink.searching",
+    "load_best": "autoshrink.searching",
+    "SearchResult": "autoshrink.searching",
+    "Candidate": "autoshrink.searching",
 }
 
 __all__ = sorted(_EXPORTS)

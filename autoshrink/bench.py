@@ -21,23 +21,23 @@ from autoshrink.plan import Plan
 from autoshrink.workloads import Workload
 
 DEFAULT_PLANS: tuple[Plan, ...] = (
-    Plan(runtime="onnxruntime"),
+    Plan(runtime="onnxruntime"),  # the runtime alone, no compression
     Plan(prune=0.3),
     Plan(prune=0.5),
     Plan(prune=0.5, distill_epochs=3),
     Plan(rank=0.5),
     Plan(rank=0.25),
-    Plan(rank=0.5, distill_epochs=5),
+    Plan(rank=0.5, distill_epochs=4),
     Plan(bits=8),
     Plan(bits=4),
-    Plan(prune=0.5, rank=0.5, distill_epochs=5),
+    Plan(prune=0.5, rank=0.5, distill_epochs=4),
     Plan(prune=0.5, bits=8, distill_epochs=3),
-    Plan(rank=0.5, bits=8, distill_epochs=5),
+    Plan(rank=0.5, bits=8, distill_epochs=4),
     Plan(prune=0.5, rank=0.5, bits=8),
-    Plan(prune=0.5, rank=0.5, bits=8, distill_epochs=5),
-    Plan(prune=0.5, rank=0.5, bits=8, distill_epochs=10),
-    Plan(prune=0.5, rank=0.5, bits=4, distill_epochs=10),
-    Plan(prune=0.6, bits=8, distill_epochs=6),
+    Plan(prune=0.5, rank=0.5, bits=8, distill_epochs=4),
+    Plan(prune=0.5, rank=0.5, bits=8, distill_epochs=8),
+    Plan(prune=0.5, rank=0.5, bits=4, distill_epochs=8),
+    Plan(prune=0.6, bits=8, distill_epochs=4),
 )
 
 

@@ -96,7 +96,7 @@ class HardwareProfile:
     batch_size: int = 1
     warmup_s: float = 0.5
     repeats: int = 50
-    energy_s: float = 2.0
+    energy_s: float = 1.0
     country_iso_code: str = "USA"
 
     def __post_init__(self) -> None:

@@ -66,11 +66,11 @@ def _method(tracker: Any) -> str:
 def measure_energy(artifact: Artifact, batch: torch.Tensor, hardware: HardwareProfile) -> Energy:
     """Run ``artifact`` for ``hardware.energy_s`` seconds under CodeCarbon; mJ per inference."""
     global _warmed
-    if not _warmed:  # CodeCarbon's first start detects hardware (~1.5 s): keep it out of the window
-        warm = _tracker(hardware)
-        warm.start()
-        warm.stop()
+    if not _warmed:
+        # CodeCarbon's first start detects hardware (~1.5 s), and the first window of a
+        # process read several times too high here: run one throwaway window first.
         _warmed = True
+        measure_energy(artifact, batch, HardwareProfile(**{**hardware.to_dict(), "energy_s": 0.5}))
     with torch_threads(hardware.threads):
         run, feed = prepared_runner(artifact, batch, hardware.threads)
         run(feed)

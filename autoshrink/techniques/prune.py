@@ -38,6 +38,10 @@ class PruneConfig:
     """Remove ``ratio`` of the channels of every prunable group (0 <= ratio <= 0.9)."""
 
     ratio: float
+    # Kept channel counts are rounded to a multiple of this: integer kernels are much faster
+    # on SIMD-friendly widths (measured on digits, ORT int8: 40% pruned with 77 channels
+    # ran 2.7x slower than 50% pruned with 64).
+    round_to: int | None = 8
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio <= 0.9:
@@ -105,6 +109,7 @@ def prune(stage: Stage, config: PruneConfig, context: Context) -> Stage:
                 importance=tp.importance.GroupMagnitudeImportance(p=2),
                 pruning_ratio=config.ratio,
                 ignored_layers=ignored + heads,
+                round_to=config.round_to,
             )
             pruner.ignored_layers.extend(_groups_touching(pruner, unknown_params))
             pruner.step()

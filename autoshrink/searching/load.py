@@ -1,0 +1,68 @@
+"""`load_best`: the best model of a finished search, from MLflow, in any process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autoshrink.artifact import Artifact
+from autoshrink.config import Budget
+from autoshrink.tracking import ROLE, Tracker, registered_name, resolve_tracking_uri
+
+
+def best_run(experiment: str, *, tracking_uri: str | None = None, budget: Budget | None = None) -> Any:
+    """The MLflow run holding the best model.
+
+    Without ``budget``: the run behind the registered model's ``best`` alias. With
+    ``budget``: among the logged Pareto models of the latest search, the highest validation
+    accuracy that meets ``budget`` (ties: lower latency).
+    """
+    from mlflow.exceptions import MlflowException
+
+    tracker = Tracker(resolve_tracking_uri(tracking_uri), experiment)
+    client = tracker.client
+    if budget is None:
+        try:
+            version = client.get_model_version_by_alias(registered_name(experiment), "best")
+        except MlflowException:
+            raise LookupError(
+                f"no model registered as {registered_name(experiment)}@best in {tracker.tracking_uri}: "
+                "did the search finish, and did any candidate meet its budget?"
+            ) from None
+        return client.get_run(version.run_id)
+    parents = client.search_runs(
+        [tracker.experiment_id], filter_string=f"tags.`{ROLE}` = 'search'", order_by=["start_time DESC"], max_results=1
+    )
+    if not parents:
+        raise LookupError(f"experiment {experiment!r} has no search in {tracker.tracking_uri}")
+    runs = client.search_runs(
+        [tracker.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parents[0].info.run_id}' and tags.pareto = 'True'",
+        max_results=10_000,
+    )
+    ok = []
+    for run in runs:
+        metrics = run.data.metrics
+        if "autoshrink.model_uri" not in run.data.tags or "latency_ms" not in metrics:
+            continue
+        if all(v <= 0 for v in budget.violations(metrics).values()):
+            ok.append(run)
+    if not ok:
+        raise LookupError(f"no logged Pareto model of {experiment!r} meets {budget}")
+    return max(ok, key=lambda r: (r.data.metrics["accuracy"], -r.data.metrics["latency_ms"]))
+
+
+def load_best(experiment: str, *, tracking_uri: str | None = None, budget: Budget | None = None) -> Artifact:
+    """Load the best model of ``experiment`` as a callable `Artifact`.
+
+    The exact file that was measured during the search is downloaded from MLflow, so this
+    works in a new process, long after the search. ``artifact.torch_module`` or
+    ``artifact.onnx_model`` gives the model behind it.
+
+    Example:
+        >>> import autoshrink  # doctest: +SKIP
+        >>> model = autoshrink.load_best("digits-demo")  # doctest: +SKIP
+        >>> logits = model(batch)  # doctest: +SKIP
+    """
+    tracker = Tracker(resolve_tracking_uri(tracking_uri), experiment)
+    run = best_run(experiment, tracking_uri=tracker.tracking_uri, budget=budget)
+    return tracker.download_artifact(run.info.run_id)

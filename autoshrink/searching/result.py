@@ -1,0 +1,89 @@
+"""`Candidate` and `SearchResult`: what a search returns."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from autoshrink.measure import Measurement
+from autoshrink.plan import Plan
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One measured candidate.
+
+    ``measurement.accuracy`` is the validation score used for selection; ``test_accuracy``
+    is measured once on the test split for Pareto-optimal candidates (and the baseline).
+    ``violations`` holds the budget's constraint values (<= 0 means met).
+    """
+
+    trial: int | None
+    plan: Plan
+    measurement: Measurement
+    violations: dict[str, float]
+    test_accuracy: float | None = None
+    run_id: str | None = None
+    artifact_path: str | None = None
+
+    @property
+    def feasible(self) -> bool:
+        return all(v <= 0 for v in self.violations.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["plan"] = self.plan.to_dict()
+        data["label"] = self.plan.label
+        data["feasible"] = self.feasible
+        return data
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """The outcome of a search.
+
+    Attributes:
+        experiment: the MLflow experiment (and Optuna study) name.
+        baseline: the uncompressed model, measured in the same run.
+        pareto: Pareto-optimal candidates (feasible ones if any met the budget, else all).
+        best: the highest-accuracy feasible candidate (ties: lower latency), or None.
+        closest: when nothing met the budget, the candidate with the smallest relative
+            violation; otherwise None.
+        met_budget: whether any candidate met every limit.
+        registered_model: ``"name@best"`` in the MLflow Model Registry, or None.
+        n_complete / n_failed: trials measured / trials that failed (with their errors).
+    """
+
+    experiment: str
+    tracking_uri: str
+    parent_run_id: str
+    baseline: Candidate
+    pareto: list[Candidate]
+    best: Candidate | None
+    closest: Candidate | None
+    met_budget: bool
+    registered_model: str | None
+    n_complete: int
+    n_failed: int
+    failures: dict[int, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def message(self) -> str:
+        """One sentence on the outcome, for people."""
+        if self.best is not None:
+            m = self.best.measurement
+            speedup = self.baseline.measurement.latency_ms / m.latency_ms
+            return (
+                f"best under budget: trial {self.best.trial} {self.best.plan.label}: "
+                f"val {m.accuracy:.4f}, {m.latency_ms:.3f} ms ({speedup:.1f}x faster), "
+                f"{m.size_bytes / 1e3:.1f} kB"
+            )
+        closest = self.closest
+        detail = (
+            f"; closest: trial {closest.trial} {closest.plan.label} "
+            f"({', '.join(f'{k} over by {v:.3g}' for k, v in closest.violations.items() if v > 0)})"
+            if closest
+            else ""
+        )
+        return f"NO candidate met the budget ({self.n_complete} measured){detail}"

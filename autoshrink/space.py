@@ -1,0 +1,114 @@
+"""`SearchSpace`: the ranges a search samples `Plan`s from, loadable from YAML.
+
+``sample(trial)`` is the one place ``suggest_*`` is called, so any candidate can be rebuilt
+from its parameters with ``optuna.trial.FixedTrial(params)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from autoshrink.config import ConfigError, load_yaml_mapping
+from autoshrink.plan import ALLOWED_BITS, Plan
+
+OFF = "off"
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Ranges for each knob of a `Plan`.
+
+    Attributes:
+        prune: ``(low, high, step)`` for the structured-pruning ratio.
+        rank: low-rank fractions to try; ``"off"`` means no factorization.
+        bits: bit widths to try (32, 8, 4).
+        distill_epochs: distillation epochs to try.
+
+    Example:
+        >>> import optuna
+        >>> space = SearchSpace()
+        >>> space.sample(optuna.trial.FixedTrial({"prune": 0.5, "rank": "off", "bits": 8, "distill_epochs": 2}))
+        Plan(prune=0.5, rank=None, bits=8, distill_epochs=2, runtime='auto')
+    """
+
+    prune: tuple[float, float, float] = (0.0, 0.7, 0.1)
+    rank: tuple[float | str, ...] = (OFF, 0.25, 0.5)
+    bits: tuple[int, ...] = (32, 8, 4)
+    distill_epochs: tuple[int, ...] = (0, 2, 4)
+
+    def __post_init__(self) -> None:
+        if len(self.prune) != 3:
+            raise ConfigError(f"space.prune must be [low, high, step], got {list(self.prune)}")
+        low, high, step = self.prune
+        if not (0.0 <= low <= high <= 0.9) or step <= 0:
+            raise ConfigError(f"space.prune must satisfy 0 <= low <= high <= 0.9 and step > 0, got {list(self.prune)}")
+        _nonempty("rank", self.rank)
+        for r in self.rank:
+            if r != OFF and not (isinstance(r, (int, float)) and 0.0 < r < 1.0):
+                raise ConfigError(f"space.rank values must be 'off' or in (0, 1), got {r!r}")
+        _nonempty("bits", self.bits)
+        for b in self.bits:
+            if b not in ALLOWED_BITS:
+                raise ConfigError(f"space.bits values must be in {ALLOWED_BITS}, got {b!r}")
+        _nonempty("distill_epochs", self.distill_epochs)
+        for e in self.distill_epochs:
+            if isinstance(e, bool) or not isinstance(e, int) or e < 0:
+                raise ConfigError(f"space.distill_epochs values must be integers >= 0, got {e!r}")
+
+    def sample(self, trial: Any) -> Plan:
+        """Draw one `Plan` from ``trial`` (an Optuna trial or ``FixedTrial``)."""
+        low, high, step = self.prune
+        prune = trial.suggest_float("prune", low, high, step=step) if high > low else low
+        rank = trial.suggest_categorical("rank", list(self.rank))
+        bits = trial.suggest_categorical("bits", list(self.bits))
+        epochs = trial.suggest_categorical("distill_epochs", list(self.distill_epochs))
+        return Plan(
+            prune=round(float(prune), 6),
+            rank=None if rank == OFF else float(rank),
+            bits=int(bits),
+            distill_epochs=int(epochs),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        low, high, step = self.prune
+        data["prune"] = {"low": low, "high": high, "step": step}
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in data.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SearchSpace:
+        known = {"prune", "rank", "bits", "distill_epochs"}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"search space: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+        kwargs: dict[str, Any] = {}
+        if "prune" in data:
+            p = data["prune"]
+            if not isinstance(p, dict) or set(p) - {"low", "high", "step"}:
+                raise ConfigError(f"space.prune must be a mapping with low, high, step; got {p!r}")
+            kwargs["prune"] = (float(p.get("low", 0.0)), float(p.get("high", 0.0)), float(p.get("step", 0.1)))
+        for key in ("rank", "bits", "distill_epochs"):
+            if key in data:
+                values = data[key]
+                if isinstance(values, dict):
+                    values = values.get("choices")
+                if not isinstance(values, list):
+                    raise ConfigError(f"space.{key} must be a list (or {{choices: [...]}}), got {values!r}")
+                kwargs[key] = tuple(OFF if v in (None, OFF, False) and key == "rank" else v for v in values)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> SearchSpace:
+        """Load a space file; errors name the file and the offending key."""
+        try:
+            return cls.from_dict(load_yaml_mapping(path))
+        except ConfigError as exc:
+            message = str(exc)
+            raise ConfigError(message if str(path) in message else f"{path}: {message}") from None
+
+
+def _nonempty(name: str, values: tuple[Any, ...]) -> None:
+    if not values:
+        raise ConfigError(f"space.{name} must list at least one value")

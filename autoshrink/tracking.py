@@ -1,0 +1,243 @@
+"""MLflow tracking: explicit tracking URI, client and run ids; no hidden global state.
+
+Layout of one search in an MLflow experiment:
+
+* a parent run (tag ``autoshrink.role=search``) with the budget, space and hardware as params,
+  the baseline's measurements as metrics, and the Pareto table and plot as artifacts;
+* one nested run per trial (``autoshrink.role=trial``) with the plan as params, the
+  measurements as metrics and tags ``feasible``, ``pareto`` and (on failure) ``error``;
+* the Pareto-optimal models logged on their trial runs, and the best one under the budget
+  registered as ``<experiment>`` with the alias ``best``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from autoshrink.artifact import Artifact, load_artifact
+
+ROLE = "autoshrink.role"
+STUDY = "autoshrink.study"
+TRIAL = "autoshrink.trial"
+MODEL_FILE_DIR = "artifact"
+MODEL_NAME = "model"
+
+
+def default_store_dir() -> Path:
+    """``$AUTOSHRINK_HOME`` or ``./.autoshrink``: where the MLflow and Optuna sqlite files live."""
+    return Path(os.environ.get("AUTOSHRINK_HOME") or Path.cwd() / ".autoshrink").resolve()
+
+
+def resolve_tracking_uri(tracking_uri: str | None) -> str:
+    """An explicit URI; by default a sqlite store in `default_store_dir` (never ``./mlruns``)."""
+    if tracking_uri:
+        return tracking_uri
+    store = default_store_dir()
+    store.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store / 'mlflow.db'}"
+
+
+def study_storage_for(tracking_uri: str) -> str:
+    """The Optuna sqlite storage that sits next to the MLflow store."""
+    if tracking_uri.startswith("sqlite:///"):
+        folder = Path(tracking_uri[len("sqlite:///") :]).parent
+    else:
+        folder = default_store_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'optuna.db'}"
+
+
+def artifact_root(tracking_uri: str) -> str | None:
+    """Artifacts of a sqlite store go next to it (MLflow's default is ``./mlruns`` in the cwd)."""
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri[len("sqlite:///") :]).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def registered_name(experiment: str) -> str:
+    return f"autoshrink-{experiment}"
+
+
+def _quiet() -> None:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+class Tracker:
+    """MLflow bookkeeping for one search, through an explicit `MlflowClient`."""
+
+    def __init__(self, tracking_uri: str, experiment: str) -> None:
+        _quiet()
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is not None and found.lifecycle_stage == "deleted":
+            self.client.restore_experiment(found.experiment_id)
+        self.experiment_id = (
+            found.experiment_id
+            if found
+            else self.client.create_experiment(experiment, artifact_location=artifact_root(tracking_uri))
+        )
+
+    # runs -----------------------------------------------------------------------------
+    def start_parent(self, existing_run_id: str | None, tags: dict[str, str]) -> str:
+        """Reopen the search's parent run when resuming, else create it."""
+        if existing_run_id:
+            with contextlib.suppress(Exception):  # a parent deleted by hand: start a new one
+                run = self.client.get_run(existing_run_id)
+                if run.info.lifecycle_stage == "active":
+                    self.client.update_run(existing_run_id, status="RUNNING")
+                    return existing_run_id
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"search-{self.experiment}", tags={ROLE: "search", **tags}
+        )
+        return run.info.run_id
+
+    def start_trial(self, parent_run_id: str, number: int, name: str) -> str:
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"trial-{number:03d}-{name}",
+            tags={"mlflow.parentRunId": parent_run_id, ROLE: "trial", TRIAL: str(number)},
+        )
+        return run.info.run_id
+
+    def trial_runs(self, parent_run_id: str) -> dict[int, Any]:
+        """Trial number -> run, for the trials of this search that are not deleted."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+            max_results=10_000,
+        )
+        return {int(r.data.tags[TRIAL]): r for r in runs if TRIAL in r.data.tags}
+
+    def discard(self, run_id: str) -> None:
+        """Delete a run left behind by an interrupted trial (it is re-run, not duplicated)."""
+        self.client.delete_run(run_id)
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        import time
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()]
+        )
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def log_file(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_text(self, run_id: str, text: str, file_name: str) -> None:
+        self.client.log_text(run_id, text, file_name)
+
+    def log_json(self, run_id: str, data: Any, file_name: str) -> None:
+        self.client.log_text(run_id, json.dumps(data, indent=2, default=str), file_name)
+
+    # models ---------------------------------------------------------------------------
+    def log_model(self, run_id: str, artifact: Artifact, example: Any) -> str:
+        """Log ``artifact`` on ``run_id`` in the flavor its runtime needs; return the model URI.
+
+        The deployable file itself is also stored under ``artifact/`` so that `load_best`
+        gets back exactly the bytes that were measured.
+        """
+        import mlflow
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = artifact.save(Path(tmp) / f"{MODEL_NAME}{artifact.suffix}")
+            self.log_file(run_id, path, MODEL_FILE_DIR)
+        with _active_run(self.tracking_uri, run_id):
+            if artifact.runtime == "onnxruntime":
+                import mlflow.onnx
+                import onnx
+                import onnxruntime
+
+                info = mlflow.onnx.log_model(
+                    artifact.onnx_model,
+                    name=MODEL_NAME,
+                    input_example=example.numpy(),
+                    pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
+                    save_as_external_data=False,
+                    onnx_execution_providers=["CPUExecutionProvider"],
+                )
+            else:
+                import mlflow.pytorch
+                import torch
+
+                info = mlflow.pytorch.log_model(
+                    artifact.torch_module,
+                    name=MODEL_NAME,
+                    input_example=example.numpy(),
+                    serialization_format="pickle",
+                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "autoshrink"],
+                )
+        return str(info.model_uri)
+
+    def register_best(self, model_uri: str, run_id: str) -> tuple[str, str]:
+        """Register ``model_uri`` and point the alias ``best`` at it; returns (name, version)."""
+        from mlflow.exceptions import MlflowException
+
+        import mlflow
+
+        name = registered_name(self.experiment)
+        with contextlib.suppress(MlflowException):
+            self.client.create_registered_model(name)
+        # The registry resolves ``models:/m-...`` URIs through the global tracking URI.
+        with _fluent(self.tracking_uri):
+            version = mlflow.register_model(model_uri, name, tags={"mlflow.source.run_id": run_id})
+        self.client.set_registered_model_alias(name, "best", version.version)
+        return name, str(version.version)
+
+    def download_artifact(self, run_id: str) -> Artifact:
+        """The deployable artifact stored on a trial run."""
+        with tempfile.TemporaryDirectory() as tmp:
+            local = self.client.download_artifacts(run_id, MODEL_FILE_DIR, tmp)
+            files = sorted(Path(local).iterdir())
+            if not files:
+                raise FileNotFoundError(f"run {run_id} has no stored artifact")
+            return load_artifact(files[0])
+
+
+@contextlib.contextmanager
+def _fluent(tracking_uri: str) -> Iterator[None]:
+    """Point MLflow's global (fluent) tracking and registry URIs at our store, then restore."""
+    import mlflow
+
+    previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
+
+
+@contextlib.contextmanager
+def _active_run(tracking_uri: str, run_id: str) -> Iterator[None]:
+    """MLflow's model-logging functions only use the fluent API: scope it tightly."""
+    import mlflow
+
+    with _fluent(tracking_uri), mlflow.start_run(run_id=run_id):
+        yield
