@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -131,8 +132,6 @@ class Tracker:
     def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
 
-        import time
-
         now = int(time.time() * 1000)
         self.client.log_batch(
             run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()]
@@ -196,9 +195,8 @@ class Tracker:
 
     def register_best(self, model_uri: str, run_id: str) -> tuple[str, str]:
         """Register ``model_uri`` and point the alias ``best`` at it; returns (name, version)."""
-        from mlflow.exceptions import MlflowException
-
         import mlflow
+        from mlflow.exceptions import MlflowException
 
         name = registered_name(self.experiment)
         with contextlib.suppress(MlflowException):

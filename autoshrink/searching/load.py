@@ -28,6 +28,8 @@ def best_run(experiment: str, *, tracking_uri: str | None = None, budget: Budget
                 f"no model registered as {registered_name(experiment)}@best in {tracker.tracking_uri}: "
                 "did the search finish, and did any candidate meet its budget?"
             ) from None
+        if not version.run_id:
+            raise LookupError(f"{registered_name(experiment)}@best is not linked to a run")
         return client.get_run(version.run_id)
     parents = client.search_runs(
         [tracker.experiment_id], filter_string=f"tags.`{ROLE}` = 'search'", order_by=["start_time DESC"], max_results=1

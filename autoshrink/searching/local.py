@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -24,7 +25,7 @@ from autoshrink.techniques import CompressionError
 from autoshrink.tracking import STUDY, Tracker, resolve_tracking_uri, study_storage_for
 
 OBJECTIVES = ("accuracy", "latency_ms", "energy_mj")
-DIRECTIONS = ("maximize", "minimize", "minimize")
+DIRECTIONS: tuple[Literal["maximize", "minimize"], ...] = ("maximize", "minimize", "minimize")
 SAMPLERS = ("tpe", "nsga2", "random")
 # Errors a candidate may raise while being built or measured: recorded on the trial, search goes on.
 CANDIDATE_ERRORS = (CompressionError, RuntimeError, ValueError)
@@ -484,9 +485,8 @@ def _log_summary(tracker: Tracker, parent: str, result: SearchResult, measured: 
     tracker.log_text(parent, pareto_markdown(result), "pareto.md")
     tracker.log_json(parent, [c.to_dict() for c in result.pareto], "pareto.json")
     tracker.log_json(parent, result.baseline.to_dict(), "baseline.json")
-    with _tempdir() as tmp:
-        path = pareto_plot(result, measured, tmp / "pareto.png")
-        tracker.log_file(parent, path)
+    with tempfile.TemporaryDirectory() as tmp:
+        tracker.log_file(parent, pareto_plot(result, measured, Path(tmp) / "pareto.png"))
     tracker.log_metrics(
         parent,
         {
@@ -497,18 +497,6 @@ def _log_summary(tracker: Tracker, parent: str, result: SearchResult, measured: 
         },
     )
     tracker.set_tags(parent, {"met_budget": result.met_budget, "outcome": result.message[:5000]})
-
-
-def _tempdir() -> Any:
-    import contextlib
-    import tempfile
-
-    @contextlib.contextmanager
-    def cm() -> Any:
-        with tempfile.TemporaryDirectory() as tmp:
-            yield Path(tmp)
-
-    return cm()
 
 
 def _timings(study: Any) -> dict[str, float]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -64,14 +65,16 @@ def factorize_linear(layer: nn.Linear, rank: int) -> nn.Sequential:
     second = nn.Linear(rank, layer.out_features, bias=layer.bias is not None)
     first.weight.data.copy_(right)
     second.weight.data.copy_(left)
-    if layer.bias is not None:
+    if layer.bias is not None and second.bias is not None:
         second.bias.data.copy_(layer.bias.detach())
     return nn.Sequential(first, second)
 
 
 def factorize_conv(layer: nn.Conv2d, rank: int) -> nn.Sequential:
     out_c, in_c, kh, kw = layer.weight.shape
-    (sh, sw), (ph, pw), (dh, dw) = layer.stride, layer.padding, layer.dilation  # type: ignore[misc]
+    sh, sw = cast("tuple[int, int]", layer.stride)
+    ph, pw = cast("tuple[int, int]", layer.padding)  # string padding is skipped before this
+    dh, dw = cast("tuple[int, int]", layer.dilation)
     # W[o, i, h, w] ~= sum_r V[r, i, h] * H[o, r, w]: an SVD of W viewed as (i, h) x (o, w).
     matrix = layer.weight.permute(1, 2, 0, 3).reshape(in_c * kh, out_c * kw)
     left, right = _split(matrix, rank)
@@ -79,7 +82,7 @@ def factorize_conv(layer: nn.Conv2d, rank: int) -> nn.Sequential:
     second = nn.Conv2d(rank, out_c, (1, kw), (1, sw), (0, pw), (1, dw), bias=layer.bias is not None)
     first.weight.data.copy_(left.t().reshape(rank, in_c, kh, 1))
     second.weight.data.copy_(right.reshape(rank, out_c, kw).permute(1, 0, 2).unsqueeze(2))
-    if layer.bias is not None:
+    if layer.bias is not None and second.bias is not None:
         second.bias.data.copy_(layer.bias.detach())
     return nn.Sequential(first, second)
 
@@ -132,8 +135,8 @@ def lowrank(stage: Stage, config: LowRankConfig, context: Context) -> Stage:
         if reason is not None:
             skipped[name] = reason
             continue
-        factorize = factorize_linear if isinstance(module, nn.Linear) else factorize_conv
-        _set_submodule(model, name, factorize(module, rank))  # type: ignore[operator]
+        pair = factorize_linear(module, rank) if isinstance(module, nn.Linear) else factorize_conv(module, rank)
+        _set_submodule(model, name, pair)
         changed.append(f"{name} (rank {rank})")
     check_forward(model, context.example_input, expected, "low-rank factorization")
     report = TechniqueReport(

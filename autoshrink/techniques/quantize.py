@@ -61,7 +61,7 @@ def export_onnx(module: nn.Module, example_input: torch.Tensor) -> onnx.ModelPro
             torch.onnx.export(
                 module,
                 (example_input,),
-                buffer,
+                buffer,  # type: ignore[arg-type]
                 dynamo=False,
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
@@ -125,7 +125,12 @@ def gemm_to_matmul(model: onnx.ModelProto) -> int:
 
 def quantize_int8(model: onnx.ModelProto, calibration: torch.Tensor, op_types: list[str] | None = None) -> onnx.ModelProto:
     """Static QDQ int8 (uint8 activations, per-channel int8 weights) calibrated on ``calibration``."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):

@@ -125,7 +125,7 @@ def load_digits_workload(*, retrain: bool = False, verbose: bool = False) -> Wor
     """Build the ``digits`` workload, training the model on first use and caching its weights."""
     train, val, test = digits_splits()
     path = cache_dir() / f"digits-resnet-{_cache_key()}.pt"
-    model = DigitsResNet()
+    model: nn.Module = DigitsResNet()
     if path.is_file() and not retrain:
         model.load_state_dict(torch.load(path, weights_only=True))
         model.eval()
