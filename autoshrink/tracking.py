@@ -196,11 +196,8 @@ class Tracker:
     def register_best(self, model_uri: str, run_id: str) -> tuple[str, str]:
         """Register ``model_uri`` and point the alias ``best`` at it; returns (name, version)."""
         import mlflow
-        from mlflow.exceptions import MlflowException
 
         name = registered_name(self.experiment)
-        with contextlib.suppress(MlflowException):
-            self.client.create_registered_model(name)
         # The registry resolves ``models:/m-...`` URIs through the global tracking URI.
         with _fluent(self.tracking_uri):
             version = mlflow.register_model(model_uri, name, tags={"mlflow.source.run_id": run_id})

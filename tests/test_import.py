@@ -14,8 +14,18 @@ def test_import_starts_nothing_heavy() -> None:
     assert out.stdout.strip() == ""
 
 
-def test_public_api_names() -> None:
+def test_public_functions_stay_functions_after_submodule_imports() -> None:
+    # A subpackage named like a public function would shadow it once imported.
+    code = (
+        "import autoshrink.searching, autoshrink.pipeline, autoshrink.measuring, autoshrink.bench, autoshrink.cli\n"
+        "import autoshrink\n"
+        "names = ['compress', 'measure', 'search', 'load_best', 'load_artifact']\n"
+        "bad = [n for n in names if not callable(getattr(autoshrink, n)) or type(getattr(autoshrink, n)).__name__ == 'module']\n"
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
     import autoshrink
 
-    for name in ("Plan", "compress", "measure", "Artifact", "Measurement", "HardwareProfile", "Budget", "workloads"):
-        assert hasattr(autoshrink, name)
+    for name in ("Plan", "Artifact", "Measurement", "HardwareProfile", "Budget", "SearchSpace", "SearchResult"):
+        assert isinstance(getattr(autoshrink, name), type)

@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from autoshrink.artifact import Artifact, load_artifact
-from autoshrink.compress import compress
+from autoshrink.pipeline import compress
 from autoshrink.config import Budget, ConfigError, HardwareProfile
 from autoshrink.data import DataLike
-from autoshrink.measure import Evaluate, Measurement, measure, timing_batch
+from autoshrink.measuring import Evaluate, Measurement, measure, timing_batch
 from autoshrink.plan import Plan
 from autoshrink.searching.result import Candidate, SearchResult
 from autoshrink.space import SearchSpace
@@ -262,7 +262,7 @@ def _metrics(m: Measurement) -> dict[str, float]:
 
 
 def _score(artifact: Artifact, data: DataLike, evaluate: Evaluate | None) -> float:
-    from autoshrink.measure.accuracy import top1_accuracy
+    from autoshrink.measuring.accuracy import top1_accuracy
 
     return float(evaluate(artifact, data) if evaluate else top1_accuracy(artifact, data))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from autoshrink.measure import Measurement
+from autoshrink.measuring import Measurement
 from autoshrink.plan import Plan
 
 

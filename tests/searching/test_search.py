@@ -129,7 +129,7 @@ def test_resume_after_a_crash_keeps_finished_trials(tmp_path: Path) -> None:
         done = [t for t in _study(tmp_path, "resume").trials if t.state.name == "COMPLETE"]
         if artifact.plan != autoshrink.Plan() and len(done) == 2:  # dies while measuring the 3rd
             raise KeyboardInterrupt
-        from autoshrink.measure.accuracy import top1_accuracy
+        from autoshrink.measuring.accuracy import top1_accuracy
 
         return top1_accuracy(artifact, data)
 
@@ -157,7 +157,7 @@ def test_a_failing_candidate_is_recorded_and_the_search_goes_on(tmp_path: Path) 
     def fail_int8(artifact, data):
         if artifact.plan.bits == 8:
             raise ValueError("int8 evaluation broke")
-        from autoshrink.measure.accuracy import top1_accuracy
+        from autoshrink.measuring.accuracy import top1_accuracy
 
         return top1_accuracy(artifact, data)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autoshrink.compress import compress
+from autoshrink.pipeline import compress
 from autoshrink.plan import Plan
 from tests.conftest import accuracy, agreement
 

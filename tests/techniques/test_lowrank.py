@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from autoshrink.compress import compress
+from autoshrink.pipeline import compress
 from autoshrink.plan import Plan
 from autoshrink.techniques.lowrank import LowRankConfig, factorize_conv, factorize_linear, rank_for
 from tests.conftest import make_case

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autoshrink.compress import compress
+from autoshrink.pipeline import compress
 from autoshrink.plan import Plan
 from autoshrink.techniques.prune import PruneConfig
 from tests.conftest import make_case

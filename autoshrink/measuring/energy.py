@@ -18,7 +18,7 @@ import torch
 
 from autoshrink.artifact import Artifact
 from autoshrink.config import HardwareProfile
-from autoshrink.measure.latency import prepared_runner, torch_threads
+from autoshrink.measuring.latency import prepared_runner, torch_threads
 
 KWH_TO_MJ = 3.6e9
 _warmed = False

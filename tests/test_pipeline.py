@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from autoshrink.artifact import load_artifact
-from autoshrink.compress import compress, technique_configs
+from autoshrink.pipeline import compress, technique_configs
 from autoshrink.plan import Plan
 from tests.conftest import make_case
 

@@ -79,9 +79,9 @@ def measure(
         >>> m.latency_ms > 0 and m.size_bytes == art.size_bytes
         True
     """
-    from autoshrink.measure.accuracy import top1_accuracy
-    from autoshrink.measure.energy import measure_energy
-    from autoshrink.measure.latency import measure_latency
+    from autoshrink.measuring.accuracy import top1_accuracy
+    from autoshrink.measuring.energy import measure_energy
+    from autoshrink.measuring.latency import measure_latency
 
     hardware = hardware or HardwareProfile()
     score = evaluate(artifact, eval_data) if evaluate else top1_accuracy(artifact, eval_data)

@@ -1,0 +1,59 @@
+"""A search killed with SIGKILL mid-trial resumes with the same call and loses nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.searching.test_search import _client, _study
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = """
+import sys, time
+from autoshrink.config import Budget
+from autoshrink.measuring.accuracy import top1_accuracy
+from tests.searching.test_search import _run
+
+def slow(artifact, data):
+    time.sleep(0.3)
+    return top1_accuracy(artifact, data)
+
+_run(__import__("pathlib").Path(sys.argv[1]), Budget(latency_ms=1000.0), trials=5, experiment="kill",
+     evaluate=slow if sys.argv[2] == "slow" else None)
+"""
+
+
+def _complete(tmp: Path) -> list[int]:
+    try:
+        return [t.number for t in _study(tmp, "kill").trials if t.state.name == "COMPLETE"]
+    except Exception:  # the study does not exist yet
+        return []
+
+
+@pytest.mark.slow
+def test_sigkill_mid_search_then_resume(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path), "slow"], cwd=ROOT, env=env)
+    deadline = time.time() + 240
+    while len(_complete(tmp_path)) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    before = _complete(tmp_path)
+    assert 2 <= len(before) < 5, "the kill should land mid-search"
+
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path), "fast"], cwd=ROOT, env=env, timeout=300)
+    assert done.returncode == 0
+    after = _complete(tmp_path)
+    assert len(after) == 5 and set(before) <= set(after)
+    client = _client(tmp_path)
+    runs = client.search_runs([client.get_experiment_by_name("kill").experiment_id], max_results=100)
+    trial_runs = [r for r in runs if r.data.tags.get("autoshrink.role") == "trial"]
+    assert sorted(int(r.data.tags["autoshrink.trial"]) for r in trial_runs) == sorted(after)
+    assert [r.data.tags.get("autoshrink.role") for r in runs].count("search") == 1
+    assert all(r.info.status == "FINISHED" for r in runs)
