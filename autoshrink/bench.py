@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autoshrink.pipeline import compress
 from autoshrink.config import HardwareProfile
 from autoshrink.measuring import Measurement, measure
+from autoshrink.pipeline import compress
 from autoshrink.plan import Plan
 from autoshrink.workloads import Workload
 

@@ -48,7 +48,8 @@ class SearchResult:
         pareto: Pareto-optimal candidates (feasible ones if any met the budget, else all).
         best: the highest-accuracy feasible candidate (ties: lower latency), or None.
         closest: when nothing met the budget, the candidate with the smallest relative
-            violation; otherwise None.
+            violation (or the feasible one that went over the latency budget when re-timed
+            before registration); otherwise None.
         met_budget: whether any candidate met every limit.
         registered_model: ``"name@best"`` in the MLflow Model Registry, or None.
         n_complete / n_failed: trials measured / trials that failed (with their errors).
@@ -80,10 +81,9 @@ class SearchResult:
                 f"{m.size_bytes / 1e3:.1f} kB"
             )
         closest = self.closest
-        detail = (
-            f"; closest: trial {closest.trial} {closest.plan.label} "
-            f"({', '.join(f'{k} over by {v:.3g}' for k, v in closest.violations.items() if v > 0)})"
-            if closest
-            else ""
-        )
+        detail = ""
+        if closest is not None:
+            over = ", ".join(f"{k} over by {v:.3g}" for k, v in closest.violations.items() if v > 0)
+            why = over or "met it in the search but went over the latency budget when re-timed"
+            detail = f"; closest: trial {closest.trial} {closest.plan.label} ({why})"
         return f"NO candidate met the budget ({self.n_complete} measured){detail}"

@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autoshrink.pipeline import compress
 from autoshrink.measuring import measure
 from autoshrink.measuring.latency import measure_latency
+from autoshrink.pipeline import compress
 from autoshrink.plan import Plan
 from tests.conftest import make_case
 

@@ -206,3 +206,31 @@ def test_default_yaml_matches_default_space() -> None:
     root = Path(__file__).resolve().parents[2]
     assert SearchSpace.from_yaml(root / "search_spaces" / "default.yaml") == SearchSpace()
     assert json.loads(json.dumps(SearchSpace().to_dict()))  # serializable for MLflow params
+
+
+def test_repeated_plans_are_reused_not_rebuilt(tmp_path: Path) -> None:
+    model, (x, y), example = make_case("rescnn")
+    one_point = SearchSpace(prune=(0.3, 0.3, 0.1), rank=("off",), bits=(8,), distill_epochs=(0,))
+    result = search(
+        model, train_data=(x, y), eval_data=(x, y), test_data=(x, y), example_input=example,
+        budget=Budget(latency_ms=1000.0), space=one_point, trials=3, experiment="dup",
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", hardware=HW,
+    )  # fmt: skip
+    study = _study(tmp_path, "dup")
+    assert [t.user_attrs.get("duplicate_of") for t in study.trials] == [None, 0, 0]
+    assert len(result.pareto) == 1 and result.pareto[0].trial == 0
+    assert result.timings["distinct_trials"] == 1
+    runs = _client(tmp_path).search_runs([_client(tmp_path).get_experiment_by_name("dup").experiment_id])
+    assert sorted(r.data.tags.get("duplicate_of", "-") for r in runs if "autoshrink.trial" in r.data.tags) == ["-", "0", "0"]
+
+
+def test_best_is_re_timed_before_registration(finished) -> None:
+    from autoshrink.searching.local import _rechecker
+    from autoshrink.tracking import Tracker
+
+    tmp, result = finished
+    tracker = Tracker(f"sqlite:///{tmp}/mlflow.db", "exp")
+    batch = make_case("rescnn")[1][0][:1]
+    assert _rechecker(Budget(latency_ms=1000.0), HW, batch, tracker)(result.best)
+    assert not _rechecker(Budget(latency_ms=1e-6), HW, batch, tracker)(result.best)
+    assert "recheck_latency_ms" in tracker.client.get_run(result.best.run_id).data.metrics
