@@ -29,6 +29,7 @@ DIRECTIONS: tuple[Literal["maximize", "minimize"], ...] = ("maximize", "minimize
 SAMPLERS = ("tpe", "nsga2", "random")
 # Errors a candidate may raise while being built or measured: recorded on the trial, search goes on.
 CANDIDATE_ERRORS = (CompressionError, RuntimeError, ValueError)
+RECHECKS = 3  # timings of the chosen best before it is registered
 
 log = logging.getLogger("autoshrink")
 
@@ -473,14 +474,16 @@ def _rechecker(
     def recheck(c: Candidate) -> bool:
         if not c.artifact_path or not Path(c.artifact_path).is_file():
             return True  # nothing to re-time locally (store moved): keep the search's figure
-        again = measure_latency(load_artifact(c.artifact_path), batch, hardware)
+        artifact = load_artifact(c.artifact_path)
+        # Three fresh timings; the slowest must meet the budget (shared machines drift).
+        worst = max(measure_latency(artifact, batch, hardware).median_ms for _ in range(RECHECKS))
         if c.run_id:
-            tracker.log_metrics(c.run_id, {"recheck_latency_ms": again.median_ms})
-        ok = again.median_ms <= budget.latency_ms
+            tracker.log_metrics(c.run_id, {"recheck_latency_ms": worst})
+        ok = worst <= budget.latency_ms
         if not ok:
             log.warning(
                 "trial %s: %.3f ms on re-timing (%.3f ms in the search) is over the %.3f ms budget; "
-                "trying the next candidate", c.trial, again.median_ms, c.measurement.latency_ms, budget.latency_ms,
+                "trying the next candidate", c.trial, worst, c.measurement.latency_ms, budget.latency_ms,
             )  # fmt: skip
         return ok
 
