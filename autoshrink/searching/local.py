@@ -27,9 +27,14 @@ from autoshrink.tracking import STUDY, Tracker, resolve_tracking_uri, study_stor
 OBJECTIVES = ("accuracy", "latency_ms", "energy_mj")
 DIRECTIONS: tuple[Literal["maximize", "minimize"], ...] = ("maximize", "minimize", "minimize")
 SAMPLERS = ("tpe", "nsga2", "random")
-# Errors a candidate may raise while being built or measured: recorded on the trial, search goes on.
-CANDIDATE_ERRORS = (CompressionError, RuntimeError, ValueError)
 RECHECKS = 3  # timings of the chosen best before it is registered
+
+
+def candidate_errors() -> tuple[type[Exception], ...]:
+    """Errors a candidate may raise while built or measured: recorded on the trial, search goes on."""
+    from autoshrink.techniques.quantize import onnx_errors
+
+    return (CompressionError, RuntimeError, ValueError, *onnx_errors())
 
 log = logging.getLogger("autoshrink")
 
@@ -162,6 +167,8 @@ def search(
     tracker.log_metrics(parent, {f"baseline_{k}": v for k, v in _metrics(base_m).items()} | {"baseline_test_accuracy": base_test})
     batch = timing_batch(eval_data, 2)
 
+    errors = candidate_errors()
+
     def objective(trial: optuna.Trial) -> tuple[float, float, float]:
         t0 = time.perf_counter()
         plan = space.sample(trial)
@@ -179,7 +186,7 @@ def search(
             t2 = time.perf_counter()
             m = measure(artifact, eval_data=eval_data, hardware=hardware, evaluate=evaluate)
             t3 = time.perf_counter()
-        except CANDIDATE_ERRORS as exc:
+        except errors as exc:
             message = f"{type(exc).__name__}: {exc}"[:2000]
             trial.set_user_attr("error", message)
             tracker.set_tags(run_id, {"error": message, "feasible": False, "pareto": False})
@@ -214,7 +221,7 @@ def search(
     remaining = trials - _counted(study)
     callbacks = [_progress_callback(progress, trials)] if progress else []
     if remaining > 0:
-        study.optimize(objective, n_trials=remaining, catch=CANDIDATE_ERRORS, callbacks=callbacks)
+        study.optimize(objective, n_trials=remaining, catch=errors, callbacks=callbacks)
 
     finishing = time.perf_counter()
     recheck = _rechecker(budget, hardware, timing_batch(eval_data, hardware.batch_size), tracker)

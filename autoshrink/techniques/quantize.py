@@ -192,17 +192,48 @@ def layer_precision(model: onnx.ModelProto) -> dict[str, str]:
     return out
 
 
+def onnx_errors() -> tuple[type[Exception], ...]:
+    """What ONNX and ONNX Runtime raise; none of these derives from RuntimeError."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+    return (
+        onnx.checker.ValidationError,
+        onnx.shape_inference.InferenceError,
+        ort_state.Fail,
+        ort_state.InvalidArgument,
+        ort_state.InvalidGraph,
+        ort_state.NotImplemented,
+        ort_state.RuntimeException,
+    )
+
+
+def _check_runs(model: onnx.ModelProto, module: nn.Module, example_input: torch.Tensor) -> None:
+    """Load the model in ONNX Runtime and run one batch: the output shape must match torch's."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    out = session.run(None, {session.get_inputs()[0].name: example_input.numpy()})[0]
+    with torch.no_grad():
+        expected = tuple(module(example_input).shape)
+    if tuple(out.shape) != expected:
+        raise CompressionError(f"the ONNX model returns shape {tuple(out.shape)}, torch {expected}")
+
+
 @register(QuantizeConfig)
 def quantize(stage: Stage, config: QuantizeConfig, context: Context) -> Stage:
     if config.runtime == "torch":
         return stage
     model = export_onnx(stage.module, context.example_input)
-    if config.bits == 4:
-        model = quantize_4bit(model)
-    if config.bits in (8, 4):
-        calibration = stack_inputs(context.train_data, CALIBRATION_SAMPLES)
-        ops = None if config.bits == 8 else [op for op in WEIGHT_OPS if op not in ("MatMul", "Gemm")]
-        model = quantize_int8(model, calibration, ops)
+    try:
+        if config.bits == 4:
+            model = quantize_4bit(model)
+        if config.bits in (8, 4):
+            calibration = stack_inputs(context.train_data, CALIBRATION_SAMPLES)
+            ops = None if config.bits == 8 else [op for op in WEIGHT_OPS if op not in ("MatMul", "Gemm")]
+            model = quantize_int8(model, calibration, ops)
+        _check_runs(model, stage.module, context.example_input)
+    except onnx_errors() as exc:
+        raise CompressionError(f"{config.bits}-bit ONNX Runtime lowering failed: {exc}") from exc
     precision = layer_precision(model)
     counts = Counter(precision.values())
     if config.bits != 32 and counts.get("int8", 0) + counts.get("4-bit", 0) == 0:

@@ -153,10 +153,17 @@ def test_resume_after_a_crash_keeps_finished_trials(tmp_path: Path) -> None:
     assert result.n_complete == 5
 
 
-def test_a_failing_candidate_is_recorded_and_the_search_goes_on(tmp_path: Path) -> None:
+def _ort_fail(message: str) -> Exception:
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail
+
+    return Fail(message)
+
+
+@pytest.mark.parametrize("error", [ValueError, _ort_fail], ids=["ValueError", "onnxruntime-Fail"])
+def test_a_failing_candidate_is_recorded_and_the_search_goes_on(tmp_path: Path, error) -> None:
     def fail_int8(artifact, data):
         if artifact.plan.bits == 8:
-            raise ValueError("int8 evaluation broke")
+            raise error("int8 evaluation broke")
         from autoshrink.measuring.accuracy import top1_accuracy
 
         return top1_accuracy(artifact, data)

@@ -88,3 +88,18 @@ def test_distillation_recovers_pruned_accuracy() -> None:
     assert after > before + 0.1, (before, after)
     losses = next(r for r in distilled.reports if r.technique == "distill").details["loss_per_epoch"]
     assert losses[-1] < losses[0]
+
+
+def test_runtime_errors_in_lowering_become_compression_errors(monkeypatch) -> None:
+    from onnxruntime.capi.onnxruntime_pybind11_state import InvalidGraph
+
+    from autoshrink.techniques import CompressionError, quantize
+    from tests.conftest import make_case
+
+    def broken(*args, **kwargs):
+        raise InvalidGraph("no kernel for this node")
+
+    monkeypatch.setattr(quantize, "quantize_int8", broken)
+    model, data, example = make_case("rescnn")
+    with pytest.raises(CompressionError, match="8-bit ONNX Runtime lowering failed: no kernel"):
+        compress(model, Plan(bits=8), train_data=data, example_input=example)
