@@ -73,14 +73,21 @@ def _quiet() -> None:
 class Tracker:
     """MLflow bookkeeping for one search, through an explicit `MlflowClient`."""
 
-    def __init__(self, tracking_uri: str, experiment: str) -> None:
+    def __init__(self, tracking_uri: str, experiment: str, *, create: bool = True) -> None:
+        """Open ``experiment`` in the store; with ``create=False`` a missing store or
+        experiment raises `LookupError` instead of being created (for read-only callers)."""
         _quiet()
         from mlflow.tracking import MlflowClient
 
+        if not create and tracking_uri.startswith("sqlite:///"):
+            if not Path(tracking_uri[len("sqlite:///") :]).is_file():
+                raise LookupError(f"no MLflow store at {tracking_uri}: has a search run there?")
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         found = self.client.get_experiment_by_name(experiment)
+        if not create and (found is None or found.lifecycle_stage == "deleted"):
+            raise LookupError(f"no experiment {experiment!r} in {tracking_uri}")
         if found is not None and found.lifecycle_stage == "deleted":
             self.client.restore_experiment(found.experiment_id)
         self.experiment_id = (

@@ -35,4 +35,17 @@ def test_bad_space_file_is_one_clear_line(tmp_path) -> None:
 def test_best_of_unknown_experiment(tmp_path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     result = CliRunner().invoke(app, ["best", "--experiment", "nope", "--tracking-uri", uri])
+    assert result.exit_code == 2 and "no MLflow store" in result.output
+    assert not (tmp_path / "mlflow.db").exists()  # looking did not create a store
+
+
+def test_best_of_unknown_experiment_in_a_real_store(tmp_path) -> None:
+    from autoshrink.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = Tracker(uri, "exists")
+    result = CliRunner().invoke(app, ["best", "--experiment", "nope", "--tracking-uri", uri])
+    assert result.exit_code == 2 and "no experiment 'nope'" in result.output
+    assert tracker.client.get_experiment_by_name("nope") is None
+    result = CliRunner().invoke(app, ["best", "--experiment", "exists", "--tracking-uri", uri])
     assert result.exit_code == 2 and "no model registered" in result.output

@@ -16,10 +16,17 @@ def best_run(experiment: str, *, tracking_uri: str | None = None, budget: Budget
     ``budget``: among the logged Pareto models of the latest search, the highest validation
     accuracy that meets ``budget`` (ties: lower latency).
     """
+    return _best_run(_open(experiment, tracking_uri), budget)
+
+
+def _open(experiment: str, tracking_uri: str | None) -> Tracker:
+    return Tracker(resolve_tracking_uri(tracking_uri), experiment, create=False)
+
+
+def _best_run(tracker: Tracker, budget: Budget | None) -> Any:
     from mlflow.exceptions import MlflowException
 
-    tracker = Tracker(resolve_tracking_uri(tracking_uri), experiment)
-    client = tracker.client
+    client, experiment = tracker.client, tracker.experiment
     if budget is None:
         try:
             version = client.get_model_version_by_alias(registered_name(experiment), "best")
@@ -65,6 +72,5 @@ def load_best(experiment: str, *, tracking_uri: str | None = None, budget: Budge
         >>> model = autoshrink.load_best("digits-demo")  # doctest: +SKIP
         >>> logits = model(batch)  # doctest: +SKIP
     """
-    tracker = Tracker(resolve_tracking_uri(tracking_uri), experiment)
-    run = best_run(experiment, tracking_uri=tracker.tracking_uri, budget=budget)
-    return tracker.download_artifact(run.info.run_id)
+    tracker = _open(experiment, tracking_uri)
+    return tracker.download_artifact(_best_run(tracker, budget).info.run_id)
