@@ -44,20 +44,25 @@ def resolve_tracking_uri(tracking_uri: str | None) -> str:
     return f"sqlite:///{store / 'mlflow.db'}"
 
 
-def study_storage_for(tracking_uri: str) -> str:
-    """The Optuna sqlite storage that sits next to the MLflow store."""
+def store_dir(tracking_uri: str) -> Path:
+    """The local folder of a store: a sqlite file's folder, else `default_store_dir` (created)."""
     if tracking_uri.startswith("sqlite:///"):
-        folder = Path(tracking_uri[len("sqlite:///") :]).parent
+        folder = Path(tracking_uri[len("sqlite:///") :]).parent.resolve()
     else:
         folder = default_store_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder / 'optuna.db'}"
+    return folder
+
+
+def study_storage_for(tracking_uri: str) -> str:
+    """The Optuna sqlite storage that sits next to the MLflow store."""
+    return f"sqlite:///{store_dir(tracking_uri) / 'optuna.db'}"
 
 
 def artifact_root(tracking_uri: str) -> str | None:
     """Artifacts of a sqlite store go next to it (MLflow's default is ``./mlruns`` in the cwd)."""
     if tracking_uri.startswith("sqlite:///"):
-        return (Path(tracking_uri[len("sqlite:///") :]).parent / "mlartifacts").resolve().as_uri()
+        return (store_dir(tracking_uri) / "mlartifacts").as_uri()
     return None
 
 

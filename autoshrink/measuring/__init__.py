@@ -79,17 +79,17 @@ def measure(
         >>> m.latency_ms > 0 and m.size_bytes == art.size_bytes
         True
     """
-    from autoshrink.measuring.accuracy import top1_accuracy
+    from autoshrink.measuring.accuracy import score
     from autoshrink.measuring.energy import measure_energy
     from autoshrink.measuring.latency import measure_latency
 
     hardware = hardware or HardwareProfile()
-    score = evaluate(artifact, eval_data) if evaluate else top1_accuracy(artifact, eval_data)
+    quality = score(artifact, eval_data, evaluate)
     batch = timing_batch(eval_data, hardware.batch_size)
     latency = measure_latency(artifact, batch, hardware)
     energy = measure_energy(artifact, batch, hardware)
     return Measurement(
-        accuracy=float(score),
+        accuracy=quality,
         latency_ms=latency.median_ms,
         latency_p95_ms=latency.p95_ms,
         energy_mj=energy.mj_per_inference,

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from autoshrink.artifact import Artifact
 from autoshrink.data import DataLike, batches, split_batch
+
+
+def score(artifact: Artifact, data: DataLike, evaluate: Callable[[Artifact, DataLike], float] | None = None) -> float:
+    """The user's ``evaluate(artifact, data)`` if given (higher is better), else top-1 accuracy."""
+    return float(evaluate(artifact, data) if evaluate else top1_accuracy(artifact, data))
 
 
 def top1_accuracy(artifact: Artifact, data: DataLike, batch_size: int = 128) -> float:

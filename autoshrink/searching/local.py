@@ -17,12 +17,13 @@ from autoshrink.artifact import Artifact, load_artifact
 from autoshrink.config import Budget, ConfigError, HardwareProfile
 from autoshrink.data import DataLike
 from autoshrink.measuring import Evaluate, Measurement, measure, timing_batch
+from autoshrink.measuring.accuracy import score
 from autoshrink.pipeline import compress
 from autoshrink.plan import Plan
 from autoshrink.searching.result import Candidate, SearchResult
 from autoshrink.space import SearchSpace
 from autoshrink.techniques import CompressionError
-from autoshrink.tracking import STUDY, Tracker, resolve_tracking_uri, study_storage_for
+from autoshrink.tracking import STUDY, Tracker, resolve_tracking_uri, store_dir, study_storage_for
 
 OBJECTIVES = ("accuracy", "latency_ms", "energy_mj")
 DIRECTIONS: tuple[Literal["maximize", "minimize"], ...] = ("maximize", "minimize", "minimize")
@@ -153,8 +154,7 @@ def search(
     tracker.log_params(parent, _flat_params(config))
     _recover_interrupted(study, storage, tracker, parent)
 
-    artifacts_dir = Path(uri[len("sqlite:///") :]).parent if uri.startswith("sqlite:///") else Path(".autoshrink")
-    artifacts_dir = artifacts_dir / "artifacts" / experiment
+    artifacts_dir = store_dir(uri) / "artifacts" / experiment
     artifacts_dir.mkdir(parents=True, exist_ok=True)
 
     def build(plan: Plan) -> Artifact:
@@ -162,7 +162,7 @@ def search(
 
     baseline_art = build(Plan())
     base_m = measure(baseline_art, eval_data=eval_data, hardware=hardware, evaluate=evaluate)
-    base_test = _score(baseline_art, test_data, evaluate)
+    base_test = score(baseline_art, test_data, evaluate)
     baseline = Candidate(None, Plan(), base_m, budget.violations(_metrics(base_m)), base_test)
     tracker.log_metrics(parent, {f"baseline_{k}": v for k, v in _metrics(base_m).items()} | {"baseline_test_accuracy": base_test})
     batch = timing_batch(eval_data, 2)
@@ -272,12 +272,6 @@ def _metrics(m: Measurement) -> dict[str, float]:
         "size_bytes": float(m.size_bytes),
         "num_parameters": float(m.num_parameters),
     }
-
-
-def _score(artifact: Artifact, data: DataLike, evaluate: Evaluate | None) -> float:
-    from autoshrink.measuring.accuracy import top1_accuracy
-
-    return float(evaluate(artifact, data) if evaluate else top1_accuracy(artifact, data))
 
 
 def _flat_params(config: dict[str, Any]) -> dict[str, Any]:
@@ -424,7 +418,7 @@ def _finish(
             continue
         test_acc = run.data.metrics.get("test_accuracy") if run is not None else None
         if test_acc is None:
-            test_acc = _score(artifact, test_data, evaluate)
+            test_acc = score(artifact, test_data, evaluate)
         cand = replace(cand, test_accuracy=test_acc)
         if run is not None:
             uri = run.data.tags.get("autoshrink.model_uri")

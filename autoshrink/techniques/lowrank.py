@@ -3,7 +3,8 @@
 * ``nn.Linear(i, o)`` -> ``Linear(i, r, bias=False)`` then ``Linear(r, o)``.
 * 1x1 ``nn.Conv2d`` -> 1x1 conv to ``r`` channels then 1x1 conv.
 * kxk ``nn.Conv2d`` -> ``(kh x 1)`` conv to ``r`` channels then ``(1 x kw)`` conv (the
-  vertical/horizontal split, which measured faster on CPU than kxk -> 1x1).
+  vertical/horizontal split, which ../shared/DESIGN.md reports faster on CPU than kxk -> 1x1;
+  not re-measured here).
 
 ``fraction`` is the share of the layer's weights the pair keeps: the rank is the largest
 ``r`` with ``r * (rows + cols) <= fraction * rows * cols``. A layer is only replaced when the

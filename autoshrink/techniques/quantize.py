@@ -3,8 +3,8 @@
 * 32 bits: the torch module as it is, or (``runtime="onnxruntime"``) its fp32 ONNX export.
 * 8 bits: ONNX Runtime static quantization in QDQ format (uint8 activations, int8 per-channel
   weights with 7-bit range) calibrated on training data. ORT fuses the QDQ pairs into integer Conv/MatMul
-  kernels; on this kind of CPU it is the fastest int8 path for convolutions (dynamic int8 for
-  convs measured slower than fp32).
+  kernels; ../shared/DESIGN.md found it the fastest int8 path for convolutions on this kind of
+  CPU (and dynamic int8 for convs slower than fp32); autoshrink offers only this path.
 * 4 bits: Linear/MatMul weights become ONNX Runtime ``MatMulNBits`` (4-bit blocks, int8
   compute); everything else (convolutions) gets the 8-bit path. The report lists which
   layers ended at 4, 8 and 32 bits.
@@ -158,7 +158,8 @@ def quantize_int8(model: onnx.ModelProto, calibration: torch.Tensor, op_types: l
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             # 7-bit weights: x86 CPUs without VNNI accumulate u8 x s8 products in int16,
-            # which saturates with full-range weights (measured: 99.2% -> 95.6% on digits).
+            # which saturates with full-range weights (a one-off development measurement on
+            # digits, prune 0.5 + KD3: 99.2% -> 95.6% without this; not in the benchmark).
             reduce_range=True,
         )
         return onnx.load(str(dst))
