@@ -18,7 +18,7 @@ from autoshrink.techniques import TechniqueReport
 FORMAT_VERSION = 1
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class Artifact:
     """A compressed model and the exact bytes that deploy it.
 
@@ -120,14 +120,12 @@ class Artifact:
         p.write_bytes(self.payload)
         return p
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "plan": self.plan.to_dict(),
-            "runtime": self.runtime,
-            "size_bytes": self.size_bytes,
-            "num_parameters": self.num_parameters,
-            "reports": [r.to_dict() for r in self.reports],
-        }
+    def __repr__(self) -> str:
+        skipped = f", {len(self.skipped)} layers skipped" if self.skipped else ""
+        return (
+            f"Artifact({self.plan.label}, runtime={self.runtime}, {self.size_bytes:,} bytes, "
+            f"{self.num_parameters:,} parameters{skipped})"
+        )
 
 
 def torch_payload(module: nn.Module, plan: Plan, reports: tuple[TechniqueReport, ...]) -> bytes:

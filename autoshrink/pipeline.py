@@ -43,15 +43,19 @@ def compress(
     train_data: DataLike,
     example_input: torch.Tensor,
     seed: int = 0,
+    cache: dict[str, Any] | None = None,
 ) -> Artifact:
     """Build the artifact ``plan`` describes; ``model`` itself is never modified.
 
     Args:
-        model: the trained model (the teacher for distillation).
+        model: the trained model (the teacher for distillation), on the CPU; its train/eval
+            mode is restored afterwards.
         plan: the knobs of this candidate.
         train_data: data for distillation and int8 calibration (never the scoring data).
         example_input: one input batch, used to trace the model.
-        seed: seeds distillation's shuffling.
+        seed: seeds distillation's shuffling (the global torch RNG is left as it was).
+        cache: a dict shared by the candidates of one search, so that what they have in
+            common (the teacher's outputs) is computed once.
 
     Example:
         >>> import torch
@@ -63,14 +67,25 @@ def compress(
     """
     if not isinstance(plan, Plan):
         raise TypeError(f"plan must be an autoshrink.Plan, got {type(plan).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(example_input, torch.Tensor):
         raise TypeError("example_input must be a tensor with the model's input shape (batch 1)")
-    teacher = model.eval()
-    torch.manual_seed(seed)
-    stage = Stage(module=copy.deepcopy(model).eval())
-    context = Context(teacher=teacher, train_data=train_data, example_input=example_input, seed=seed)
-    for config in technique_configs(plan):
-        stage = apply(stage, config, context)
+    check_on_cpu(model)
+    was_training = model.training
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            teacher = model.eval()
+            stage = Stage(module=copy.deepcopy(model).eval())
+            context = Context(
+                teacher=teacher, train_data=train_data, example_input=example_input, seed=seed,
+                cache=cache if cache is not None else {},
+            )  # fmt: skip
+            for config in technique_configs(plan):
+                stage = apply(stage, config, context)
+    finally:
+        model.train(was_training)
     module = stage.module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
@@ -80,3 +95,22 @@ def compress(
         return Artifact(plan, "onnxruntime", payload, params, stage.reports)
     payload = torch_payload(module, plan, stage.reports)
     return Artifact(plan, "torch", payload, params, stage.reports, module=module)
+
+
+def check_on_cpu(model: nn.Module) -> None:
+    """autoshrink builds and measures on the CPU: refuse, with a clear message, anything else.
+
+    Example:
+        >>> check_on_cpu(torch.nn.Linear(2, 2, device="meta"))
+        Traceback (most recent call last):
+        ...
+        ValueError: the model has parameters on meta (weights not loaded); autoshrink compresses and measures on the CPU: load the weights and call model.cpu() first
+    """
+    devices = {t.device.type for t in (*model.parameters(), *model.buffers())}
+    if devices - {"cpu"}:
+        where = ", ".join(sorted(devices - {"cpu"}))
+        hint = " (weights not loaded)" if "meta" in devices else ""
+        raise ValueError(
+            f"the model has parameters on {where}{hint}; autoshrink compresses and measures on "
+            "the CPU: load the weights and call model.cpu() first"
+        )

@@ -8,14 +8,13 @@ Every result carries ``method`` saying which of the two it was.
 
 from __future__ import annotations
 
-import logging
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from autoshrink._quiet import quiet_codecarbon
 from autoshrink.artifact import Artifact
 from autoshrink.config import HardwareProfile
 from autoshrink.measuring.latency import prepared_runner, torch_threads
@@ -35,8 +34,7 @@ class Energy:
 
 
 def _tracker(hardware: HardwareProfile) -> Any:
-    os.environ.setdefault("CODECARBON_LOG_LEVEL", "error")
-    logging.getLogger("codecarbon").setLevel(logging.ERROR)
+    quiet_codecarbon()
     from codecarbon import OfflineEmissionsTracker
 
     return OfflineEmissionsTracker(

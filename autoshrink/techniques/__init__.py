@@ -56,12 +56,17 @@ class TechniqueReport:
 
 @dataclass(frozen=True)
 class Context:
-    """What handlers may read: the original model (teacher), data, an example input."""
+    """What handlers may read: the original model (teacher), data, an example input.
+
+    ``cache`` holds what is the same for every candidate of a search (the teacher's outputs
+    on the training data); pass one dict to every `compress` call to compute it once.
+    """
 
     teacher: nn.Module
     train_data: DataLike
     example_input: torch.Tensor
     seed: int = 0
+    cache: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -131,10 +136,14 @@ def check_forward(module: nn.Module, example_input: torch.Tensor, expected: torc
 
 
 def output_layers(model: nn.Module, example_input: torch.Tensor) -> list[nn.Module]:
-    """Leaf modules whose output is the model's output (the classifier head)."""
-    outputs: dict[int, nn.Module] = {}
+    """Weight-bearing leaf modules whose output *is* the model's output (the classifier head).
+
+    The hooks keep every output tensor alive until the comparison, so the identity test cannot
+    be fooled by a freed tensor's address being reused (which made this non-deterministic).
+    """
+    produced: list[tuple[nn.Module, Any]] = []
     hooks = [
-        m.register_forward_hook(lambda mod, _i, out: outputs.__setitem__(id(out), mod))
+        m.register_forward_hook(lambda mod, _i, out: produced.append((mod, out)))
         for m in model.modules()
         if not list(m.children())
     ]
@@ -144,5 +153,20 @@ def output_layers(model: nn.Module, example_input: torch.Tensor) -> list[nn.Modu
     finally:
         for h in hooks:
             h.remove()
-    layer = outputs.get(id(final))
-    return [layer] if layer is not None else []
+    finals = _tensors(final)
+    found: list[nn.Module] = []
+    for module, out in produced:
+        if any(o is f for o in _tensors(out) for f in finals) and module not in found:
+            found.append(module)
+    return [m for m in found if any(True for _ in m.parameters(recurse=False))]
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    """The tensors inside a module output (a tensor, or a tuple / list / dict of them)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    return []

@@ -8,18 +8,20 @@ data has labels). Only training data is used: never the data candidates are scor
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from autoshrink.data import batches, split_batch
-from autoshrink.techniques import Context, Stage, TechniqueReport, register
+from autoshrink.techniques import CompressionError, Context, Stage, TechniqueReport, register
 
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """``epochs`` of distillation (0 = none) with AdamW and a one-cycle schedule."""
+    """``epochs`` of distillation (0 = none) with AdamW, linear warm-up and cosine decay."""
 
     epochs: int
     lr: float = 2e-3
@@ -35,6 +37,14 @@ class DistillConfig:
 
 
 def _teacher_outputs(context: Context) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Inputs, teacher outputs and labels of the training data, computed once per cache."""
+    cached = context.cache.get("teacher_outputs")
+    if cached is None:
+        cached = context.cache["teacher_outputs"] = _run_teacher(context)
+    return cached
+
+
+def _run_teacher(context: Context) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     inputs, logits, labels = [], [], []
     context.teacher.eval()
     with torch.no_grad():
@@ -44,7 +54,33 @@ def _teacher_outputs(context: Context) -> tuple[torch.Tensor, torch.Tensor, torc
             logits.append(context.teacher(x))
             if y is not None:
                 labels.append(y)
+    if not inputs:
+        raise CompressionError("distillation needs training data, but train_data is empty")
     return torch.cat(inputs), torch.cat(logits), torch.cat(labels) if labels else None
+
+
+def warmup_cosine(total_steps: int, warmup: float = 0.2, floor: float = 0.04) -> Callable[[int], float]:
+    """Learning-rate factor per step: linear warm-up, then cosine decay to ``floor``.
+
+    Unlike ``OneCycleLR`` it is defined for any number of steps, one included.
+
+    Example:
+        >>> f = warmup_cosine(10)
+        >>> [round(f(s), 2) for s in (0, 1, 2, 9)]
+        [0.5, 1.0, 1.0, 0.04]
+        >>> warmup_cosine(1)(0)
+        1.0
+    """
+    warm = int(warmup * total_steps) if total_steps >= 5 else 0
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        span = max(1, total_steps - warm - 1)
+        progress = min(1.0, (step - warm) / span)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
 
 
 @register(DistillConfig)
@@ -56,9 +92,7 @@ def distill(stage: Stage, config: DistillConfig, context: Context) -> Stage:
     gen = torch.Generator().manual_seed(context.seed)
     steps_per_epoch = max(1, -(-len(x_all) // config.batch_size))
     opt = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.2
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(config.epochs * steps_per_epoch))
     temp = config.temperature
     use_labels = y_all is not None and t_all.dim() == 2 and y_all.dtype == torch.long
     student.train()

@@ -26,6 +26,7 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
+from autoshrink._quiet import quiet_onnxruntime, root_logging_to_debug
 from autoshrink.data import stack_inputs
 from autoshrink.techniques import CompressionError, Context, Stage, TechniqueReport, register
 
@@ -141,7 +142,7 @@ def quantize_int8(model: onnx.ModelProto, calibration: torch.Tensor, op_types: l
             return next(self._batches, None)
 
     reader = Reader()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, root_logging_to_debug():
         src, pre, dst = (Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
         onnx.save(model, src)
         try:
@@ -172,7 +173,7 @@ def quantize_4bit(model: onnx.ModelProto) -> onnx.ModelProto:
     gemm_to_matmul(model)
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
     quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=32, is_symmetric=True, accuracy_level=4)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), root_logging_to_debug():
         warnings.simplefilter("ignore")
         quantizer.process()
     return quantizer.model.model
@@ -224,6 +225,7 @@ def _check_runs(model: onnx.ModelProto, module: nn.Module, example_input: torch.
 def quantize(stage: Stage, config: QuantizeConfig, context: Context) -> Stage:
     if config.runtime == "torch":
         return stage
+    quiet_onnxruntime()
     model = export_onnx(stage.module, context.example_input)
     try:
         if config.bits == 4:

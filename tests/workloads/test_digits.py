@@ -33,3 +33,17 @@ def test_digits_workload_is_accurate_and_cached(tmp_path, monkeypatch) -> None:
 def test_unknown_workload() -> None:
     with pytest.raises(ValueError, match="available"):
         workloads.load("imagenet-please")
+
+
+def test_training_reports_progress_every_epoch() -> None:
+    # The first run trained for minutes in silence.
+    from torch.utils.data import TensorDataset
+
+    from autoshrink.workloads.digits import train_digits
+
+    train, val, _ = digits_splits()
+    small = TensorDataset(*(t[:128] for t in train.tensors))
+    lines: list[str] = []
+    train_digits(small, epochs=2, val=val, log=lines.append)
+    assert len(lines) == 2
+    assert lines[0].startswith("  epoch 1/2: loss ") and "val acc" in lines[0] and "s left" in lines[0]

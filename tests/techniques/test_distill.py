@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import pytest
+from autoshrink.pipeline import compress
+from autoshrink.plan import Plan
+from autoshrink.techniques import CompressionError
+from autoshrink.techniques.distill import warmup_cosine
+from tests.conftest import make_case
+
+
+@pytest.mark.parametrize("n", [1, 5, 64])
+def test_distillation_works_on_tiny_training_sets(n: int) -> None:
+    # OneCycleLR raised ZeroDivisionError when epochs x batches was small (320 samples, 1 epoch).
+    model, (x, y), example = make_case("rescnn")
+    art = compress(model, Plan(prune=0.3, distill_epochs=1), train_data=(x[:n], y[:n]), example_input=example)
+    losses = next(r for r in art.reports if r.technique == "distill").details["loss_per_epoch"]
+    assert len(losses) == 1 and losses[0] == losses[0]  # one finite epoch
+
+
+def test_empty_training_data_is_a_clear_error() -> None:
+    model, (x, y), example = make_case("rescnn")
+    with pytest.raises(CompressionError, match="distillation needs training data"):
+        compress(model, Plan(prune=0.3, distill_epochs=1), train_data=(x[:0], y[:0]), example_input=example)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 5, 17, 1000])
+def test_schedule_is_defined_for_any_number_of_steps(steps: int) -> None:
+    f = warmup_cosine(steps)
+    values = [f(s) for s in range(steps)]
+    assert all(0 < v <= 1 for v in values)
+    assert max(values) == pytest.approx(1.0)
+
+
+def test_teacher_outputs_are_computed_once_per_cache(monkeypatch) -> None:
+    from autoshrink.techniques import distill
+
+    calls = []
+    real = distill._run_teacher
+    monkeypatch.setattr(distill, "_run_teacher", lambda ctx: calls.append(1) or real(ctx))
+    model, data, example = make_case("rescnn")
+    cache: dict = {}
+    for plan in (Plan(prune=0.3, distill_epochs=1), Plan(prune=0.5, distill_epochs=1)):
+        compress(model, plan, train_data=data, example_input=example, cache=cache)
+    assert len(calls) == 1
+    compress(model, Plan(prune=0.3, distill_epochs=1), train_data=data, example_input=example)
+    assert len(calls) == 2  # no cache given: computed for that call
