@@ -152,12 +152,9 @@ def write_report(rows: list[BenchRow], out_dir: Path, hardware: HardwareProfile,
 
 
 def _plot(records: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
+    from autoshrink.searching.report import new_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = new_figure()
     for r in records:
         ax.scatter(r["latency_ms"], 100 * r["accuracy"], s=max(12, r["size_bytes"] / 2e4), alpha=0.7)
         ax.annotate(r["label"], (r["latency_ms"], 100 * r["accuracy"]), fontsize=6)
@@ -168,4 +165,3 @@ def _plot(records: list[dict[str, Any]], path: Path) -> None:
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Optional
+from typing import Any, NoReturn, Optional
 
 import typer
 
@@ -30,16 +31,16 @@ def bench_compression(
     from autoshrink.config import HardwareProfile
 
     torch.set_num_threads(build_threads or os.cpu_count() or 1)
-    wl = workloads.load(workload, verbose=True)
+    wl = workloads.load(workload)
     hardware = HardwareProfile(threads=threads)
     rows = run_compression_bench(wl, hardware=hardware, log=typer.echo)
     path = write_report(rows, out, hardware, workload)
     typer.echo(f"wrote {path}")
 
 
-def _die(message: str) -> None:
+def _die(message: str, code: int = 2) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -48,7 +49,7 @@ def search(
     trials: int = typer.Option(20, help="Total trials in the study (finished ones count when resuming)."),
     experiment: str = typer.Option("digits-demo", help="MLflow experiment / Optuna study name."),
     workload: str = typer.Option("digits", help="Built-in workload to compress."),
-    space: Optional[Path] = typer.Option(None, help="Search space YAML (default: search_spaces/default.yaml)."),
+    space: Optional[Path] = typer.Option(None, help="Search space YAML (default: the workload family's)."),
     hardware: Optional[Path] = typer.Option(None, help="Hardware profile YAML (default: 1 thread, batch 1)."),
     size_budget_mb: Optional[float] = typer.Option(None, help="Artifact size limit in MB."),
     energy_budget_mj: Optional[float] = typer.Option(None, help="Energy per inference limit in mJ."),
@@ -69,83 +70,130 @@ def search(
     from autoshrink.space import SearchSpace
     from autoshrink.techniques import CompressionError
 
+    say = _Reporter()
     try:
         budget = Budget(latency_budget_ms, size_budget_mb, energy_budget_mj, min_accuracy)
-        default_space = Path("search_spaces/default.yaml")
-        space_obj = SearchSpace.from_yaml(space) if space else (
-            SearchSpace.from_yaml(default_space) if default_space.is_file() else SearchSpace()
-        )
+        space_obj = SearchSpace.from_yaml(space) if space else None
         hw = HardwareProfile.from_yaml(hardware) if hardware else HardwareProfile()
-        wl = workloads.load(workload, verbose=True)
+        say.line(f"loading workload '{workload}'")
+        wl = workloads.load(workload)
     except (ConfigError, ValueError) as exc:
         _die(str(exc))
     torch.set_num_threads(build_threads or os.cpu_count() or 1)
-    typer.echo(f"searching {trials} trials on '{workload}' under {budget.to_dict()} -> experiment '{experiment}'")
+    say.line(f"searching {trials} trials of '{wl.name}' under {budget.to_dict()} -> experiment '{experiment}'")
     try:
-        with _progress(trials) as update:
+        with _sigterm_as_interrupt(), say.progress(trials) as update:
             result = run_search(
-                wl.model, train_data=wl.train, eval_data=wl.val, test_data=wl.test,
-                example_input=wl.example_input, budget=budget, space=space_obj, trials=trials,
-                experiment=experiment, tracking_uri=tracking_uri, hardware=hw, sampler=sampler,
-                seed=seed, progress=update,
+                wl, budget=budget, space=space_obj, trials=trials, experiment=experiment,
+                tracking_uri=tracking_uri, hardware=hw, sampler=sampler, seed=seed, progress=update,
             )  # fmt: skip
+    except KeyboardInterrupt:
+        _die(
+            f"interrupted: {say.done} finished trial(s) are kept; run the same command again to resume",
+            code=130,
+        )
     except (ConfigError, CompressionError) as exc:
         _die(str(exc))
     _print_result(result)
 
 
-def _progress(total: int):  # type: ignore[no-untyped-def]
-    import contextlib
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a cluster job's time limit) stops the search like Ctrl-C does."""
+    import signal
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Reporter:
+    """Progress for people: a live bar in a terminal, one plain line per event otherwise."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=False)
+        self.interactive = self.console.is_terminal
+        self.done = 0
+
+    def line(self, text: str) -> None:
+        if self.interactive:
+            self.console.print(text)
+        else:
+            print(text, flush=True)
 
     @contextlib.contextmanager
-    def cm():  # type: ignore[no-untyped-def]
+    def progress(self, total: int) -> Iterator[Callable[[Any], None]]:
+        if not self.interactive:
+
+            def plain(p: Any) -> None:
+                self.done = p.done
+                counts = f"{p.done}/{p.total} done, {p.feasible} meet the budget, {p.failed} failed"
+                prefix = f"[{_clock(p.elapsed_s)}]"
+                print(f"{prefix} {p.last}" + (f" | {counts}" if p.stage == "trial" else ""), flush=True)
+
+            yield plain
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
         columns = (
             TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("feasible {task.fields[feasible]} | failed {task.fields[failed]} | best {task.fields[best]}"),
         )  # fmt: skip
-        with Progress(*columns) as bar:
+        with Progress(*columns, console=self.console) as bar:
             task = bar.add_task("search", total=total, feasible=0, failed=0, best="-")
 
-            def update(p) -> None:  # type: ignore[no-untyped-def]
+            def update(p: Any) -> None:
+                self.done = p.done
+                bar.console.print(f"[dim]{_clock(p.elapsed_s)}[/dim] {p.last}", highlight=False)
                 bar.update(task, completed=p.done, feasible=p.feasible, failed=p.failed, best=p.best or "-")
 
             yield update
 
-    return cm()
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}:{secs:02d}"
 
 
-def _print_result(result) -> None:  # type: ignore[no-untyped-def]
+def _print_result(result: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from autoshrink.searching.report import COLUMNS, pareto_rows
+
     console = Console(width=None if Console().is_terminal else 160)
-    base = result.baseline.measurement
     table = Table(title=f"Pareto set of '{result.experiment}' ({result.n_complete} measured, {result.n_failed} failed)")
-    for col in ("trial", "plan", "runtime", "val acc", "test acc", "p50 ms", "p95 ms", "speed-up", "kB", "mJ/inf", "budget"):
+    for col in COLUMNS:
         table.add_column(col)
-    for c in [result.baseline, *result.pareto]:
-        m = c.measurement
-        table.add_row(
-            "baseline" if c.trial is None else str(c.trial), c.plan.label, m.runtime, f"{m.accuracy:.4f}",
-            f"{c.test_accuracy:.4f}" if c.test_accuracy is not None else "-", f"{m.latency_ms:.3f}",
-            f"{m.latency_p95_ms:.3f}", f"{base.latency_ms / m.latency_ms:.1f}x", f"{m.size_bytes / 1e3:.1f}",
-            f"{m.energy_mj:.3f}", "met" if c.feasible else "over",
-        )  # fmt: skip
+    for row in pareto_rows(result):
+        table.add_row(*(row[c] for c in COLUMNS))
     console.print(table)
     style = "bold green" if result.met_budget else "bold red"
     console.print(result.message, style=style)
     if result.failures:
         for number, error in result.failures.items():
             console.print(f"trial {number} failed: {error[:200]}", style="yellow")
-    console.print(f"energy: {base.energy_method}")
+    console.print(f"energy: {result.baseline.measurement.energy_method}")
     if result.registered_model:
         console.print(f"registered: models:/{result.registered_model}")
-    console.print(f"inspect:    autoshrink ui --tracking-uri {result.tracking_uri}")
+    default_store = result.tracking_uri.endswith(".autoshrink/mlflow.db")
+    console.print(f"inspect:    autoshrink ui{'' if default_store else f' --tracking-uri {result.tracking_uri}'}")
     console.print(
         f"load:       python -c \"import autoshrink; m = autoshrink.load_best('{result.experiment}'"
-        f"{'' if result.tracking_uri.endswith('.autoshrink/mlflow.db') else f', tracking_uri={result.tracking_uri!r}'}); print(m)\""
+        f"{'' if default_store else f', tracking_uri={result.tracking_uri!r}'}); print(m)\""
     )
 
 
@@ -192,19 +240,18 @@ def ui(
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default sqlite:///./.autoshrink/mlflow.db)."),
     port: int = typer.Option(5000, help="Port on 127.0.0.1."),
 ) -> None:
-    """Start the MLflow UI on 127.0.0.1 for the store in use."""
-    import os
-    import subprocess
-    import sys
-
-    from autoshrink.tracking import resolve_tracking_uri
+    """Start the MLflow UI on 127.0.0.1 for the store in use (Ctrl-C or SIGTERM stops all of it)."""
+    from autoshrink.store import resolve_tracking_uri, sqlite_path
+    from autoshrink.ui import PortInUse, serve
 
     uri = resolve_tracking_uri(tracking_uri)
-    typer.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port} (Ctrl-C to stop)")
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    with contextlib.suppress(KeyboardInterrupt):
-        subprocess.run(cmd, env=env, check=False)
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        _die(f"no MLflow store at {uri}: run a search first, or pass --tracking-uri")
+    try:
+        serve(uri, port, on_ready=lambda url: typer.echo(f"MLflow UI for {uri} at {url} (Ctrl-C to stop)"))
+    except PortInUse as exc:
+        _die(str(exc))
 
 
 def main() -> None:

@@ -66,6 +66,27 @@ class Budget:
             out["min_accuracy"] = self.min_accuracy - metrics["accuracy"]
         return out
 
+    @staticmethod
+    def met(violations: dict[str, float]) -> bool:
+        """True when every constraint value is <= 0 (the one definition of "feasible")."""
+        return all(v <= 0 for v in violations.values())
+
+    def relative_violation(self, violations: dict[str, float]) -> float:
+        """How far over the budget, each excess divided by its limit, summed (0 when met).
+
+        Example:
+            >>> b = Budget(latency_ms=2.0, size_mb=1.0)
+            >>> b.relative_violation({"latency_ms": 1.0, "size_mb": -0.5})
+            0.5
+        """
+        limits = {
+            "latency_ms": self.latency_ms,
+            "size_mb": self.size_mb,
+            "energy_mj": self.energy_mj,
+            "min_accuracy": self.min_accuracy,
+        }
+        return sum(max(v, 0.0) / (limits[k] or 1.0) for k, v in violations.items())
+
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
 

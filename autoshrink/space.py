@@ -71,6 +71,18 @@ class SearchSpace:
             distill_epochs=int(epochs),
         )
 
+    @classmethod
+    def preset(cls, family: str | None = None) -> SearchSpace:
+        """The default space for a model family (``None``: the general default).
+
+        ``search_spaces/<family>.yaml`` holds the same ranges as a file to copy and edit.
+
+        Example:
+            >>> SearchSpace.preset() == SearchSpace()
+            True
+        """
+        return cls()
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         low, high, step = self.prune

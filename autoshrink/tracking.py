@@ -7,72 +7,42 @@ Layout of one search in an MLflow experiment:
 * one nested run per trial (``autoshrink.role=trial``) with the plan as params, the
   measurements as metrics and tags ``feasible``, ``pareto`` and (on failure) ``error``;
 * the Pareto-optimal models logged on their trial runs, and the best one under the budget
-  registered as ``<experiment>`` with the alias ``best``.
+  registered as ``autoshrink-<experiment>`` with the alias ``best``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from autoshrink._quiet import quiet_mlflow, stderr_to_debug
 from autoshrink.artifact import Artifact, load_artifact
+from autoshrink.store import artifact_root, sqlite_path
 
 ROLE = "autoshrink.role"
 STUDY = "autoshrink.study"
 TRIAL = "autoshrink.trial"
+MODEL_URI = "autoshrink.model_uri"
+# Tags on trial runs.
+FEASIBLE = "feasible"
+PARETO = "pareto"
+ERROR = "error"
+DUPLICATE_OF = "duplicate_of"
+RUNTIME = "runtime"
+ENERGY_METHOD = "energy_method"
+HOST = "host"
+SKIPPED = "layers_skipped"
 MODEL_FILE_DIR = "artifact"
 MODEL_NAME = "model"
 
 
-def default_store_dir() -> Path:
-    """``$AUTOSHRINK_HOME`` or ``./.autoshrink``: where the MLflow and Optuna sqlite files live."""
-    return Path(os.environ.get("AUTOSHRINK_HOME") or Path.cwd() / ".autoshrink").resolve()
-
-
-def resolve_tracking_uri(tracking_uri: str | None) -> str:
-    """An explicit URI; by default a sqlite store in `default_store_dir` (never ``./mlruns``)."""
-    if tracking_uri:
-        return tracking_uri
-    store = default_store_dir()
-    store.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{store / 'mlflow.db'}"
-
-
-def store_dir(tracking_uri: str) -> Path:
-    """The local folder of a store: a sqlite file's folder, else `default_store_dir` (created)."""
-    if tracking_uri.startswith("sqlite:///"):
-        folder = Path(tracking_uri[len("sqlite:///") :]).parent.resolve()
-    else:
-        folder = default_store_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def study_storage_for(tracking_uri: str) -> str:
-    """The Optuna sqlite storage that sits next to the MLflow store."""
-    return f"sqlite:///{store_dir(tracking_uri) / 'optuna.db'}"
-
-
-def artifact_root(tracking_uri: str) -> str | None:
-    """Artifacts of a sqlite store go next to it (MLflow's default is ``./mlruns`` in the cwd)."""
-    if tracking_uri.startswith("sqlite:///"):
-        return (store_dir(tracking_uri) / "mlartifacts").as_uri()
-    return None
-
-
 def registered_name(experiment: str) -> str:
     return f"autoshrink-{experiment}"
-
-
-def _quiet() -> None:
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 class Tracker:
@@ -81,11 +51,12 @@ class Tracker:
     def __init__(self, tracking_uri: str, experiment: str, *, create: bool = True) -> None:
         """Open ``experiment`` in the store; with ``create=False`` a missing store or
         experiment raises `LookupError` instead of being created (for read-only callers)."""
-        _quiet()
+        quiet_mlflow()
         from mlflow.tracking import MlflowClient
 
-        if not create and tracking_uri.startswith("sqlite:///"):
-            if not Path(tracking_uri[len("sqlite:///") :]).is_file():
+        db = sqlite_path(tracking_uri)
+        if not create and db is not None:
+            if not db.is_file():
                 raise LookupError(f"no MLflow store at {tracking_uri}: has a search run there?")
         self.tracking_uri = tracking_uri
         self.experiment = experiment
@@ -104,12 +75,18 @@ class Tracker:
     # runs -----------------------------------------------------------------------------
     def start_parent(self, existing_run_id: str | None, tags: dict[str, str]) -> str:
         """Reopen the search's parent run when resuming, else create it."""
+        from mlflow.exceptions import MlflowException
+
         if existing_run_id:
-            with contextlib.suppress(Exception):  # a parent deleted by hand: start a new one
+            try:
                 run = self.client.get_run(existing_run_id)
-                if run.info.lifecycle_stage == "active":
-                    self.client.update_run(existing_run_id, status="RUNNING")
-                    return existing_run_id
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                run = None  # deleted for good by hand: start a new parent
+            if run is not None and run.info.lifecycle_stage == "active":
+                self.client.update_run(existing_run_id, status="RUNNING")
+                return existing_run_id
         run = self.client.create_run(
             self.experiment_id, run_name=f"search-{self.experiment}", tags={ROLE: "search", **tags}
         )
@@ -206,12 +183,23 @@ class Tracker:
         return str(info.model_uri)
 
     def register_best(self, model_uri: str, run_id: str) -> tuple[str, str]:
-        """Register ``model_uri`` and point the alias ``best`` at it; returns (name, version)."""
+        """Register ``model_uri`` and point the alias ``best`` at it; returns (name, version).
+
+        Idempotent: if ``best`` already points at a version from ``run_id`` it is kept.
+        """
         import mlflow
+        from mlflow.exceptions import MlflowException
 
         name = registered_name(self.experiment)
+        try:
+            current = self.client.get_model_version_by_alias(name, "best")
+            if current.run_id == run_id:
+                return name, str(current.version)
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise
         # The registry resolves ``models:/m-...`` URIs through the global tracking URI.
-        with _fluent(self.tracking_uri):
+        with _fluent(self.tracking_uri), stderr_to_debug():
             version = mlflow.register_model(model_uri, name, tags={"mlflow.source.run_id": run_id})
         self.client.set_registered_model_alias(name, "best", version.version)
         return name, str(version.version)

@@ -106,7 +106,7 @@ def _task(x: torch.Tensor, classes: int) -> torch.Tensor:
     return (summary @ proj).argmax(dim=1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _trained(name: str, n: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     cls, shape = MODELS.get(name, (WithCustomLayer, (3, 8, 8)))
     torch.manual_seed(0)

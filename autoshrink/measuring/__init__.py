@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -13,6 +13,9 @@ from autoshrink.config import HardwareProfile
 from autoshrink.data import DataLike, batches, split_batch
 
 Evaluate = Callable[[Artifact, DataLike], float]
+
+#: The figures of a `Measurement` that are numbers, in the order reports show them.
+METRICS = ("accuracy", "latency_ms", "latency_p95_ms", "energy_mj", "size_bytes", "num_parameters")
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,18 @@ class Measurement:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Measurement:
-        return cls(**data)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def metrics(self) -> dict[str, float]:
+        """The numeric figures under the names used everywhere (budget, MLflow, reports).
+
+        Example:
+            >>> m = Measurement(0.9, 1.0, 1.2, 0.5, 1000, 10, "torch", 1, 1, 150, 1.1, "estimate")
+            >>> sorted(m.metrics())
+            ['accuracy', 'energy_mj', 'latency_ms', 'latency_p95_ms', 'num_parameters', 'size_bytes']
+        """
+        return {name: float(getattr(self, name)) for name in METRICS}
 
 
 def timing_batch(data: DataLike, batch_size: int, example_input: torch.Tensor | None = None) -> torch.Tensor:

@@ -2,15 +2,39 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from autoshrink.artifact import Artifact
 from autoshrink.data import DataLike, batches, split_batch
 
 
+class EvaluationError(ValueError):
+    """Scoring a candidate failed: the user's ``evaluate`` raised or returned a non-number."""
+
+
 def score(artifact: Artifact, data: DataLike, evaluate: Callable[[Artifact, DataLike], float] | None = None) -> float:
-    """The user's ``evaluate(artifact, data)`` if given (higher is better), else top-1 accuracy."""
-    return float(evaluate(artifact, data) if evaluate else top1_accuracy(artifact, data))
+    """The user's ``evaluate(artifact, data)`` if given (higher is better), else top-1 accuracy.
+
+    Whatever the user's function raises, or a result that is not a finite number, becomes an
+    `EvaluationError` naming the function, so a search records it on the candidate.
+    """
+    if evaluate is None:
+        return top1_accuracy(artifact, data)
+    name = getattr(evaluate, "__name__", type(evaluate).__name__)
+    try:
+        value = evaluate(artifact, data)
+    except Exception as exc:  # user code: anything it raises belongs to this candidate
+        raise EvaluationError(f"evaluate function {name!r} raised {type(exc).__name__}: {exc}") from exc
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise EvaluationError(
+            f"evaluate function {name!r} must return a number (higher is better), got {type(value).__name__}"
+        ) from None
+    if not math.isfinite(number):
+        raise EvaluationError(f"evaluate function {name!r} returned {number} for {artifact.plan.label}")
+    return number
 
 
 def top1_accuracy(artifact: Artifact, data: DataLike, batch_size: int = 128) -> float:

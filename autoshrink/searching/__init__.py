@@ -1,9 +1,11 @@
-"""Searching compression plans: `search` (Optuna, in-process), `load_best`, results."""
+"""Searching compression plans: `search`, its backends, `load_best`, results."""
 
 from __future__ import annotations
 
+from autoshrink.searching.backend import Backend
+from autoshrink.searching.driver import search
 from autoshrink.searching.load import best_run, load_best
-from autoshrink.searching.local import Progress, pareto_trials, search
-from autoshrink.searching.result import Candidate, SearchResult
+from autoshrink.searching.local import LocalBackend
+from autoshrink.searching.result import Candidate, Progress, SearchResult
 
-__all__ = ["Candidate", "Progress", "SearchResult", "best_run", "load_best", "pareto_trials", "search"]
+__all__ = ["Backend", "Candidate", "LocalBackend", "Progress", "SearchResult", "best_run", "load_best", "search"]

@@ -6,7 +6,9 @@ from typing import Any
 
 from autoshrink.artifact import Artifact
 from autoshrink.config import Budget
-from autoshrink.tracking import ROLE, Tracker, registered_name, resolve_tracking_uri
+from autoshrink.searching.result import rank_key
+from autoshrink.store import resolve_tracking_uri
+from autoshrink.tracking import MODEL_URI, PARETO, ROLE, Tracker, registered_name
 
 
 def best_run(experiment: str, *, tracking_uri: str | None = None, budget: Budget | None = None) -> Any:
@@ -45,19 +47,19 @@ def _best_run(tracker: Tracker, budget: Budget | None) -> Any:
         raise LookupError(f"experiment {experiment!r} has no search in {tracker.tracking_uri}")
     runs = client.search_runs(
         [tracker.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{parents[0].info.run_id}' and tags.pareto = 'True'",
+        filter_string=f"tags.mlflow.parentRunId = '{parents[0].info.run_id}' and tags.{PARETO} = '{True}'",
         max_results=10_000,
     )
     ok = []
     for run in runs:
         metrics = run.data.metrics
-        if "autoshrink.model_uri" not in run.data.tags or "latency_ms" not in metrics:
+        if MODEL_URI not in run.data.tags or "latency_ms" not in metrics:
             continue
-        if all(v <= 0 for v in budget.violations(metrics).values()):
+        if budget.met(budget.violations(metrics)):
             ok.append(run)
     if not ok:
         raise LookupError(f"no logged Pareto model of {experiment!r} meets {budget}")
-    return max(ok, key=lambda r: (r.data.metrics["accuracy"], -r.data.metrics["latency_ms"]))
+    return min(ok, key=lambda r: rank_key(r.data.metrics["accuracy"], r.data.metrics["latency_ms"]))
 
 
 def load_best(experiment: str, *, tracking_uri: str | None = None, budget: Budget | None = None) -> Artifact:

@@ -3,13 +3,40 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from autoshrink.searching.result import Candidate, SearchResult
+
+COLUMNS = ("trial", "plan", "runtime", "val acc", "test acc", "p50 ms", "p95 ms", "speed-up", "kB", "mJ/inf", "budget")
+
+
+def pareto_rows(result: SearchResult) -> list[dict[str, str]]:
+    """The baseline and the Pareto set as table rows (`COLUMNS`), formatted once for every view."""
+    base = result.baseline.measurement
+    rows = []
+    for c in [result.baseline, *result.pareto]:
+        m = c.measurement
+        test = c.test_accuracy
+        rows.append(
+            {
+                "trial": "baseline" if c.trial is None else str(c.trial),
+                "plan": c.plan.label,
+                "runtime": m.runtime,
+                "val acc": f"{m.accuracy:.4f}",
+                "test acc": "-" if test is None else f"{test:.4f}",
+                "p50 ms": f"{m.latency_ms:.3f}",
+                "p95 ms": f"{m.latency_p95_ms:.3f}",
+                "speed-up": f"{base.latency_ms / m.latency_ms:.1f}x",
+                "kB": f"{m.size_bytes / 1e3:.1f}",
+                "mJ/inf": f"{m.energy_mj:.3f}",
+                "budget": "met" if c.feasible else "over",
+            }
+        )
+    return rows
 
 
 def pareto_markdown(result: SearchResult) -> str:
     """A Markdown table of the baseline and the Pareto set, with the outcome on top."""
-    base = result.baseline.measurement
     lines = [
         f"# Search `{result.experiment}`",
         "",
@@ -17,29 +44,17 @@ def pareto_markdown(result: SearchResult) -> str:
         "",
         "Selection uses validation accuracy; `test acc` is measured once on the test split.",
         "",
-        "| trial | plan | runtime | val acc | test acc | p50 ms | p95 ms | speed-up | kB | mJ/inf | feasible |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
     ]
-    for c in [result.baseline, *result.pareto]:
-        m = c.measurement
-        lines.append(
-            f"| {'baseline' if c.trial is None else c.trial} | {c.plan.label} | {m.runtime} | "
-            f"{m.accuracy:.4f} | {c.test_accuracy if c.test_accuracy is not None else float('nan'):.4f} | "
-            f"{m.latency_ms:.3f} | {m.latency_p95_ms:.3f} | {base.latency_ms / m.latency_ms:.1f}x | "
-            f"{m.size_bytes / 1e3:.1f} | {m.energy_mj:.3f} | {'yes' if c.feasible else 'no'} |"
-        )
-    lines += ["", f"Energy: {base.energy_method}."]
+    lines += ["| " + " | ".join(row[c] for c in COLUMNS) + " |" for row in pareto_rows(result)]
+    lines += ["", f"Energy: {result.baseline.measurement.energy_method}."]
     return "\n".join(lines) + "\n"
 
 
 def pareto_plot(result: SearchResult, measured: list[Candidate], path: Path) -> Path:
     """Validation accuracy vs latency of every measured candidate, Pareto set highlighted."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = new_figure()
     front = {c.trial for c in result.pareto}
     others = [c for c in measured if c.trial not in front]
     ax.scatter(
@@ -72,5 +87,14 @@ def pareto_plot(result: SearchResult, measured: list[Candidate], path: Path) -> 
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
+
+
+def new_figure(size: tuple[float, float] = (8, 5)) -> tuple[Any, Any]:
+    """A figure and its axes drawn with Agg, without touching pyplot's global backend."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()

@@ -1,12 +1,23 @@
-"""`Candidate` and `SearchResult`: what a search returns."""
+"""What a search returns and reports: `Candidate`, `SearchResult`, `Progress`, the ranking rule."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from autoshrink.config import Budget
 from autoshrink.measuring import Measurement
 from autoshrink.plan import Plan
+
+
+def rank_key(accuracy: float, latency_ms: float) -> tuple[float, float]:
+    """Sort key for "best": highest accuracy first, ties to the lower latency.
+
+    Example:
+        >>> sorted([(0.9, 2.0), (0.95, 3.0), (0.95, 1.0)], key=lambda c: rank_key(*c))
+        [(0.95, 1.0), (0.95, 3.0), (0.9, 2.0)]
+    """
+    return (-accuracy, latency_ms)
 
 
 @dataclass(frozen=True)
@@ -28,7 +39,11 @@ class Candidate:
 
     @property
     def feasible(self) -> bool:
-        return all(v <= 0 for v in self.violations.values())
+        return Budget.met(self.violations)
+
+    @property
+    def rank(self) -> tuple[float, float]:
+        return rank_key(self.measurement.accuracy, self.measurement.latency_ms)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -36,6 +51,25 @@ class Candidate:
         data["label"] = self.plan.label
         data["feasible"] = self.feasible
         return data
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Sent to the ``progress`` callback as the search moves on.
+
+    ``stage`` is ``"baseline"`` (the uncompressed model is being measured), ``"trial"`` (one
+    more trial finished; ``last`` describes it) or ``"finish"`` (the Pareto set is being
+    scored on the test split, logged and the best registered).
+    """
+
+    stage: str
+    done: int
+    total: int
+    feasible: int
+    failed: int
+    last: str
+    best: str | None
+    elapsed_s: float
 
 
 @dataclass(frozen=True)

@@ -10,28 +10,28 @@ from pathlib import Path
 
 import pytest
 
-from tests.searching.test_search import _client, _study
+from tests.searching.conftest import client, study
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = """
 import sys, time
 from autoshrink.config import Budget
 from autoshrink.measuring.accuracy import top1_accuracy
-from tests.searching.test_search import _run
+from tests.searching.conftest import run_search
 
 def slow(artifact, data):
     time.sleep(0.3)
     return top1_accuracy(artifact, data)
 
-_run(__import__("pathlib").Path(sys.argv[1]), Budget(latency_ms=1000.0), trials=5, experiment="kill",
+run_search(__import__("pathlib").Path(sys.argv[1]), Budget(latency_ms=1000.0), trials=5, experiment="kill",
      evaluate=slow if sys.argv[2] == "slow" else None)
 """
 
 
 def _complete(tmp: Path) -> list[int]:
     try:
-        return [t.number for t in _study(tmp, "kill").trials if t.state.name == "COMPLETE"]
-    except Exception:  # the study does not exist yet
+        return [t.number for t in study(tmp, "kill").trials if t.state.name == "COMPLETE"]
+    except KeyError:  # the study does not exist yet
         return []
 
 
@@ -51,8 +51,8 @@ def test_sigkill_mid_search_then_resume(tmp_path: Path) -> None:
     assert done.returncode == 0
     after = _complete(tmp_path)
     assert len(after) == 5 and set(before) <= set(after)
-    client = _client(tmp_path)
-    runs = client.search_runs([client.get_experiment_by_name("kill").experiment_id], max_results=100)
+    c = client(tmp_path)
+    runs = c.search_runs([c.get_experiment_by_name("kill").experiment_id], max_results=100)
     trial_runs = [r for r in runs if r.data.tags.get("autoshrink.role") == "trial"]
     assert sorted(int(r.data.tags["autoshrink.trial"]) for r in trial_runs) == sorted(after)
     assert [r.data.tags.get("autoshrink.role") for r in runs].count("search") == 1

@@ -11,62 +11,17 @@ import pytest
 import torch
 
 import autoshrink
-from autoshrink.config import Budget, ConfigError, HardwareProfile
+from autoshrink.config import Budget, ConfigError
 from autoshrink.searching import load_best, search
 from autoshrink.space import SearchSpace
 from tests.conftest import make_case
-
-SPACE = SearchSpace(prune=(0.0, 0.6, 0.3), rank=("off",), bits=(32, 8), distill_epochs=(0, 1))
-HW = HardwareProfile(warmup_s=0.0, repeats=10, energy_s=0.1)
-
-
-def _run(tmp: Path, budget: Budget, trials: int, experiment: str = "exp", **kwargs):
-    model, (x, y), example = make_case("rescnn")
-    return search(
-        model,
-        train_data=(x[:256], y[:256]),
-        eval_data=(x[256:384], y[256:384]),
-        test_data=(x[384:], y[384:]),
-        example_input=example,
-        budget=budget,
-        space=SPACE,
-        trials=trials,
-        experiment=experiment,
-        tracking_uri=f"sqlite:///{tmp}/mlflow.db",
-        hardware=HW,
-        seed=0,
-        **kwargs,
-    )
-
-
-def _size_budget() -> Budget:
-    # Latency always met; size splits the space: fp32 artifacts are over, int8 ones under.
-    return Budget(latency_ms=1000.0, size_mb=0.2)
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory):
-    tmp = tmp_path_factory.mktemp("search")
-    return tmp, _run(tmp, _size_budget(), trials=8)
-
-
-def _client(tmp: Path):
-    from mlflow.tracking import MlflowClient
-
-    uri = f"sqlite:///{tmp}/mlflow.db"
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
-def _study(tmp: Path, name: str = "exp"):
-    import optuna
-
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp}/optuna.db")
+from tests.searching.conftest import HW, client, run_search, study
 
 
 def test_constraints_reach_the_sampler_and_best_respects_them(finished) -> None:
     tmp, result = finished
-    study = _study(tmp)
-    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    st = study(tmp)
+    complete = [t for t in st.trials if t.state.name == "COMPLETE"]
     assert len(complete) == 8
     assert all(set(t.constraints) == {"latency_ms", "size_mb"} for t in complete)
     feasible = [t for t in complete if all(v <= 0 for v in t.constraints.values())]
@@ -81,9 +36,9 @@ def test_constraints_reach_the_sampler_and_best_respects_them(finished) -> None:
 
 def test_mlflow_layout(finished) -> None:
     tmp, result = finished
-    client = _client(tmp)
-    exp = client.get_experiment_by_name("exp")
-    runs = client.search_runs([exp.experiment_id], max_results=100)
+    c = client(tmp)
+    exp = c.get_experiment_by_name("exp")
+    runs = c.search_runs([exp.experiment_id], max_results=100)
     parents = [r for r in runs if r.data.tags.get("autoshrink.role") == "search"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == result.parent_run_id]
     assert len(parents) == 1 and len(children) == 8
@@ -94,10 +49,10 @@ def test_mlflow_layout(finished) -> None:
     assert len(pareto) == len(result.pareto) >= 1
     assert all("autoshrink.model_uri" in r.data.tags and "test_accuracy" in r.data.metrics for r in pareto)
     parent = parents[0]
-    names = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    names = {a.path for a in c.list_artifacts(parent.info.run_id)}
     assert {"pareto.md", "pareto.json", "pareto.png", "baseline.json"} <= names
     assert "baseline_latency_ms" in parent.data.metrics and parent.data.params["budget.size_mb"] == "0.2"
-    version = client.get_model_version_by_alias("autoshrink-exp", "best")
+    version = c.get_model_version_by_alias("autoshrink-exp", "best")
     assert version.run_id == result.best.run_id
     assert not (Path.cwd() / "mlruns").exists() and not (Path.cwd() / "mlflow.db").exists()
 
@@ -126,7 +81,7 @@ def test_load_best_in_a_fresh_process(finished, tmp_path: Path) -> None:
 
 def test_resume_after_a_crash_keeps_finished_trials(tmp_path: Path) -> None:
     def crash_on_third(artifact, data):
-        done = [t for t in _study(tmp_path, "resume").trials if t.state.name == "COMPLETE"]
+        done = [t for t in study(tmp_path, "resume").trials if t.state.name == "COMPLETE"]
         if artifact.plan != autoshrink.Plan() and len(done) == 2:  # dies while measuring the 3rd
             raise KeyboardInterrupt
         from autoshrink.measuring.accuracy import top1_accuracy
@@ -135,17 +90,17 @@ def test_resume_after_a_crash_keeps_finished_trials(tmp_path: Path) -> None:
 
     budget = Budget(latency_ms=1000.0)
     with pytest.raises(KeyboardInterrupt):
-        _run(tmp_path, budget, trials=5, experiment="resume", evaluate=crash_on_third)
-    before = {t.number: t.values for t in _study(tmp_path, "resume").trials if t.state.name == "COMPLETE"}
+        run_search(tmp_path, budget, trials=5, experiment="resume", evaluate=crash_on_third)
+    before = {t.number: t.values for t in study(tmp_path, "resume").trials if t.state.name == "COMPLETE"}
     assert len(before) == 2
 
-    result = _run(tmp_path, budget, trials=5, experiment="resume")
-    study = _study(tmp_path, "resume")
-    complete = {t.number: t.values for t in study.trials if t.state.name == "COMPLETE"}
+    result = run_search(tmp_path, budget, trials=5, experiment="resume")
+    st = study(tmp_path, "resume")
+    complete = {t.number: t.values for t in st.trials if t.state.name == "COMPLETE"}
     assert len(complete) == 5 and all(complete[n] == v for n, v in before.items())
-    client = _client(tmp_path)
-    exp = client.get_experiment_by_name("resume")
-    runs = client.search_runs([exp.experiment_id], max_results=100)
+    c = client(tmp_path)
+    exp = c.get_experiment_by_name("resume")
+    runs = c.search_runs([exp.experiment_id], max_results=100)
     children = [r for r in runs if r.data.tags.get("autoshrink.role") == "trial"]
     assert len([r for r in runs if r.data.tags.get("autoshrink.role") == "search"]) == 1
     assert sorted(int(r.data.tags["autoshrink.trial"]) for r in children) == sorted(complete)
@@ -168,32 +123,32 @@ def test_a_failing_candidate_is_recorded_and_the_search_goes_on(tmp_path: Path, 
 
         return top1_accuracy(artifact, data)
 
-    result = _run(tmp_path, Budget(latency_ms=1000.0), trials=6, experiment="fail", evaluate=fail_int8)
+    result = run_search(tmp_path, Budget(latency_ms=1000.0), trials=6, experiment="fail", evaluate=fail_int8)
     assert result.n_failed >= 1 and result.n_complete >= 1
     assert result.n_failed + result.n_complete == 6
     assert all("int8 evaluation broke" in e for e in result.failures.values())
-    client = _client(tmp_path)
-    runs = client.search_runs([client.get_experiment_by_name("fail").experiment_id], max_results=100)
+    c = client(tmp_path)
+    runs = c.search_runs([c.get_experiment_by_name("fail").experiment_id], max_results=100)
     failed = [r for r in runs if r.info.status == "FAILED"]
     assert len(failed) == result.n_failed and all("int8 evaluation broke" in r.data.tags["error"] for r in failed)
 
 
 def test_impossible_budget_still_returns_the_pareto_set(tmp_path: Path) -> None:
-    result = _run(tmp_path, Budget(latency_ms=1e-6), trials=4, experiment="impossible")
+    result = run_search(tmp_path, Budget(latency_ms=1e-6), trials=4, experiment="impossible")
     assert not result.met_budget and result.best is None and result.registered_model is None
     assert result.pareto and result.closest is not None
     assert "NO candidate met the budget" in result.message and "closest" in result.message
-    client = _client(tmp_path)
-    parent = client.get_run(result.parent_run_id)
+    c = client(tmp_path)
+    parent = c.get_run(result.parent_run_id)
     assert parent.data.tags["met_budget"] == "False"
     with pytest.raises(LookupError, match="best"):
         load_best("impossible", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
 
 
 def test_changed_settings_do_not_silently_mix(tmp_path: Path) -> None:
-    _run(tmp_path, Budget(latency_ms=1000.0), trials=1, experiment="mix")
+    run_search(tmp_path, Budget(latency_ms=1000.0), trials=1, experiment="mix")
     with pytest.raises(ConfigError, match="budget"):
-        _run(tmp_path, Budget(latency_ms=5.0), trials=2, experiment="mix")
+        run_search(tmp_path, Budget(latency_ms=5.0), trials=2, experiment="mix")
 
 
 def test_space_yaml_errors_are_one_line(tmp_path: Path) -> None:
@@ -223,21 +178,22 @@ def test_repeated_plans_are_reused_not_rebuilt(tmp_path: Path) -> None:
         budget=Budget(latency_ms=1000.0), space=one_point, trials=3, experiment="dup",
         tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", hardware=HW,
     )  # fmt: skip
-    study = _study(tmp_path, "dup")
-    assert [t.user_attrs.get("duplicate_of") for t in study.trials] == [None, 0, 0]
+    st = study(tmp_path, "dup")
+    assert [t.user_attrs["outcome"]["duplicate_of"] for t in st.trials] == [None, 0, 0]
     assert len(result.pareto) == 1 and result.pareto[0].trial == 0
     assert result.timings["distinct_trials"] == 1
-    runs = _client(tmp_path).search_runs([_client(tmp_path).get_experiment_by_name("dup").experiment_id])
+    runs = client(tmp_path).search_runs([client(tmp_path).get_experiment_by_name("dup").experiment_id])
     assert sorted(r.data.tags.get("duplicate_of", "-") for r in runs if "autoshrink.trial" in r.data.tags) == ["-", "0", "0"]
 
 
 def test_best_is_re_timed_before_registration(finished) -> None:
-    from autoshrink.searching.local import _rechecker
+    from autoshrink.searching import LocalBackend
+    from autoshrink.searching.finish import Recheck
     from autoshrink.tracking import Tracker
 
     tmp, result = finished
     tracker = Tracker(f"sqlite:///{tmp}/mlflow.db", "exp")
     batch = make_case("rescnn")[1][0][:1]
-    assert _rechecker(Budget(latency_ms=1000.0), HW, batch, tracker)(result.best)
-    assert not _rechecker(Budget(latency_ms=1e-6), HW, batch, tracker)(result.best)
+    assert Recheck(LocalBackend(), Budget(latency_ms=1000.0), HW, batch, tracker)(result.best)
+    assert not Recheck(LocalBackend(), Budget(latency_ms=1e-6), HW, batch, tracker)(result.best)
     assert "recheck_latency_ms" in tracker.client.get_run(result.best.run_id).data.metrics

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from autoshrink.pipeline import compress
 from autoshrink.plan import Plan
 from autoshrink.techniques import CompressionError

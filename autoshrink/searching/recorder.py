@@ -1,0 +1,100 @@
+"""The one path that records a trial: Optuna user attributes and constraints, MLflow run.
+
+Only the process that owns the Optuna study records (workers compute, the driver writes), so
+the same code serves every backend.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING
+
+from autoshrink.config import Budget
+from autoshrink.measuring import Measurement
+from autoshrink.plan import Plan
+from autoshrink.searching.trial import TrialOutcome
+from autoshrink.tracking import (
+    DUPLICATE_OF,
+    ENERGY_METHOD,
+    ERROR,
+    FEASIBLE,
+    HOST,
+    PARETO,
+    RUNTIME,
+    SKIPPED,
+    Tracker,
+)
+
+if TYPE_CHECKING:
+    import optuna
+
+#: Optuna user attribute holding a trial's `TrialOutcome` (as a dict).
+OUTCOME = "outcome"
+
+
+class CandidateFailed(Exception):
+    """Raised after a failed candidate has been recorded, so that Optuna marks it FAIL."""
+
+
+class Recorder:
+    """Writes trials of one search to its Optuna study and its MLflow parent run."""
+
+    def __init__(self, tracker: Tracker, parent_run_id: str, budget: Budget) -> None:
+        self.tracker = tracker
+        self.parent_run_id = parent_run_id
+        self.budget = budget
+        self.baseline: Measurement | None = None
+        self._started: dict[int, float] = {}
+
+    def start(self, trial: optuna.trial.BaseTrial, plan: Plan) -> str:
+        """Open the trial's MLflow run (nested under the search) and note its plan."""
+        t0 = time.perf_counter()
+        run_id = self.tracker.start_trial(self.parent_run_id, trial.number, plan.label)
+        trial.set_user_attr("run_id", run_id)
+        trial.set_user_attr("plan", plan.to_dict())
+        self.tracker.log_params(run_id, plan.to_dict())
+        self._started[trial.number] = time.perf_counter() - t0
+        return run_id
+
+    def record(self, trial: optuna.trial.BaseTrial, run_id: str, outcome: TrialOutcome) -> tuple[float, ...]:
+        """Record ``outcome`` everywhere; returns the objective values.
+
+        A failed outcome is recorded (error on the trial and on its run, run FAILED) and then
+        `CandidateFailed` is raised. Constraints are set last, as Optuna requires.
+        """
+        t0 = time.perf_counter()
+        tags: dict[str, object] = {HOST: outcome.host or "-", PARETO: False}
+        if outcome.duplicate_of is not None:
+            tags[DUPLICATE_OF] = outcome.duplicate_of
+        if outcome.skipped:
+            tags[SKIPPED] = len(outcome.skipped)
+            self.tracker.log_text(run_id, json.dumps(outcome.skipped, indent=2), "skipped_layers.json")
+        if outcome.failed:
+            error = outcome.error or "no measurement"
+            trial.set_user_attr(OUTCOME, outcome.to_dict())
+            trial.set_user_attr("error", error)
+            self.tracker.set_tags(run_id, tags | {ERROR: error, FEASIBLE: False})
+            self.tracker.finish(run_id, "FAILED")
+            raise CandidateFailed(error)
+        m = outcome.measurement
+        assert m is not None  # not failed
+        violations = self.budget.violations(m.metrics())
+        metrics = m.metrics()
+        if self.baseline is not None:
+            metrics |= {
+                "speedup": self.baseline.latency_ms / m.latency_ms,
+                "size_ratio": self.baseline.size_bytes / m.size_bytes,
+            }
+        if outcome.duplicate_of is None:
+            metrics |= {"compress_s": outcome.compress_s, "measure_s": outcome.measure_s}
+        self.tracker.log_metrics(run_id, metrics)
+        tags |= {FEASIBLE: Budget.met(violations), RUNTIME: m.runtime, ENERGY_METHOD: m.energy_method}
+        self.tracker.set_tags(run_id, tags)
+        self.tracker.finish(run_id)
+        trial.set_user_attr(OUTCOME, outcome.to_dict())
+        overhead = self._started.pop(trial.number, 0.0) + time.perf_counter() - t0
+        trial.set_user_attr("overhead_s", overhead)
+        for name, value in violations.items():
+            trial.set_constraint(name, value)
+        return outcome.values

@@ -1,0 +1,234 @@
+"""The Optuna study of a search: open or resume it, and read it back.
+
+A trial counts when it finished: measured (COMPLETE) or failed with its error recorded. A trial
+left RUNNING by a crash, or FAILed without an error (Ctrl-C, a bug), was *interrupted*: it is
+closed, its half-written MLflow run deleted, and it is re-run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+from autoshrink.config import ConfigError
+from autoshrink.searching.recorder import OUTCOME
+from autoshrink.searching.result import Progress, rank_key
+from autoshrink.searching.trial import TrialOutcome
+from autoshrink.tracking import Tracker
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+DIRECTIONS: tuple[Literal["maximize", "minimize"], ...] = ("maximize", "minimize", "minimize")
+SAMPLERS = ("tpe", "nsga2", "random")
+
+log = logging.getLogger("autoshrink")
+
+
+def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler for ``name`` (``tpe``, ``nsga2`` or ``random``), seeded."""
+    import optuna
+
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(4, trials // 3)))
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, trials // 3)))
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ConfigError(f"sampler must be one of {SAMPLERS}, got {name!r}")
+
+
+def open_study(
+    experiment: str, storage_url: str, config: dict[str, Any], sampler: optuna.samplers.BaseSampler
+) -> optuna.Study:
+    """Create the study, or load it to resume; a different ``config`` is refused."""
+    import optuna
+
+    optuna.logging.disable_default_handler()  # Optuna's per-trial INFO lines; we report our own
+    study = optuna.create_study(
+        storage=optuna.storages.RDBStorage(storage_url),
+        study_name=experiment,
+        directions=list(DIRECTIONS),
+        sampler=sampler,
+        load_if_exists=True,
+    )
+    stored = study.user_attrs.get("config")
+    if stored is None:
+        study.set_user_attr("config", config)
+    elif stored != config:
+        changed = sorted(k for k in config.keys() | stored.keys() if stored.get(k) != config.get(k))
+        raise ConfigError(
+            f"experiment {experiment!r} already exists with a different {', '.join(changed)}; "
+            "re-run with the same settings to resume it, or choose a new --experiment name"
+        )
+    return study
+
+
+def is_interrupted(trial: FrozenTrial) -> bool:
+    from optuna.trial import TrialState
+
+    return trial.state == TrialState.RUNNING or (
+        trial.state == TrialState.FAIL and "error" not in trial.user_attrs
+    )
+
+
+def failures(study: optuna.Study) -> dict[int, str]:
+    """Trial number -> error, for trials that failed with their error recorded."""
+    from optuna.trial import TrialState
+
+    return {
+        t.number: t.user_attrs["error"]
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        if "error" in t.user_attrs
+    }
+
+
+def complete(study: optuna.Study) -> list[FrozenTrial]:
+    from optuna.trial import TrialState
+
+    return list(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def counted(study: optuna.Study) -> int:
+    """Trials that count towards the total: measured, or failed with a recorded error."""
+    return len(complete(study)) + len(failures(study))
+
+
+def outcome(trial: FrozenTrial) -> TrialOutcome:
+    return TrialOutcome.from_dict(trial.user_attrs[OUTCOME])
+
+
+def finished_outcomes(study: optuna.Study) -> dict[int, TrialOutcome]:
+    """Trial number -> outcome, for every measured trial."""
+    return {t.number: outcome(t) for t in complete(study) if OUTCOME in t.user_attrs}
+
+
+def constraint_values(trial: FrozenTrial) -> list[float]:
+    """Constraint values of a finished trial (Optuna 5 stores them by name)."""
+    constraints = trial.constraints or {}
+    return list(constraints.values()) if isinstance(constraints, dict) else list(constraints)
+
+
+def is_feasible(trial: FrozenTrial) -> bool:
+    return all(v <= 0 for v in constraint_values(trial))
+
+
+def recover_interrupted(study: optuna.Study, tracker: Tracker, parent_run_id: str) -> int:
+    """After a crash: close trials left running and delete their half-written MLflow runs."""
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    study_id = storage.get_study_id_from_name(study.study_name)
+    interrupted = [t for t in study.get_trials(deepcopy=False) if is_interrupted(t)]
+    runs = tracker.trial_runs(parent_run_id)
+    for trial in interrupted:
+        if trial.state == TrialState.RUNNING:
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+            storage.set_trial_user_attr(trial_id, "interrupted", True)
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        if trial.number in runs and runs[trial.number].info.lifecycle_stage == "active":
+            tracker.discard(runs[trial.number].info.run_id)
+    if interrupted:
+        log.warning("resumed: %d interrupted trial(s) discarded and re-run", len(interrupted))
+    return len(interrupted)
+
+
+def pareto_trials(study: optuna.Study) -> tuple[list[FrozenTrial], bool]:
+    """The feasible Pareto front (Optuna's ``best_trials``), or, when no trial is feasible,
+    the unconstrained front; the flag says which."""
+    import optuna
+
+    front = study.best_trials
+    if front:
+        return front, True
+    done = complete(study)
+    if not done:
+        return [], False
+    shadow = optuna.create_study(directions=list(DIRECTIONS))
+    for t in done:
+        shadow.add_trial(
+            optuna.trial.create_trial(
+                params=t.params, distributions=t.distributions, values=t.values, user_attrs={"number": t.number}
+            )
+        )
+    numbers = {t.user_attrs["number"] for t in shadow.best_trials}
+    return [t for t in done if t.number in numbers], False
+
+
+def trial_timings(study: optuna.Study) -> dict[str, float]:
+    """Mean work (compress + measure), framework overhead and wall time per distinct trial."""
+    done = [
+        (t, outcome(t))
+        for t in complete(study)
+        if OUTCOME in t.user_attrs and t.user_attrs[OUTCOME].get("duplicate_of") is None
+    ]
+    if not done:
+        return {}
+    n = len(done)
+    wall = [
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        for t, _ in done
+        if t.datetime_complete and t.datetime_start
+    ]
+    return {
+        "trial_work_s": sum(o.compress_s + o.measure_s for _, o in done) / n,
+        "trial_overhead_s": sum(t.user_attrs.get("overhead_s", 0.0) for t, _ in done) / n,
+        "trial_wall_s": sum(wall) / len(wall) if wall else 0.0,
+        "distinct_trials": float(n),
+    }
+
+
+def describe(trial: FrozenTrial) -> str:
+    """One line about a finished trial, for progress output."""
+    from optuna.trial import TrialState
+
+    label = _plan_label(trial)
+    if trial.state != TrialState.COMPLETE:
+        return f"trial {trial.number} {label}: FAILED {trial.user_attrs.get('error', '')[:160]}"
+    o = outcome(trial)
+    m = o.measurement
+    assert m is not None
+    dup = f" (same plan as trial {o.duplicate_of})" if o.duplicate_of is not None else ""
+    return (
+        f"trial {trial.number} {label}: val acc {m.accuracy:.4f}, {m.latency_ms:.3f} ms, "
+        f"{m.size_bytes / 1e3:.1f} kB, {'meets budget' if is_feasible(trial) else 'over budget'}{dup}"
+    )
+
+
+def _plan_label(trial: FrozenTrial) -> str:
+    from autoshrink.plan import Plan
+
+    plan = trial.user_attrs.get("plan")
+    return Plan.from_dict(plan).label if plan else "?"
+
+
+def progress_callback(
+    progress: Callable[[Progress], None], total: int, clock: Callable[[], float]
+) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """An Optuna callback that sends a `Progress` after every trial; works on any study."""
+
+    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        if is_interrupted(trial):
+            return
+        progress(snapshot(study, total, "trial", describe(trial), clock()))
+
+    return callback
+
+
+def snapshot(study: optuna.Study, total: int, stage: str, last: str, elapsed_s: float) -> Progress:
+    done = complete(study)
+    feasible = [t for t in done if is_feasible(t)]
+    best = min(feasible, key=lambda t: rank_key(t.values[0], t.values[1]), default=None)
+    return Progress(
+        stage=stage,
+        done=counted(study),
+        total=total,
+        feasible=len(feasible),
+        failed=len(failures(study)),
+        last=last,
+        best=f"trial {best.number}: acc {best.values[0]:.4f}, {best.values[1]:.3f} ms" if best else None,
+        elapsed_s=elapsed_s,
+    )
+

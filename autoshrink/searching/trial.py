@@ -1,0 +1,161 @@
+"""One candidate, wherever it runs: build it, measure it, save it. No Optuna, no MLflow here.
+
+A `TrialRunner` turns a `Plan` into a `TrialOutcome`. It never raises for a problem with the
+candidate itself (a technique that fails, a runtime that rejects the model, an ``evaluate``
+that raises): that becomes ``TrialOutcome.error``, which the driver records. Anything else
+(a bug, Ctrl-C, a full disk) propagates and stops the search, which then resumes on re-run.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from autoshrink.artifact import Artifact
+from autoshrink.config import HardwareProfile
+from autoshrink.measuring import Measurement, measure
+from autoshrink.plan import Plan
+from autoshrink.store import StoreError
+from autoshrink.workloads.base import Workload
+
+#: What a search optimizes, in this order: maximize the first, minimize the others.
+OBJECTIVES = ("accuracy", "latency_ms", "energy_mj")
+
+
+def candidate_errors() -> tuple[type[Exception], ...]:
+    """Errors that belong to one candidate: recorded on its trial, and the search goes on."""
+    from autoshrink.measuring.accuracy import EvaluationError
+    from autoshrink.techniques import CompressionError
+    from autoshrink.techniques.quantize import onnx_errors
+
+    # RuntimeError / ValueError: what torch raises for a graph a technique broke.
+    return (CompressionError, EvaluationError, RuntimeError, ValueError, *onnx_errors())
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What one candidate came to: its measurement and saved artifact, or its error.
+
+    Example:
+        >>> o = TrialOutcome(Plan(bits=8), error="CompressionError: no layer quantized")
+        >>> o.failed, TrialOutcome.from_dict(o.to_dict()) == o
+        (True, True)
+    """
+
+    plan: Plan
+    measurement: Measurement | None = None
+    error: str | None = None
+    artifact_path: str | None = None
+    compress_s: float = 0.0
+    measure_s: float = 0.0
+    skipped: dict[str, str] = field(default_factory=dict)
+    duplicate_of: int | None = None
+    host: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None or self.measurement is None
+
+    @property
+    def values(self) -> tuple[float, ...]:
+        """The objective values, in the order of `OBJECTIVES`."""
+        if self.measurement is None:
+            raise ValueError("a failed trial has no objective values")
+        return tuple(float(getattr(self.measurement, k)) for k in OBJECTIVES)
+
+    def duplicate(self, of: int) -> TrialOutcome:
+        """This outcome, reused by a later trial that sampled the same plan."""
+        return replace(self, duplicate_of=of)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["plan"] = self.plan.to_dict()
+        data["measurement"] = self.measurement.to_dict() if self.measurement else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrialOutcome:
+        fields_ = dict(data)
+        fields_["plan"] = Plan.from_dict(fields_["plan"])
+        m = fields_.get("measurement")
+        fields_["measurement"] = Measurement.from_dict(m) if m else None
+        return cls(**fields_)
+
+
+def find_twin(outcomes: Mapping[int, TrialOutcome], plan: Plan) -> tuple[int, TrialOutcome] | None:
+    """An earlier trial that measured ``plan`` (not itself a copy, not failed), if any.
+
+    Samplers repeat points in a discrete space; a repeat reuses the measurement.
+    """
+    for number in sorted(outcomes):
+        outcome = outcomes[number]
+        if outcome.plan == plan and outcome.duplicate_of is None and not outcome.failed:
+            return number, outcome
+    return None
+
+
+@dataclass(frozen=True, eq=False)
+class TrialRunner:
+    """Builds and measures candidates of one workload; picklable, so it can be shipped.
+
+    ``cache`` keeps what every candidate shares (the teacher's outputs on the training
+    data), so it is computed once per search and process.
+    """
+
+    workload: Workload
+    hardware: HardwareProfile
+    artifacts_dir: Path
+    seed: int = 0
+    cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def build(self, plan: Plan) -> Artifact:
+        from autoshrink.pipeline import compress
+
+        wl = self.workload
+        return compress(
+            wl.model, plan, train_data=wl.train, example_input=wl.example_input, seed=self.seed, cache=self.cache
+        )
+
+    def measure(self, artifact: Artifact) -> Measurement:
+        return measure(
+            artifact, eval_data=self.workload.val, hardware=self.hardware, evaluate=self.workload.evaluate
+        )
+
+    def __call__(self, plan: Plan, *, name: str) -> TrialOutcome:
+        """Build, measure and save ``plan``'s artifact as ``<artifacts_dir>/<name>.<suffix>``."""
+        start = time.perf_counter()
+        built = start
+        try:
+            artifact = self.build(plan)
+            built = time.perf_counter()
+            m = self.measure(artifact)
+        except candidate_errors() as exc:
+            now = time.perf_counter()
+            return TrialOutcome(
+                plan,
+                error=f"{type(exc).__name__}: {exc}"[:2000],
+                compress_s=(built if built > start else now) - start,
+                measure_s=now - built if built > start else 0.0,
+                host=socket.gethostname(),
+            )
+        measured = time.perf_counter()
+        path = self.save(artifact, name)
+        return TrialOutcome(
+            plan,
+            m,
+            artifact_path=str(path),
+            compress_s=built - start,
+            measure_s=measured - built,
+            skipped=artifact.skipped,
+            host=socket.gethostname(),
+        )
+
+    def save(self, artifact: Artifact, name: str) -> Path:
+        try:
+            return artifact.save(self.artifacts_dir / f"{name}{artifact.suffix}")
+        except OSError as exc:
+            raise StoreError(f"cannot save the candidate's artifact in {self.artifacts_dir}: {exc}") from exc

@@ -1,0 +1,63 @@
+"""Helpers shared by the search tests: a small search on the residual CNN in a temporary store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from autoshrink.config import Budget, HardwareProfile
+from autoshrink.searching import SearchResult, search
+from autoshrink.space import SearchSpace
+from tests.conftest import make_case
+
+SPACE = SearchSpace(prune=(0.0, 0.6, 0.3), rank=("off",), bits=(32, 8), distill_epochs=(0, 1))
+HW = HardwareProfile(warmup_s=0.0, repeats=10, energy_s=0.1)
+
+
+def run_search(tmp: Path, budget: Budget, trials: int, experiment: str = "exp", **kwargs: Any) -> SearchResult:
+    """A search on the small residual CNN with a temporary MLflow/Optuna store in ``tmp``."""
+    model, (x, y), example = make_case("rescnn")
+    options: dict[str, Any] = {"space": SPACE, "hardware": HW, "seed": 0} | kwargs
+    return search(
+        model,
+        train_data=(x[:256], y[:256]),
+        eval_data=(x[256:384], y[256:384]),
+        test_data=(x[384:], y[384:]),
+        example_input=example,
+        budget=budget,
+        trials=trials,
+        experiment=experiment,
+        tracking_uri=f"sqlite:///{tmp}/mlflow.db",
+        **options,
+    )
+
+
+def client(tmp: Path) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def study(tmp: Path, name: str = "exp") -> Any:
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp}/optuna.db")
+
+
+def runs(tmp: Path, experiment: str) -> list[Any]:
+    c = client(tmp)
+    return c.search_runs([c.get_experiment_by_name(experiment).experiment_id], max_results=1000)
+
+
+def size_budget() -> Budget:
+    # Latency always met; size splits the space: fp32 artifacts are over, int8 ones under.
+    return Budget(latency_ms=1000.0, size_mb=0.2)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SearchResult]:
+    tmp = tmp_path_factory.mktemp("search")
+    return tmp, run_search(tmp, size_budget(), trials=8)
