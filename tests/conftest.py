@@ -79,17 +79,31 @@ class ScaledChannels(nn.Module):
         return x * self.scale.view(1, -1, 1, 1)
 
 
+class SpatialBias(nn.Module):
+    """A custom layer whose parameter has no channel dimension (an 8x8 map added everywhere)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(8, 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.bias
+
+
 class WithCustomLayer(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 32, 3, padding=1)
         self.custom = ScaledChannels(32)
         self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
+        self.spatial = SpatialBias()
+        self.conv3 = nn.Conv2d(64, 64, 3, padding=1)
         self.head = nn.Linear(64, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.custom(F.relu(self.conv1(x)))
-        return self.head(F.relu(self.conv2(x)).mean(dim=(2, 3)))
+        x = self.spatial(F.relu(self.conv2(x)))
+        return self.head(F.relu(self.conv3(x)).mean(dim=(2, 3)))
 
 
 MODELS = {

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from autoshrink.techniques import (
+    CompressionError,
     Context,
     Stage,
     TechniqueReport,
@@ -139,6 +140,11 @@ def lowrank(stage: Stage, config: LowRankConfig, context: Context) -> Stage:
         pair = factorize_linear(module, rank) if isinstance(module, nn.Linear) else factorize_conv(module, rank)
         _set_submodule(model, name, pair)
         changed.append(f"{name} (rank {rank})")
+    if not changed:
+        raise CompressionError(
+            f"low rank at {config.fraction:g} changed no layer of this model "
+            f"({len(skipped)} considered: {', '.join(sorted(set(skipped.values()))[:3]) or 'none'})"
+        )
     check_forward(model, context.example_input, expected, "low-rank factorization")
     report = TechniqueReport(
         technique="lowrank",

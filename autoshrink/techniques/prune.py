@@ -48,12 +48,21 @@ class PruneConfig:
             raise ValueError(f"PruneConfig.ratio must be in [0, 0.9], got {self.ratio}")
 
 
-def _unprunable(model: nn.Module) -> tuple[list[nn.Module], set[int], dict[str, str]]:
-    """Modules to leave whole, ids of their parameters, and the reasons by layer name."""
+def _unprunable(
+    model: nn.Module,
+) -> tuple[list[nn.Module], dict[nn.Parameter, int], set[int], dict[str, str]]:
+    """What torch-pruning must be told about layers it has no rule for.
+
+    Returns the modules to leave whole, the loose parameters it can slice along a channel
+    dimension (a layer scale of shape (C, 1, 1), a class token of shape (1, 1, D)), the ids of
+    the parameters it cannot slice, and the reasons by layer name.
+    """
     ignored: list[nn.Module] = []
+    unwrapped: dict[nn.Parameter, int] = {}
     params: set[int] = set()
     skipped: dict[str, str] = {}
     inside_attention: set[int] = set()
+    widths = _channel_widths(model)
     for name, module in model.named_modules():
         if id(module) in inside_attention:
             continue
@@ -62,12 +71,42 @@ def _unprunable(model: nn.Module) -> tuple[list[nn.Module], set[int], dict[str, 
             inside_attention.update(id(m) for m in module.modules())
             skipped[name] = "attention: heads and the residual stream are kept whole"
             continue
-        own = list(module.parameters(recurse=False))
-        if own and not isinstance(module, _PRUNABLE):
-            ignored.append(module)
-            params.update(id(p) for p in own)
-            skipped[name] = f"{type(module).__name__} has no structured-pruning rule"
-    return ignored, params, skipped
+        if isinstance(module, _PRUNABLE):
+            continue
+        for pname, param in module.named_parameters(recurse=False):
+            dim = _channel_dim(param, widths)
+            label = f"{name}.{pname}" if name else pname
+            if dim is None:
+                params.add(id(param))
+                skipped[label] = f"{type(module).__name__} parameter of shape {tuple(param.shape)}: no channel dimension to slice"
+            else:
+                unwrapped[param] = dim
+    return ignored, unwrapped, params, skipped
+
+
+def _channel_widths(model: nn.Module) -> set[int]:
+    widths: set[int] = set()
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            widths.update((m.in_features, m.out_features))
+        elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            widths.update((m.in_channels, m.out_channels))
+    return widths
+
+
+def _channel_dim(param: nn.Parameter, widths: set[int]) -> int | None:
+    """The one dimension of a loose parameter that runs along channels, if there is one.
+
+    Example:
+        >>> _channel_dim(nn.Parameter(torch.ones(96, 1, 1)), {96, 384})
+        0
+        >>> _channel_dim(nn.Parameter(torch.ones(1, 197, 768)), {768, 3072})
+        2
+        >>> _channel_dim(nn.Parameter(torch.ones(5, 7)), {64}) is None
+        True
+    """
+    candidates = [d for d, size in enumerate(param.shape) if size > 1 and size in widths]
+    return candidates[-1] if len(candidates) == 1 else None
 
 
 def _groups_touching(pruner: tp.pruner.MetaPruner, params: set[int]) -> list[nn.Module]:
@@ -94,7 +133,7 @@ def prune(stage: Stage, config: PruneConfig, context: Context) -> Stage:
     with torch.no_grad():
         expected = model(example).shape
     before = count_parameters(model)
-    ignored, unknown_params, skipped = _unprunable(model)
+    ignored, unwrapped, unknown_params, skipped = _unprunable(model)
     heads = output_layers(model, example)
     names = {id(m): n for n, m in model.named_modules()}
     for head in heads:
@@ -110,16 +149,22 @@ def prune(stage: Stage, config: PruneConfig, context: Context) -> Stage:
                 pruning_ratio=config.ratio,
                 ignored_layers=ignored + heads,
                 round_to=config.round_to,
+                unwrapped_parameters=list(unwrapped.items()),
             )
             pruner.ignored_layers.extend(_groups_touching(pruner, unknown_params))
             pruner.step()
     except (RuntimeError, ValueError, KeyError, IndexError, AssertionError) as exc:
         raise CompressionError(f"structured pruning failed: {exc}") from exc
     check_forward(model, example, expected, "structured pruning")
+    after = count_parameters(model)
+    if after == before:
+        raise CompressionError(
+            f"structured pruning at {config.ratio:g} removed nothing: every channel group of this "
+            f"model reaches a layer it must leave whole ({', '.join(sorted(skipped)[:5]) or 'none listed'})"
+        )
     changed = tuple(
         n for n, m in model.named_modules() if n in widths_before and _width(m) != widths_before[n]
     )
-    after = count_parameters(model)
     report = TechniqueReport(
         technique="prune",
         changed=changed,

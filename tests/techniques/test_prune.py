@@ -31,14 +31,33 @@ def test_transformer_prunes_ffn_but_not_attention() -> None:
     assert any("self_attn" in k for k in skipped)
 
 
-def test_unknown_layer_is_skipped_and_reported() -> None:
+def test_unknown_layers_are_sliced_along_channels_or_skipped_and_reported() -> None:
     model, data, example = make_case("custom")
     art = compress(model, Plan(prune=0.5), train_data=data, example_input=example)
-    assert art.skipped["prune: custom"].startswith("ScaledChannels has no structured-pruning rule")
     module = art.torch_module
-    assert module.custom.scale.numel() == module.conv1.out_channels == 32  # its group left whole
-    assert module.conv2.out_channels == 32  # the rest still pruned
+    # a per-channel parameter (layer scale) is sliced with the channels it scales
+    assert module.custom.scale.numel() == module.conv1.out_channels == 16
+    # a parameter with no channel dimension cannot be sliced: left whole, and reported
+    assert module.spatial.bias.shape == (8, 8)
+    assert "no channel dimension" in art.skipped["prune: spatial.bias"]
     assert art(example).shape == (1, 10)
+
+
+def test_a_plan_that_prunes_nothing_fails_instead_of_passing_as_compressed() -> None:
+    from autoshrink.techniques import CompressionError
+
+    class OnlyAttention(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = torch.nn.MultiheadAttention(16, 2, batch_first=True)
+            self.head = torch.nn.Linear(16, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.attn(x, x, x)[0].mean(1))
+
+    x = torch.randn(4, 5, 16)
+    with pytest.raises(CompressionError, match="removed nothing"):
+        compress(OnlyAttention().eval(), Plan(prune=0.5), train_data=(x,), example_input=x[:1])
 
 
 def test_invalid_ratio() -> None:
