@@ -27,7 +27,7 @@ def bench_compression(
     import torch
 
     from autoshrink import workloads
-    from autoshrink.bench import run_compression_bench, write_report
+    from autoshrink.bench.compression import run_compression_bench, write_report
     from autoshrink.config import HardwareProfile
 
     torch.set_num_threads(build_threads or os.cpu_count() or 1)
@@ -38,24 +38,73 @@ def bench_compression(
     typer.echo(f"wrote {path}")
 
 
+@app.command("export-digits")
+def export_digits(
+    path: Path = typer.Argument(..., help="Folder to write (train/, val/, test/, one sub-folder per digit)."),
+    image_size: int = typer.Option(32, help="Height and width of the PNGs."),
+) -> None:
+    """Write the built-in digits data as an image folder, to try --data imagefolder:PATH offline."""
+    from autoshrink.workloads.vision import export_digits_folder
+
+    counts = export_digits_folder(path, image_size=image_size)
+    typer.echo(f"wrote {sum(counts.values())} images to {path} ({counts})")
+
+
+@bench_app.command("models")
+def bench_models(
+    out: Path = typer.Option(Path("results"), help="Folder for models.md/.json."),
+    image_size: int = typer.Option(224, help="Input size for the torchvision families."),
+    models: str = typer.Option(",".join(("resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
+                                         "regnet_x_400mf", "convnext_tiny")), help="Comma-separated torchvision names."),
+    search_model: str = typer.Option("resnet18", help="Model for the search with real accuracy ('' to skip)."),
+    search_trials: int = typer.Option(12, help="Trials of that search."),
+    search_budget_ms: float = typer.Option(2.0, help="Latency budget of that search."),
+) -> None:
+    """torchvision families at 224x224 (bytes, latency) and one CLI search with real accuracy."""
+    from autoshrink.bench.models import run_models_bench, run_search_row, write_models_report
+    from autoshrink.config import HardwareProfile
+
+    hardware = HardwareProfile()
+    rows = run_models_bench(models.split(","), image_size=image_size, hardware=hardware, log=typer.echo)
+    search_row = (
+        run_search_row(out, model=search_model, trials=search_trials, latency_budget_ms=search_budget_ms, log=typer.echo)
+        if search_model
+        else None
+    )
+    typer.echo(f"wrote {write_models_report(rows, search_row, out, hardware, image_size)}")
+
+
 def _die(message: str, code: int = 2) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 
 
+WORKLOAD_HELP = (
+    "digits (built in), torchvision:<model>, package.module:function, path/to/file.py:function, "
+    "or an installed plug-in."
+)
+
+
 @app.command()
 def search(
-    latency_budget_ms: float = typer.Option(..., help="Median latency limit per batch, in ms (required)."),
-    trials: int = typer.Option(20, help="Total trials in the study (finished ones count when resuming)."),
-    experiment: str = typer.Option("digits-demo", help="MLflow experiment / Optuna study name."),
-    workload: str = typer.Option("digits", help="Built-in workload to compress."),
+    latency_budget_ms: Optional[float] = typer.Option(None, help="Median latency limit per batch, in ms (required here or in --config)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Run file (YAML) with workload, budget, space, hardware...; flags override it."),
+    workload: Optional[str] = typer.Option(None, help=f"What to compress: {WORKLOAD_HELP} [default: digits]"),
+    data: Optional[str] = typer.Option(None, help="Image data for torchvision models: digits or imagefolder:PATH."),
+    weights: Optional[str] = typer.Option(None, help="torchvision weights: a weights name (from the local torch cache), a state-dict path, or none."),
+    num_classes: Optional[int] = typer.Option(None, help="Resize the classification head to this many classes."),
+    image_size: Optional[int] = typer.Option(None, help="Input height/width for image models."),
+    finetune_epochs: Optional[int] = typer.Option(None, help="Fine-tune a torchvision model on the train split first (cached)."),
+    workload_arg: list[str] = typer.Option([], "--workload-arg", help="key=value passed to the workload's function (repeatable)."),
+    trials: Optional[int] = typer.Option(None, help="Total trials in the study (finished ones count when resuming) [default: 20]."),
+    experiment: Optional[str] = typer.Option(None, help="MLflow experiment / Optuna study name [default: from the workload]."),
     space: Optional[Path] = typer.Option(None, help="Search space YAML (default: the workload family's)."),
     hardware: Optional[Path] = typer.Option(None, help="Hardware profile YAML (default: 1 thread, batch 1)."),
     size_budget_mb: Optional[float] = typer.Option(None, help="Artifact size limit in MB."),
     energy_budget_mj: Optional[float] = typer.Option(None, help="Energy per inference limit in mJ."),
     min_accuracy: Optional[float] = typer.Option(None, help="Lowest acceptable validation accuracy (0-1)."),
-    sampler: str = typer.Option("tpe", help="tpe, nsga2 or random."),
-    seed: int = typer.Option(0, help="Seed for the sampler and distillation."),
+    sampler: Optional[str] = typer.Option(None, help="tpe, nsga2 or random [default: tpe]."),
+    seed: Optional[int] = typer.Option(None, help="Seed for the sampler and distillation [default: 0]."),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default sqlite:///./.autoshrink/mlflow.db)."),
     build_threads: int = typer.Option(0, help="Threads for distillation (0 = all cores); timing uses the profile's."),
 ) -> None:
@@ -65,27 +114,37 @@ def search(
     import torch
 
     from autoshrink import workloads
-    from autoshrink.config import Budget, ConfigError, HardwareProfile
+    from autoshrink.config import ConfigError, HardwareProfile
     from autoshrink.searching import search as run_search
     from autoshrink.space import SearchSpace
     from autoshrink.techniques import CompressionError
 
     say = _Reporter()
     try:
-        budget = Budget(latency_budget_ms, size_budget_mb, energy_budget_mj, min_accuracy)
-        space_obj = SearchSpace.from_yaml(space) if space else None
-        hw = HardwareProfile.from_yaml(hardware) if hardware else HardwareProfile()
-        say.line(f"loading workload '{workload}'")
-        wl = workloads.load(workload)
+        run = _run_config(
+            config, latency_budget_ms=latency_budget_ms, size_mb=size_budget_mb, energy_mj=energy_budget_mj,
+            min_accuracy=min_accuracy, workload=workload, trials=trials, experiment=experiment,
+            space=SearchSpace.from_yaml(space) if space else None,
+            hardware=HardwareProfile.from_yaml(hardware) if hardware else None,
+            sampler=sampler, seed=seed, tracking_uri=tracking_uri,
+            workload_options=_workload_options(
+                weights=weights, num_classes=num_classes, data=data, image_size=image_size,
+                finetune_epochs=finetune_epochs, args=workload_arg,
+            ),
+        )  # fmt: skip
+        say.line(f"loading workload '{run.workload}'")
+        wl = workloads.load(run.workload, **run.workload_options)
     except (ConfigError, ValueError) as exc:
         _die(str(exc))
     torch.set_num_threads(build_threads or os.cpu_count() or 1)
-    say.line(f"searching {trials} trials of '{wl.name}' under {budget.to_dict()} -> experiment '{experiment}'")
+    _quiet_optuna()
+    say.line(f"searching {run.trials} trials of '{wl.name}' under {run.budget.to_dict()} -> experiment '{run.experiment}'")
     try:
-        with _sigterm_as_interrupt(), say.progress(trials) as update:
+        with _sigterm_as_interrupt(), say.progress(run.trials) as update:
             result = run_search(
-                wl, budget=budget, space=space_obj, trials=trials, experiment=experiment,
-                tracking_uri=tracking_uri, hardware=hw, sampler=sampler, seed=seed, progress=update,
+                wl, budget=run.budget, space=run.space, trials=run.trials, experiment=run.experiment,
+                tracking_uri=run.tracking_uri, hardware=run.hardware, sampler=run.sampler, seed=run.seed,
+                progress=update, run_file=run.to_yaml(),
             )  # fmt: skip
     except KeyboardInterrupt:
         _die(
@@ -95,6 +154,51 @@ def search(
     except (ConfigError, CompressionError) as exc:
         _die(str(exc))
     _print_result(result)
+
+
+def _quiet_optuna() -> None:
+    """The command line reports every trial itself: Optuna's own lines would repeat them."""
+    import optuna
+
+    optuna.logging.disable_default_handler()
+
+
+def _workload_options(*, args: list[str], **flags: Any) -> dict[str, Any] | None:
+    """Workload options from the flags that were given and ``--workload-arg key=value``."""
+    import yaml
+
+    from autoshrink.config import ConfigError
+
+    options = {k: v for k, v in flags.items() if v is not None}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--workload-arg takes key=value, got {arg!r}")
+        options[key.strip()] = yaml.safe_load(value)
+    return options or None
+
+
+def _run_config(config: Path | None, *, latency_budget_ms: float | None, size_mb: float | None,
+                energy_mj: float | None, min_accuracy: float | None, **overrides: Any) -> Any:  # fmt: skip
+    """The run file (if any) with the command-line flags on top."""
+    from dataclasses import replace
+
+    from autoshrink.config import Budget, ConfigError
+    from autoshrink.runfile import RunConfig
+    from autoshrink.store import experiment_name_for
+
+    limits = {"latency_ms": latency_budget_ms, "size_mb": size_mb, "energy_mj": energy_mj, "min_accuracy": min_accuracy}
+    given = {k: v for k, v in limits.items() if v is not None}
+    if config is not None:
+        run = RunConfig.from_yaml(config)
+        run = replace(run, budget=replace(run.budget, **given))
+    else:
+        if latency_budget_ms is None:
+            raise ConfigError("a latency budget is required: --latency-budget-ms MS (or a run file with --config)")
+        run = RunConfig(budget=Budget(**given))
+        if overrides.get("experiment") is None:
+            overrides["experiment"] = experiment_name_for(overrides.get("workload") or run.workload)
+    return run.with_overrides(**overrides)
 
 
 @contextlib.contextmanager

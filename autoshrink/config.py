@@ -137,7 +137,7 @@ class HardwareProfile:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HardwareProfile:
-        return _build(cls, data, "hardware profile")
+        return build_checked(cls, data, "hardware profile")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> HardwareProfile:
@@ -158,9 +158,14 @@ def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _build(cls: Any, data: dict[str, Any], what: str) -> Any:
-    known = {f.name for f in fields(cls)}
+def check_keys(data: dict[str, Any], known: set[str], what: str) -> None:
+    """Refuse keys a mapping should not have, naming them and the ones it may have."""
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"{what}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+
+
+def build_checked(cls: Any, data: dict[str, Any], what: str) -> Any:
+    """``cls(**data)`` for a dataclass, with unknown keys refused by `check_keys`."""
+    check_keys(data, {f.name for f in fields(cls)}, what)
     return cls(**data)

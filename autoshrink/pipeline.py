@@ -72,6 +72,7 @@ def compress(
     if not isinstance(example_input, torch.Tensor):
         raise TypeError("example_input must be a tensor with the model's input shape (batch 1)")
     check_on_cpu(model)
+    check_runs(model, example_input)
     was_training = model.training
     try:
         with torch.random.fork_rng(devices=[]):
@@ -95,6 +96,22 @@ def compress(
         return Artifact(plan, "onnxruntime", payload, params, stage.reports)
     payload = torch_payload(module, plan, stage.reports)
     return Artifact(plan, "torch", payload, params, stage.reports, module=module)
+
+
+def check_runs(model: nn.Module, example_input: torch.Tensor) -> None:
+    """The model must run on ``example_input``; otherwise say so before any technique does."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(example_input)
+    except Exception as exc:  # whatever the user's forward raises, it is their model's error
+        shape = tuple(example_input.shape)
+        raise ValueError(
+            f"the model does not run on example_input (shape {shape}, {example_input.dtype}): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        model.train(was_training)
 
 
 def check_on_cpu(model: nn.Module) -> None:

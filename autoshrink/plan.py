@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 ALLOWED_BITS = (32, 8, 4)
@@ -91,11 +91,9 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Plan:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown Plan field(s) {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**data)
+        from autoshrink.config import build_checked
+
+        return build_checked(cls, data, "Plan")
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

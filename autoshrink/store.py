@@ -78,6 +78,17 @@ def check_experiment_name(name: str) -> str:
     return name
 
 
+def experiment_name_for(workload: str) -> str:
+    """A default experiment name from a workload spec.
+
+    Example:
+        >>> experiment_name_for("torchvision:resnet18"), experiment_name_for("my/file.py:make")
+        ('torchvision-resnet18', 'my-file.py-make')
+    """
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", workload).strip("-.") or "autoshrink"
+    return name[:128]
+
+
 def prepare(tracking_uri: str) -> Path:
     """Create the store folder and check that files can be written there; returns it."""
     folder = store_dir(tracking_uri)

@@ -46,7 +46,6 @@ def open_study(
     """Create the study, or load it to resume; a different ``config`` is refused."""
     import optuna
 
-    optuna.logging.disable_default_handler()  # Optuna's per-trial INFO lines; we report our own
     study = optuna.create_study(
         storage=optuna.storages.RDBStorage(storage_url),
         study_name=experiment,

@@ -192,4 +192,5 @@ def load_digits_workload(*, retrain: bool = False, verbose: bool = True) -> Work
         val=val,
         test=test,
         example_input=test[0:1][0],
+        family="cnn",
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -149,25 +148,6 @@ def test_changed_settings_do_not_silently_mix(tmp_path: Path) -> None:
     run_search(tmp_path, Budget(latency_ms=1000.0), trials=1, experiment="mix")
     with pytest.raises(ConfigError, match="budget"):
         run_search(tmp_path, Budget(latency_ms=5.0), trials=2, experiment="mix")
-
-
-def test_space_yaml_errors_are_one_line(tmp_path: Path) -> None:
-    bad = tmp_path / "space.yaml"
-    bad.write_text("prune: {low: 0.5, high: 0.2, step: 0.1}\n")
-    with pytest.raises(ConfigError, match="space.yaml.*low <= high"):
-        SearchSpace.from_yaml(bad)
-    bad.write_text("bits: {choices: [32, 16]}\n")
-    with pytest.raises(ConfigError, match="bits"):
-        SearchSpace.from_yaml(bad)
-    bad.write_text("prune: [0.1\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
-        SearchSpace.from_yaml(bad)
-
-
-def test_default_yaml_matches_default_space() -> None:
-    root = Path(__file__).resolve().parents[2]
-    assert SearchSpace.from_yaml(root / "search_spaces" / "default.yaml") == SearchSpace()
-    assert json.loads(json.dumps(SearchSpace().to_dict()))  # serializable for MLflow params
 
 
 def test_repeated_plans_are_reused_not_rebuilt(tmp_path: Path) -> None:

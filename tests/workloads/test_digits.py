@@ -31,7 +31,7 @@ def test_digits_workload_is_accurate_and_cached(tmp_path, monkeypatch) -> None:
 
 
 def test_unknown_workload() -> None:
-    with pytest.raises(ValueError, match="available"):
+    with pytest.raises(ValueError, match="unknown workload 'imagenet-please'; a workload is one of: a built-in name"):
         workloads.load("imagenet-please")
 
 

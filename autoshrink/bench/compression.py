@@ -6,14 +6,13 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autoshrink.bench import environment
 from autoshrink.config import HardwareProfile
 from autoshrink.measuring import Measurement, measure
 from autoshrink.pipeline import compress
@@ -72,27 +71,11 @@ def run_compression_bench(
     return rows
 
 
-def _environment(hardware: HardwareProfile) -> dict[str, Any]:
-    import onnxruntime
-    import torch
-
-    return {
-        "machine": platform.machine(),
-        "processor": platform.processor() or "unknown",
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "hardware_profile": hardware.to_dict(),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
-
-
 def write_report(rows: list[BenchRow], out_dir: Path, hardware: HardwareProfile, workload: str) -> Path:
     """Write ``compression.md``, ``compression.json`` and ``compression.png`` into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     base = rows[0].measurement
-    env = _environment(hardware)
+    env = environment(hardware)
     records = []
     for row in rows:
         m = row.measurement

@@ -1,0 +1,360 @@
+"""``torchvision:<name>`` workloads: any torchvision classification model with your image data.
+
+Weights are never downloaded at run time. ``weights`` is one of:
+
+* ``"none"``: random initialization (to try things out: latency and size are real, accuracy
+  is not, unless you fine-tune with ``finetune_epochs``);
+* a torchvision weights name (``"IMAGENET1K_V1"``, ``"DEFAULT"``): used only if its file is
+  already in the local torch cache (``torch.hub.get_dir()/checkpoints``); otherwise the error
+  says which file to put where;
+* a path to a state dict saved with ``torch.save(model.state_dict(), path)``.
+
+``data`` is ``"digits"`` (scikit-learn's bundled digits, resized to ``image_size`` and made
+3-channel) or ``"imagefolder:PATH"`` (``PATH`` with ``train/``, ``val/`` and ``test/``
+sub-folders of class folders, or one folder of class folders split by ``split``).
+
+Example:
+    >>> from autoshrink.workloads import load
+    >>> wl = load("torchvision:resnet18", weights="none", data="digits", image_size=32)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset, Subset, TensorDataset
+
+from autoshrink.config import ConfigError
+from autoshrink.workloads.base import Workload
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TRANSFORMER_FAMILIES = ("vit_", "swin_", "maxvit_")
+
+
+def torchvision_workload(
+    name: str,
+    *,
+    weights: str | None = "none",
+    num_classes: int | None = None,
+    data: str | None = None,
+    image_size: int | None = None,
+    split: tuple[float, float, float] = (0.6, 0.2, 0.2),
+    finetune_epochs: int = 0,
+    seed: int = 0,
+    verbose: bool = True,
+) -> Workload:
+    """A torchvision classifier and image data, ready to search (see the module doc).
+
+    Args:
+        name: a model name from ``torchvision.models.list_models()``, e.g. ``"resnet18"``.
+        weights: ``"none"``, a torchvision weights name, or a state-dict path.
+        num_classes: resize the classification head (taken from the data when omitted).
+        data: ``"digits"`` or ``"imagefolder:PATH"`` (required).
+        image_size: input height and width (default: the weights' crop size, else 224).
+        split: train/val/test fractions for a single image folder (seeded by ``seed``).
+        finetune_epochs: train the whole model on the train split first (cached on disk),
+            so that accuracy means something for random or re-headed weights.
+    """
+    import torchvision
+
+    available = torchvision.models.list_models(module=torchvision.models)
+    if name not in available:
+        import difflib
+
+        close = difflib.get_close_matches(name, available, n=6, cutoff=0.6)
+        raise ConfigError(
+            f"torchvision has no classification model {name!r}"
+            + (f"; did you mean one of {close}?" if close else "; see torchvision.models.list_models()")
+        )
+    if data is None:
+        raise ConfigError(f"torchvision:{name} needs data: --data digits or --data imagefolder:PATH")
+    tv_weights = _torchvision_weights(name, weights)
+    size = image_size or _crop_size(tv_weights) or 224
+    train, val, test, classes = image_data(data, image_size=size, split=split, seed=seed)
+    num_classes = num_classes or classes
+    model = _build(name, weights, tv_weights, num_classes, size)
+    example = _first_input(val)
+    if finetune_epochs:
+        key = _finetune_key(name, weights, data, size, num_classes, finetune_epochs, seed, len(train))  # type: ignore[arg-type]
+        model = cached_finetune(model, train, val, epochs=finetune_epochs, key=key, seed=seed, verbose=verbose)
+    family = "transformer" if name.startswith(TRANSFORMER_FAMILIES) else "cnn"
+    return Workload(
+        name=f"torchvision:{name}",
+        model=model.eval(),
+        train=train,
+        val=val,
+        test=test,
+        example_input=example,
+        family=family,
+    )
+
+
+def _torchvision_weights(name: str, weights: str | None) -> Any:
+    """The torchvision weights enum member ``weights`` names, or None for none / a path."""
+    import torchvision
+
+    if weights is None or weights.lower() == "none" or Path(weights).suffix in (".pt", ".pth", ".bin"):
+        return None
+    try:
+        return torchvision.models.get_model_weights(name)[weights]
+    except KeyError:
+        names = [w.name for w in torchvision.models.get_model_weights(name)]
+        raise ConfigError(
+            f"{name} has no weights {weights!r}; use one of {names + ['DEFAULT']}, 'none', or a state-dict path"
+        ) from None
+
+
+def _crop_size(tv_weights: Any) -> int | None:
+    if tv_weights is None:
+        return None
+    crop = getattr(tv_weights.transforms(), "crop_size", None)
+    return int(crop[0]) if crop else None
+
+
+def _cached_weight_file(tv_weights: Any) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(tv_weights.url)
+
+
+def _build(name: str, weights: str | None, tv_weights: Any, num_classes: int, size: int) -> nn.Module:
+    import torchvision
+
+    if tv_weights is not None:
+        path = _cached_weight_file(tv_weights)
+        if not path.is_file():
+            raise ConfigError(
+                f"weights {weights} for {name} are not in the local torch cache, and autoshrink never "
+                f"downloads at run time: put {path.name} in {path.parent} (from {tv_weights.url}), "
+                "or pass --weights none / a state-dict path"
+            )
+        model = torchvision.models.get_model(name, weights=tv_weights)
+        _resize_head(model, num_classes, size)
+        return model
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # random weights are the same in every run (resume, run files)
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    if weights is not None and weights.lower() != "none":
+        path = Path(weights)
+        if not path.is_file():
+            raise ConfigError(f"weights file {path} does not exist")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state) if isinstance(state, dict) else state
+            model.load_state_dict(state)
+        except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"cannot load {path} into {name} with {num_classes} classes: {str(exc)[:400]}") from None
+    return model
+
+
+def _resize_head(model: nn.Module, num_classes: int, size: int) -> None:
+    """Replace the final Linear by one with ``num_classes`` outputs (untrained: fine-tune it)."""
+    from autoshrink.techniques import output_layers
+
+    model.eval()
+    heads = [m for m in output_layers(model, torch.zeros(1, 3, size, size)) if isinstance(m, nn.Linear)]
+    if not heads:
+        raise ConfigError("cannot find the classification head (a final nn.Linear) to resize")
+    head = heads[0]
+    if head.out_features == num_classes:
+        return
+    name = next(n for n, m in model.named_modules() if m is head)
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        setattr(parent, attr, nn.Linear(head.in_features, num_classes, bias=head.bias is not None))
+
+
+def _first_input(data: Dataset) -> torch.Tensor:
+    x = data[0][0]
+    return x.unsqueeze(0).contiguous()
+
+
+# -- data -------------------------------------------------------------------------------------
+
+
+def image_data(
+    spec: str, *, image_size: int, split: tuple[float, float, float] = (0.6, 0.2, 0.2), seed: int = 0
+) -> tuple[Dataset, Dataset, Dataset, int]:
+    """(train, val, test, number of classes) for ``"digits"`` or ``"imagefolder:PATH"``."""
+    if spec == "digits":
+        return (*digits_images(image_size), 10)
+    scheme, _, path = spec.partition(":")
+    if scheme == "imagefolder" and path:
+        return image_folder(Path(path), image_size=image_size, split=split, seed=seed)
+    raise ConfigError(f"unknown data {spec!r}; use 'digits' or 'imagefolder:PATH'")
+
+
+def digits_images(image_size: int) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
+    """The digits splits as 3-channel ``image_size`` images, ImageNet-normalized."""
+    from autoshrink.workloads.digits import digits_splits
+
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    out = []
+    for ds in digits_splits():
+        x, y = ds.tensors
+        x = (x * 0.5 + 0.5).clamp(0, 1)  # back to [0, 1]
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+        out.append(TensorDataset(((x.repeat(1, 3, 1, 1) - mean) / std).contiguous(), y))
+    return out[0], out[1], out[2]
+
+
+def image_folder(
+    root: Path, *, image_size: int, split: tuple[float, float, float], seed: int
+) -> tuple[Dataset, Dataset, Dataset, int]:
+    """An image folder (``train/val/test`` sub-folders, or class folders split by ``split``)."""
+    from torchvision import datasets, transforms
+
+    if not root.is_dir():
+        raise ConfigError(f"image folder {root} does not exist")
+    tf = transforms.Compose(
+        [
+            transforms.Resize(image_size),
+            transforms.CenterCrop(image_size),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+    parts = [root / p for p in ("train", "val", "test")]
+
+    def folder(path: Path) -> Any:
+        try:
+            return datasets.ImageFolder(str(path), transform=tf)
+        except (FileNotFoundError, RuntimeError) as exc:  # no class folders / no images
+            raise ConfigError(f"image folder {path}: {exc}") from None
+
+    if all(p.is_dir() for p in parts):
+        train, val, test = (folder(p) for p in parts)
+        if not (train.classes == val.classes == test.classes):
+            raise ConfigError(f"{root}: train/, val/ and test/ must hold the same class folders")
+        return train, val, test, len(train.classes)
+    if any(p.is_dir() for p in parts):
+        raise ConfigError(f"{root}: give all three of train/, val/ and test/, or none (then it is split)")
+    if len(split) != 3 or abs(sum(split) - 1) > 1e-6 or min(split) <= 0:
+        raise ConfigError(f"split must be three positive fractions summing to 1, got {split}")
+    full = folder(root)
+    order = torch.randperm(len(full), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_train, n_val = int(split[0] * len(full)), int(split[1] * len(full))
+    pieces = (order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :])
+    if min(len(p) for p in pieces) == 0:
+        raise ConfigError(f"{root}: {len(full)} images are too few to split {split} (a split would be empty)")
+    train, val, test = (Subset(full, p) for p in pieces)
+    return train, val, test, len(full.classes)
+
+
+def export_digits_folder(root: Path, *, image_size: int = 32) -> dict[str, int]:
+    """Write the digits splits as an image folder (``train/val/test/<digit>/<n>.png``).
+
+    A real image folder made from data that ships with scikit-learn, to try
+    ``--data imagefolder:PATH`` without downloading anything. Returns images per split.
+    """
+    from PIL import Image
+
+    from autoshrink.workloads.digits import digits_splits
+
+    counts = {}
+    for part, ds in zip(("train", "val", "test"), digits_splits()):
+        x, y = ds.tensors
+        x = F.interpolate((x * 0.5 + 0.5).clamp(0, 1), size=(image_size, image_size), mode="bilinear")
+        for i, (img, label) in enumerate(zip(x, y)):
+            folder = root / part / str(int(label))
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((img[0].numpy() * 255).astype("uint8"), mode="L").convert("RGB").save(folder / f"{i}.png")
+        counts[part] = len(y)
+    return counts
+
+
+# -- fine-tuning --------------------------------------------------------------------------------
+
+
+def _finetune_key(*parts: Any) -> str:
+    recipe = "|".join(str(p) for p in (*parts, torch.__version__, "finetune-v1"))
+    return hashlib.sha256(recipe.encode()).hexdigest()[:12]
+
+
+def cached_finetune(
+    model: nn.Module, train: Dataset, val: Dataset, *, epochs: int, key: str, seed: int = 0, verbose: bool = True
+) -> nn.Module:
+    """Fine-tune ``model`` on ``train`` (cached on disk under ``key``); progress on stderr."""
+    from autoshrink.workloads.digits import cache_dir
+
+    path = cache_dir() / f"finetuned-{key}.pt"
+    if path.is_file():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return model.eval()
+    say: Callable[[str], None] | None = (lambda s: print(s, file=sys.stderr, flush=True)) if verbose else None
+    if say:
+        say(f"fine-tuning for {epochs} epoch(s) on {len(train)} images (once; cached in {path.parent})")  # type: ignore[arg-type]
+    finetune(model, train, val, epochs=epochs, seed=seed, log=say)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(path)
+    return model.eval()
+
+
+def finetune(
+    model: nn.Module,
+    train: Dataset,
+    val: Dataset,
+    *,
+    epochs: int,
+    lr: float = 2e-3,
+    batch_size: int | None = None,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> nn.Module:
+    """Train every parameter with AdamW and warm-up + cosine decay; one log line per epoch.
+
+    ``batch_size`` defaults to a quarter of the training set, between 8 and 64, so that small
+    sets still get a few steps per epoch.
+    """
+    from torch.utils.data import DataLoader
+
+    from autoshrink.techniques.distill import warmup_cosine
+
+    batch_size = batch_size or min(64, max(8, len(train) // 4))  # type: ignore[arg-type]
+    gen = torch.Generator().manual_seed(seed)
+    loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=gen)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(epochs * len(loader)))
+    start = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        model.train()
+        total, seen = 0.0, 0
+        for x, y in loader:
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total, seen = total + loss.item() * len(y), seen + len(y)
+        if log is not None:
+            elapsed = time.perf_counter() - start
+            log(
+                f"  epoch {epoch}/{epochs}: loss {total / max(seen, 1):.3f}, val acc "
+                f"{100 * _accuracy(model, val):.1f}%, ~{elapsed / epoch * (epochs - epoch):.0f} s left"
+            )
+    return model.eval()
+
+
+def _accuracy(model: nn.Module, data: Dataset) -> float:
+    from torch.utils.data import DataLoader
+
+    model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in DataLoader(data, batch_size=128):
+            correct += int((model(x).argmax(1) == y).sum())
+            total += len(y)
+    return correct / max(total, 1)

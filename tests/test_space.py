@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autoshrink.config import ConfigError
+from autoshrink.space import SearchSpace
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("family", ["default", "cnn"])
+def test_each_space_file_is_its_built_in_preset(family: str) -> None:
+    # The files are what users copy and edit; the presets are what a search uses by default.
+    assert SearchSpace.from_yaml(ROOT / "search_spaces" / f"{family}.yaml") == SearchSpace.preset(family)
+
+
+def test_unknown_family_gets_the_default() -> None:
+    assert SearchSpace.preset("graph-network") == SearchSpace.preset(None) == SearchSpace()
+
+
+def test_space_serializes_for_mlflow_params() -> None:
+    text = json.dumps(SearchSpace().to_dict())
+    assert SearchSpace.from_dict(json.loads(text)) == SearchSpace()
+
+
+def test_any_sampled_plan_can_be_rebuilt_without_a_study() -> None:
+    space = SearchSpace()
+    study = optuna.create_study()
+    trial = study.ask()
+    plan = space.sample(trial)
+    assert space.sample(optuna.trial.FixedTrial(trial.params)) == plan
+
+
+def test_space_yaml_errors_are_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "space.yaml"
+    bad.write_text("prune: {low: 0.5, high: 0.2, step: 0.1}\n")
+    with pytest.raises(ConfigError, match="space.yaml.*low <= high"):
+        SearchSpace.from_yaml(bad)
+    bad.write_text("bits: {choices: [32, 16]}\n")
+    with pytest.raises(ConfigError, match="bits"):
+        SearchSpace.from_yaml(bad)
+    bad.write_text("prune: [0.1\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        SearchSpace.from_yaml(bad)
+    bad.write_text("bitz: [8]\n")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['bitz'\]"):
+        SearchSpace.from_yaml(bad)
