@@ -58,7 +58,7 @@ def bench_models(
                                          "regnet_x_400mf", "convnext_tiny")), help="Comma-separated torchvision names."),
     search_model: str = typer.Option("resnet18", help="Model for the search with real accuracy ('' to skip)."),
     search_trials: int = typer.Option(12, help="Trials of that search."),
-    search_budget_ms: float = typer.Option(2.0, help="Latency budget of that search."),
+    search_budget_ms: float = typer.Option(1.0, help="Latency budget of that search."),
 ) -> None:
     """torchvision families at 224x224 (bytes, latency) and one CLI search with real accuracy."""
     from autoshrink.bench.models import run_models_bench, run_search_row, write_models_report

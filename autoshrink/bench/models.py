@@ -90,14 +90,16 @@ def run_search_row(
     model: str = "resnet18",
     image_size: int = 32,
     finetune_epochs: int = 8,
-    latency_budget_ms: float = 2.0,
+    latency_budget_ms: float = 1.0,
     trials: int = 12,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run the command line on ``torchvision:<model> --data digits`` and read back its result."""
     from autoshrink.searching import best_run
 
-    store = out_dir / ".models-search"
+    from autoshrink.store import default_store_dir
+
+    store = default_store_dir() / "bench-models"
     uri = f"sqlite:///{store.resolve()}/mlflow.db"
     command = [
         "autoshrink", "search", "--workload", f"torchvision:{model}", "--data", "digits",

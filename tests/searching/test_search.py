@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -177,3 +178,16 @@ def test_best_is_re_timed_before_registration(finished) -> None:
     assert Recheck(LocalBackend(), Budget(latency_ms=1000.0), HW, batch, tracker)(result.best)
     assert not Recheck(LocalBackend(), Budget(latency_ms=1e-6), HW, batch, tracker)(result.best)
     assert "recheck_latency_ms" in tracker.client.get_run(result.best.run_id).data.metrics
+
+
+def test_skipped_layers_are_listed_on_the_trial_run(tmp_path: Path) -> None:
+    model, (x, y), example = make_case("custom")
+    space = SearchSpace(prune=(0.5, 0.5, 0.1), rank=("off",), bits=(32,), distill_epochs=(0,))
+    search(model, train_data=(x, y), eval_data=(x, y), test_data=(x, y), example_input=example,
+           budget=Budget(latency_ms=1000.0), space=space, trials=1, experiment="skip",
+           tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", hardware=HW)  # fmt: skip
+    c = client(tmp_path)
+    run = next(r for r in c.search_runs([c.get_experiment_by_name("skip").experiment_id]) if "autoshrink.trial" in r.data.tags)
+    assert int(run.data.tags["layers_skipped"]) >= 2
+    listed = json.loads(open(c.download_artifacts(run.info.run_id, "skipped_layers.json", str(tmp_path))).read())
+    assert "no channel dimension" in listed["prune: spatial.bias"]
