@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoshrink.inputs import Inputs, InputSpec, call_model
 from autoshrink.plan import Plan
-from autoshrink.techniques import TechniqueReport
+from autoshrink.techniques import TechniqueReport, count_parameters
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Artifacts written before input specs existed took one float tensor named "input".
+LEGACY_SPEC = InputSpec("tensor", ("input",), ("float32",), ((1,),))
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -23,8 +27,10 @@ class Artifact:
     """A compressed model and the exact bytes that deploy it.
 
     ``payload`` is what `save` writes (a pickled torch module for ``runtime="torch"``, an ONNX
-    model for ``runtime="onnxruntime"``); ``size_bytes`` is its length. Calling the artifact
-    on a batch tensor returns the logits as a tensor.
+    model for ``runtime="onnxruntime"``); ``size_bytes`` is its length. The artifact is called
+    the way the model is called (``art(x)``, ``art(ids, mask)``, ``art(input_ids=...,
+    attention_mask=...)``) and returns the model's (chosen) output tensor; ``spec`` holds the
+    input names, dtypes and dynamic axes. Dtypes are passed through unchanged.
 
     Example:
         >>> import torch
@@ -41,6 +47,7 @@ class Artifact:
     num_parameters: int
     reports: tuple[TechniqueReport, ...] = ()
     module: nn.Module | None = None
+    spec: InputSpec = field(default_factory=lambda: LEGACY_SPEC)
     _sessions: dict[int, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -90,28 +97,37 @@ class Artifact:
         return self._sessions[threads]
 
     def runner(self, threads: int = 1) -> Any:
-        """A callable ``batch -> output`` with the least per-call overhead, for timing.
+        """A callable ``feed -> output`` with the least per-call overhead, for timing.
 
-        For ONNX Runtime it takes and returns numpy arrays; for torch, tensors (no grad).
+        Its ``feed`` is what `feed` returns: a dict of numpy arrays for ONNX Runtime (which
+        returns numpy), the inputs in the model's own form for torch (no grad).
         """
         if self.runtime == "onnxruntime":
             sess = self.session(threads)
-            name = sess.get_inputs()[0].name
-            return lambda x: sess.run(None, {name: x})[0]
+            return lambda feed: sess.run(None, feed)[0]
         module = self.module
-        assert module is not None
+        if module is None:
+            raise TypeError("this torch artifact has no module")
 
-        def run(x: torch.Tensor) -> torch.Tensor:
+        def run(inputs: Inputs) -> torch.Tensor:
             with torch.inference_mode():
-                return module(x)
+                return call_model(module, inputs)
 
         return run
 
-    def __call__(self, batch: torch.Tensor, *, threads: int = 1) -> torch.Tensor:
+    def feed(self, inputs: Inputs) -> Any:
+        """``inputs`` (in the model's form) as `runner` takes them."""
         if self.runtime == "onnxruntime":
-            array = batch.detach().cpu().numpy().astype(np.float32, copy=False)
-            return torch.from_numpy(np.asarray(self.runner(threads)(array)))
-        return self.runner(threads)(batch)
+            named = self.spec.bind((inputs,), {}) if not isinstance(inputs, dict) else self.spec.bind((), inputs)
+            return {k: v.detach().cpu().numpy() for k, v in named.items()}
+        return inputs
+
+    def __call__(self, *args: Any, threads: int = 1, **kwargs: Any) -> torch.Tensor:
+        named = self.spec.bind(args, kwargs)
+        if self.runtime == "onnxruntime":
+            feed = {k: v.detach().cpu().numpy() for k, v in named.items()}
+            return torch.from_numpy(np.asarray(self.runner(threads)(feed)))
+        return self.runner(threads)(self.spec.structure(named))
 
     def save(self, path: str | Path) -> Path:
         """Write the deployable bytes (``.onnx`` or ``.pt``) and return the path."""
@@ -128,14 +144,27 @@ class Artifact:
         )
 
 
-def torch_payload(module: nn.Module, plan: Plan, reports: tuple[TechniqueReport, ...]) -> bytes:
+def torch_payload(module: nn.Module, plan: Plan, reports: tuple[TechniqueReport, ...], spec: InputSpec) -> bytes:
     buffer = io.BytesIO()
-    meta = {"format": FORMAT_VERSION, "plan": plan.to_dict(), "reports": [r.to_dict() for r in reports]}
-    torch.save({"autoshrink": json.dumps(meta), "module": module}, buffer)
+    meta = {
+        "format": FORMAT_VERSION, "plan": plan.to_dict(), "reports": [r.to_dict() for r in reports],
+        "inputs": spec.to_dict(),
+    }  # fmt: skip
+    try:
+        torch.save({"autoshrink": json.dumps(meta), "module": module}, buffer)
+    except (AttributeError, TypeError, pickle.PicklingError) as exc:
+        from autoshrink.techniques import CompressionError
+
+        raise CompressionError(
+            f"the torch module cannot be saved ({exc}); define the model's classes at module level "
+            "(not inside a function) so that the artifact can be pickled"
+        ) from exc
     return buffer.getvalue()
 
 
-def onnx_payload(onnx_bytes: bytes, plan: Plan, reports: tuple[TechniqueReport, ...], num_parameters: int) -> bytes:
+def onnx_payload(
+    onnx_bytes: bytes, plan: Plan, reports: tuple[TechniqueReport, ...], num_parameters: int, spec: InputSpec
+) -> bytes:
     import onnx
 
     model = onnx.load_from_string(onnx_bytes)
@@ -144,6 +173,7 @@ def onnx_payload(onnx_bytes: bytes, plan: Plan, reports: tuple[TechniqueReport, 
         "plan": plan.to_dict(),
         "reports": [r.to_dict() for r in reports],
         "num_parameters": num_parameters,
+        "inputs": spec.to_dict(),
     }
     del model.metadata_props[:]
     model.metadata_props.add(key="autoshrink", value=json.dumps(meta))
@@ -165,6 +195,7 @@ def load_artifact(path: str | Path) -> Artifact:
             payload=payload,
             num_parameters=int(meta.get("num_parameters", 0)),
             reports=tuple(TechniqueReport.from_dict(r) for r in meta.get("reports", [])),
+            spec=_spec(meta),
         )
     data = torch.load(io.BytesIO(payload), weights_only=False)
     meta = json.loads(data["autoshrink"])
@@ -173,7 +204,12 @@ def load_artifact(path: str | Path) -> Artifact:
         plan=Plan.from_dict(meta["plan"]),
         runtime="torch",
         payload=payload,
-        num_parameters=sum(p.numel() for p in module.parameters()),
+        num_parameters=count_parameters(module),
         reports=tuple(TechniqueReport.from_dict(r) for r in meta["reports"]),
         module=module,
+        spec=_spec(meta),
     )
+
+
+def _spec(meta: dict[str, Any]) -> InputSpec:
+    return InputSpec.from_dict(meta["inputs"]) if "inputs" in meta else LEGACY_SPEC

@@ -1,14 +1,46 @@
-"""Turning the user's data (a Dataset, a DataLoader or a tuple of tensors) into batches."""
+"""Turning the user's data (a Dataset, a DataLoader or a tuple of tensors) into batches.
+
+A batch is read as inputs and (optional) labels:
+
+* a tensor: inputs, no labels;
+* ``(inputs, labels)`` or ``(inputs,)``, where inputs is a tensor, a tuple of tensors or a dict;
+* a dict of named tensors: the inputs, except ``labels`` / ``label``, which are the labels.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, Union
 
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from autoshrink.inputs import Inputs, repeat_to, tree_cat
+
 DataLike = Union[Dataset, DataLoader, tuple, list]
+LABEL_KEYS = ("labels", "label")
+
+
+class NamedTensorDataset(Dataset):
+    """A dataset of dicts of named tensors (token ids, attention masks, labels, ...).
+
+    Example:
+        >>> ds = NamedTensorDataset(input_ids=torch.ones(4, 8, dtype=torch.long), labels=torch.zeros(4))
+        >>> sorted(ds[0]), len(ds)
+        (['input_ids', 'labels'], 4)
+    """
+
+    def __init__(self, **tensors: torch.Tensor) -> None:
+        sizes = {t.shape[0] for t in tensors.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"all tensors need the same first dimension, got {sorted(sizes)}")
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return int(next(iter(self.tensors.values())).shape[0])
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {k: v[index] for k, v in self.tensors.items()}
 
 
 def as_dataset(data: DataLike) -> Dataset:
@@ -33,16 +65,27 @@ def batches(data: DataLike, batch_size: int = 64, limit: int | None = None) -> I
     yield from DataLoader(dataset, batch_size=batch_size, shuffle=False)
 
 
-def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(inputs, labels)`` from a batch that is a tensor or a ``(inputs, labels, ...)`` sequence."""
+def split_batch(batch: Any) -> tuple[Inputs, torch.Tensor | None]:
+    """``(inputs, labels)`` of a batch (see the module doc for the forms accepted)."""
     if isinstance(batch, torch.Tensor):
         return batch, None
+    if isinstance(batch, Mapping):
+        named = {k: v for k, v in batch.items() if k not in LABEL_KEYS}
+        if not named:
+            raise TypeError("a batch dict holds only labels, no inputs")
+        return named, next((batch[k] for k in LABEL_KEYS if k in batch), None)
     if isinstance(batch, (tuple, list)) and batch:
-        labels = batch[1] if len(batch) > 1 else None
-        return batch[0], labels
+        inputs = tuple(batch[0]) if isinstance(batch[0], list) else batch[0]
+        return inputs, batch[1] if len(batch) > 1 else None
     raise TypeError(f"cannot read inputs from a batch of type {type(batch).__name__}")
 
 
-def stack_inputs(data: DataLike, limit: int | None = None) -> torch.Tensor:
-    """All inputs (up to ``limit``) as one tensor."""
-    return torch.cat([split_batch(b)[0] for b in batches(data, 256, limit)])
+def stack_inputs(data: DataLike, limit: int | None = None) -> Inputs:
+    """All inputs (up to ``limit``) as one batch of the inputs' structure."""
+    return tree_cat([split_batch(b)[0] for b in batches(data, 256, limit)])
+
+
+def first_batch(data: DataLike, size: int) -> Inputs:
+    """A real batch of exactly ``size`` samples from ``data`` (repeated if the data is short)."""
+    inputs, _ = split_batch(next(iter(batches(data, size))))
+    return repeat_to(inputs, size)

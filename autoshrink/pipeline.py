@@ -10,6 +10,8 @@ from torch import nn
 
 from autoshrink.artifact import Artifact, onnx_payload, torch_payload
 from autoshrink.data import DataLike
+from autoshrink.inputs import Inputs, InputSpec, call_model, is_inputs
+from autoshrink.outputs import OutputKey, single_output
 from autoshrink.plan import Plan
 from autoshrink.techniques import Context, Stage, apply, count_parameters
 from autoshrink.techniques.distill import DistillConfig
@@ -41,9 +43,11 @@ def compress(
     plan: Plan,
     *,
     train_data: DataLike,
-    example_input: torch.Tensor,
+    example_input: Inputs,
     seed: int = 0,
     cache: dict[str, Any] | None = None,
+    task: str | None = None,
+    output: OutputKey = None,
 ) -> Artifact:
     """Build the artifact ``plan`` describes; ``model`` itself is never modified.
 
@@ -52,10 +56,15 @@ def compress(
             mode is restored afterwards.
         plan: the knobs of this candidate.
         train_data: data for distillation and int8 calibration (never the scoring data).
-        example_input: one input batch, used to trace the model.
+        example_input: one input batch in the form the model is called with: a tensor, a
+            tuple of tensors, or a dict of named tensors (``input_ids``, ``attention_mask``).
         seed: seeds distillation's shuffling (the global torch RNG is left as it was).
         cache: a dict shared by the candidates of one search, so that what they have in
             common (the teacher's outputs) is computed once.
+        task: what the output is, for distillation: ``"classification"`` (logits),
+            ``"embedding"`` or ``"regression"``; by default read from the training labels.
+        output: which output to keep when the model returns several (a key of a dict /
+            ``ModelOutput`` or an index of a tuple); by default ``logits`` or the first.
 
     Example:
         >>> import torch
@@ -69,19 +78,24 @@ def compress(
         raise TypeError(f"plan must be an autoshrink.Plan, got {type(plan).__name__}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(example_input, torch.Tensor):
-        raise TypeError("example_input must be a tensor with the model's input shape (batch 1)")
+    if not is_inputs(example_input):
+        raise TypeError(
+            "example_input must be one batch in the form the model takes: a tensor, a tuple of "
+            f"tensors or a dict of named tensors; got {type(example_input).__name__}"
+        )
+    if isinstance(example_input, list):
+        example_input = tuple(example_input)
     check_on_cpu(model)
     check_runs(model, example_input)
     was_training = model.training
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            teacher = model.eval()
-            stage = Stage(module=copy.deepcopy(model).eval())
+            teacher = single_output(model.eval(), example_input, output)
+            stage = Stage(module=copy.deepcopy(teacher).eval())
             context = Context(
                 teacher=teacher, train_data=train_data, example_input=example_input, seed=seed,
-                cache=cache if cache is not None else {},
+                cache=cache if cache is not None else {}, task=task or infer_task(teacher, train_data),
             )  # fmt: skip
             for config in technique_configs(plan):
                 stage = apply(stage, config, context)
@@ -91,27 +105,48 @@ def compress(
     for p in module.parameters():
         p.requires_grad_(False)
     params = count_parameters(module)
+    spec = InputSpec.of(example_input)
     if stage.onnx_bytes is not None:
-        payload = onnx_payload(stage.onnx_bytes, plan, stage.reports, params)
-        return Artifact(plan, "onnxruntime", payload, params, stage.reports)
-    payload = torch_payload(module, plan, stage.reports)
-    return Artifact(plan, "torch", payload, params, stage.reports, module=module)
+        payload = onnx_payload(stage.onnx_bytes, plan, stage.reports, params, spec)
+        return Artifact(plan, "onnxruntime", payload, params, stage.reports, spec=spec)
+    payload = torch_payload(module, plan, stage.reports, spec)
+    return Artifact(plan, "torch", payload, params, stage.reports, module=module, spec=spec)
 
 
-def check_runs(model: nn.Module, example_input: torch.Tensor) -> None:
+TASKS = ("classification", "embedding", "regression")
+
+
+def infer_task(model: nn.Module, train_data: DataLike) -> str:
+    """``classification`` for integer labels, ``regression`` for float ones, ``embedding``
+    (match the teacher's outputs) when the data has no labels."""
+    from autoshrink.data import batches, split_batch
+
+    try:
+        _, labels = split_batch(next(iter(batches(train_data, 2))))
+    except StopIteration:
+        return "classification"
+    if labels is None:
+        return "embedding"
+    return "regression" if labels.is_floating_point() else "classification"
+
+
+def check_runs(model: nn.Module, example_input: Inputs) -> None:
     """The model must run on ``example_input``; otherwise say so before any technique does."""
     was_training = model.training
     try:
         with torch.no_grad():
-            model.eval()(example_input)
+            call_model(model.eval(), example_input)
     except Exception as exc:  # whatever the user's forward raises, it is their model's error
-        shape = tuple(example_input.shape)
+        spec = InputSpec.of(example_input)
         raise ValueError(
-            f"the model does not run on example_input (shape {shape}, {example_input.dtype}): "
-            f"{type(exc).__name__}: {exc}"
+            f"the model does not run on example_input ({_describe(spec)}): {type(exc).__name__}: {exc}"
         ) from exc
     finally:
         model.train(was_training)
+
+
+def _describe(spec: InputSpec) -> str:
+    return ", ".join(f"{n} {tuple(s)} {d}" for n, s, d in zip(spec.names, spec.shapes, spec.dtypes))
 
 
 def check_on_cpu(model: nn.Module) -> None:

@@ -36,6 +36,7 @@ DUPLICATE_OF = "duplicate_of"
 RUNTIME = "runtime"
 ENERGY_METHOD = "energy_method"
 HOST = "host"
+METRIC = "metric"  # what "accuracy" means for this workload: top1, fidelity, ...
 SKIPPED = "layers_skipped"
 MODEL_FILE_DIR = "artifact"
 MODEL_NAME = "model"
@@ -148,9 +149,14 @@ class Tracker:
         """Log ``artifact`` on ``run_id`` in the flavor its runtime needs; return the model URI.
 
         The deployable file itself is also stored under ``artifact/`` so that `load_best`
-        gets back exactly the bytes that were measured.
+        gets back exactly the bytes that were measured. ``example`` (the model's inputs, batch
+        >= 2) becomes the input example: named arrays for ONNX models with several inputs.
         """
         import mlflow
+
+        named = artifact.feed(example) if artifact.runtime == "onnxruntime" else None
+        onnx_example = next(iter(named.values())) if named is not None and len(named) == 1 else named
+        torch_example = example.numpy() if hasattr(example, "numpy") else None  # pyfunc: one array in
 
         with tempfile.TemporaryDirectory() as tmp:
             path = artifact.save(Path(tmp) / f"{MODEL_NAME}{artifact.suffix}")
@@ -164,7 +170,7 @@ class Tracker:
                 info = mlflow.onnx.log_model(
                     artifact.onnx_model,
                     name=MODEL_NAME,
-                    input_example=example.numpy(),
+                    input_example=onnx_example,
                     pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
                     save_as_external_data=False,
                     onnx_execution_providers=["CPUExecutionProvider"],
@@ -176,7 +182,7 @@ class Tracker:
                 info = mlflow.pytorch.log_model(
                     artifact.torch_module,
                     name=MODEL_NAME,
-                    input_example=example.numpy(),
+                    input_example=torch_example,
                     serialization_format="pickle",
                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "autoshrink"],
                 )

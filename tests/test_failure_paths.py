@@ -76,7 +76,7 @@ def test_data_of_the_wrong_type(tmp_path: Path) -> None:
 
 def test_example_input_that_is_not_a_tensor(tmp_path: Path) -> None:
     x = torch.randn(8, 3)
-    with pytest.raises(ConfigError, match="example_input must be a tensor"):
+    with pytest.raises(ConfigError, match="example_input must be one batch .* a tensor, a tuple of tensors or a dict"):
         Workload("w", torch.nn.Linear(3, 2), (x,), (x,), (x,), [1.0, 2.0, 3.0])  # type: ignore[arg-type]
 
 

@@ -96,7 +96,6 @@ def run_search_row(
 ) -> dict[str, Any]:
     """Run the command line on ``torchvision:<model> --data digits`` and read back its result."""
     from autoshrink.searching import best_run
-
     from autoshrink.store import default_store_dir
 
     store = default_store_dir() / "bench-models"

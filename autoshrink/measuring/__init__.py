@@ -6,11 +6,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-import torch
-
 from autoshrink.artifact import Artifact
 from autoshrink.config import HardwareProfile
-from autoshrink.data import DataLike, batches, split_batch
+from autoshrink.data import DataLike, first_batch
+from autoshrink.inputs import Inputs
 
 Evaluate = Callable[[Artifact, DataLike], float]
 
@@ -22,7 +21,8 @@ METRICS = ("accuracy", "latency_ms", "latency_p95_ms", "energy_mj", "size_bytes"
 class Measurement:
     """Everything measured about one artifact on one hardware profile.
 
-    ``accuracy`` is top-1 accuracy, or the user's ``evaluate`` score (higher is better).
+    ``accuracy`` is the quality score named by ``metric``: top-1 accuracy by default, or what the
+    workload's ``evaluate`` returns (higher is better; ``fidelity`` for embedding models).
     Latencies are milliseconds per batch of ``batch_size``; energy is CPU millijoules per
     batch, obtained as ``energy_method`` says; ``size_bytes`` is the saved artifact's size.
     """
@@ -39,6 +39,7 @@ class Measurement:
     latency_repeats: int
     latency_spread: float
     energy_method: str
+    metric: str = "top1"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,12 +60,9 @@ class Measurement:
         return {name: float(getattr(self, name)) for name in METRICS}
 
 
-def timing_batch(data: DataLike, batch_size: int, example_input: torch.Tensor | None = None) -> torch.Tensor:
+def timing_batch(data: DataLike, batch_size: int) -> Inputs:
     """A real input batch of ``batch_size`` samples from ``data`` (repeated if it is short)."""
-    x, _ = split_batch(next(iter(batches(data, batch_size))))
-    if x.shape[0] < batch_size:
-        x = x.repeat(-(-batch_size // x.shape[0]), *([1] * (x.dim() - 1)))[:batch_size]
-    return x.contiguous()
+    return first_batch(data, batch_size)
 
 
 def measure(
@@ -103,6 +101,7 @@ def measure(
     latency = measure_latency(artifact, batch, hardware)
     energy = measure_energy(artifact, batch, hardware)
     return Measurement(
+        metric=getattr(evaluate, "__name__", type(evaluate).__name__) if evaluate is not None else "top1",
         accuracy=quality,
         latency_ms=latency.median_ms,
         latency_p95_ms=latency.p95_ms,

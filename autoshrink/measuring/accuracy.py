@@ -1,12 +1,22 @@
-"""Top-1 accuracy of an artifact over a labelled dataset."""
+"""Quality scores of an artifact, higher is better: top-1 accuracy, embedding fidelity, R².
+
+`top1_accuracy` is the default. `Fidelity` (mean cosine similarity to the original model's
+outputs, no labels needed) and `RSquared` are ready-made ``evaluate`` functions for models
+whose outputs are not class logits; a `Workload` names one in ``evaluate``.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
 
+import torch
+import torch.nn.functional as F
+from torch import nn
+
 from autoshrink.artifact import Artifact
 from autoshrink.data import DataLike, batches, split_batch
+from autoshrink.inputs import call_model
 
 
 class EvaluationError(ValueError):
@@ -52,10 +62,75 @@ def top1_accuracy(artifact: Artifact, data: DataLike, batch_size: int = 128) -> 
     for batch in batches(data, batch_size):
         x, y = split_batch(batch)
         if y is None:
-            raise ValueError("accuracy needs labelled data: batches of (inputs, labels)")
-        pred = artifact(x).argmax(dim=-1)
+            raise ValueError(
+                "accuracy needs labelled data: batches of (inputs, labels); for models without "
+                "labels, score with evaluate=Fidelity(model)"
+            )
+        pred = call_model(artifact, x).argmax(dim=-1)
         correct += int((pred == y).sum())
         total += int(y.numel())
     if total == 0:
         raise ValueError("the evaluation data is empty")
     return correct / total
+
+
+class Fidelity:
+    """Mean cosine similarity between the artifact's outputs and the reference model's.
+
+    The reference outputs are computed once per dataset. 1.0 means the same directions (what
+    similarity search and retrieval use); it needs no labels.
+
+    Example:
+        >>> import torch
+        >>> from autoshrink import Plan, compress
+        >>> net = torch.nn.Linear(4, 8)
+        >>> art = compress(net, Plan(), train_data=(torch.randn(4, 4),), example_input=torch.randn(1, 4))
+        >>> round(Fidelity(net)(art, (torch.randn(16, 4),)), 4)
+        1.0
+    """
+
+    __name__ = "fidelity"
+
+    def __init__(self, reference: nn.Module, batch_size: int = 128) -> None:
+        self.reference = reference
+        self.batch_size = batch_size
+        self._cache: dict[int, list[torch.Tensor]] = {}
+
+    def _reference(self, data: DataLike) -> list[torch.Tensor]:
+        key = id(data)
+        if key not in self._cache:
+            self.reference.eval()
+            with torch.no_grad():
+                self._cache[key] = [
+                    call_model(self.reference, split_batch(b)[0]) for b in batches(data, self.batch_size)
+                ]
+        return self._cache[key]
+
+    def __call__(self, artifact: Artifact, data: DataLike) -> float:
+        total, count = 0.0, 0
+        for batch, ref in zip(batches(data, self.batch_size), self._reference(data)):
+            out = call_model(artifact, split_batch(batch)[0])
+            cos = F.cosine_similarity(out.flatten(1).float(), ref.flatten(1).float(), dim=-1)
+            total, count = total + float(cos.sum()), count + cos.numel()
+        if count == 0:
+            raise ValueError("the evaluation data is empty")
+        return total / count
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"reference": self.reference, "batch_size": self.batch_size, "_cache": {}}
+
+
+def RSquared(artifact: Artifact, data: DataLike) -> float:  # noqa: N802 - reads as the metric's name
+    """Coefficient of determination of the outputs against float labels (1.0 is perfect)."""
+    se = total = 0.0
+    labels = []
+    for batch in batches(data, 256):
+        x, y = split_batch(batch)
+        if y is None or not y.is_floating_point():
+            raise ValueError("R² needs float labels: batches of (inputs, targets)")
+        out = call_model(artifact, x).reshape(y.shape)
+        se += float(((out - y) ** 2).sum())
+        labels.append(y)
+    y_all = torch.cat(labels)
+    total = float(((y_all - y_all.mean()) ** 2).sum())
+    return 1.0 - se / max(total, 1e-12)

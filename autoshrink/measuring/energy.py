@@ -12,11 +12,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from autoshrink._quiet import quiet_codecarbon
 from autoshrink.artifact import Artifact
 from autoshrink.config import HardwareProfile
+from autoshrink.inputs import Inputs
 from autoshrink.measuring.latency import prepared_runner, torch_threads
 
 KWH_TO_MJ = 3.6e9
@@ -61,7 +60,7 @@ def _method(tracker: Any) -> str:
     return f"codecarbon {codecarbon.__version__} {kind}; {', '.join(modes) or 'no CPU reading'}"
 
 
-def measure_energy(artifact: Artifact, batch: torch.Tensor, hardware: HardwareProfile) -> Energy:
+def measure_energy(artifact: Artifact, batch: Inputs, hardware: HardwareProfile) -> Energy:
     """Run ``artifact`` for ``hardware.energy_s`` seconds under CodeCarbon; mJ per inference."""
     global _warmed
     if not _warmed:

@@ -13,6 +13,7 @@ import torch
 
 from autoshrink.artifact import Artifact
 from autoshrink.config import HardwareProfile
+from autoshrink.inputs import Inputs, batch_size
 
 BLOCKS = 3
 MIN_WARMUP_ITERS = 10
@@ -42,11 +43,9 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def prepared_runner(artifact: Artifact, batch: torch.Tensor, threads: int) -> tuple[Callable[[Any], Any], Any]:
+def prepared_runner(artifact: Artifact, batch: Inputs, threads: int) -> tuple[Callable[[Any], Any], Any]:
     """The artifact's fastest call path and the input in the form it takes."""
-    run = artifact.runner(threads)
-    feed: Any = batch.numpy() if artifact.runtime == "onnxruntime" else batch
-    return run, feed
+    return artifact.runner(threads), artifact.feed(batch)
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -63,7 +62,7 @@ def _block(run: Callable[[Any], Any], feed: Any, repeats: int) -> list[float]:
     return sorted(times)
 
 
-def measure_latency(artifact: Artifact, batch: torch.Tensor, hardware: HardwareProfile) -> Latency:
+def measure_latency(artifact: Artifact, batch: Inputs, hardware: HardwareProfile) -> Latency:
     """Time ``artifact`` on ``batch`` following the protocol in the README.
 
     Warm up for at least ``hardware.warmup_s`` and 10 iterations, then time three blocks of
@@ -87,6 +86,6 @@ def measure_latency(artifact: Artifact, batch: torch.Tensor, hardware: HardwareP
         p95_ms=_percentile(best, 0.95),
         repeats=hardware.repeats * BLOCKS,
         threads=hardware.threads,
-        batch_size=int(batch.shape[0]),
+        batch_size=batch_size(batch),
         spread=_percentile(best, 0.9) / max(_percentile(best, 0.1), 1e-9),
     )

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from autoshrink.config import HardwareProfile
+from autoshrink.inputs import Inputs
 from autoshrink.plan import Plan
 from autoshrink.searching.recorder import Recorder
 from autoshrink.searching.trial import TrialOutcome, TrialRunner
@@ -14,7 +15,6 @@ from autoshrink.space import SearchSpace
 
 if TYPE_CHECKING:
     import optuna
-    import torch
 
     StudyCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
@@ -53,7 +53,7 @@ class Backend(abc.ABC):
     def evaluate(self, runner: TrialRunner, plan: Plan, *, name: str) -> TrialOutcome:
         return runner(plan, name=name)
 
-    def retime(self, artifact_path: str, batch: torch.Tensor, hardware: HardwareProfile) -> float:
+    def retime(self, artifact_path: str, batch: Inputs, hardware: HardwareProfile) -> float:
         from autoshrink.artifact import load_artifact
         from autoshrink.measuring.latency import measure_latency
 

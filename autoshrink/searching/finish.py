@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from autoshrink.artifact import Artifact, load_artifact
 from autoshrink.config import Budget, HardwareProfile
+from autoshrink.inputs import Inputs
 from autoshrink.measuring.accuracy import EvaluationError, score
 from autoshrink.searching.recorder import Recorder
 from autoshrink.searching.result import Candidate, SearchResult
@@ -20,7 +21,6 @@ from autoshrink.workloads.base import Workload
 
 if TYPE_CHECKING:
     import optuna
-    import torch
     from optuna.trial import FrozenTrial
 
     from autoshrink.searching.backend import Backend
@@ -77,7 +77,7 @@ class Recheck:
     backend: Backend
     budget: Budget
     hardware: HardwareProfile
-    batch: torch.Tensor
+    batch: Inputs
     tracker: Tracker
 
     def __call__(self, c: Candidate) -> bool:
@@ -107,7 +107,7 @@ def _artifact(c: Candidate, tracker: Tracker) -> Artifact | None:
 
 
 def score_and_log_front(
-    front: Sequence[FrozenTrial], recorder: Recorder, workload: Workload, example: torch.Tensor
+    front: Sequence[FrozenTrial], recorder: Recorder, workload: Workload, example: Inputs
 ) -> tuple[list[Candidate], dict[int, str]]:
     """Test accuracy (measured once) and a logged MLflow model for each Pareto trial.
 
@@ -153,7 +153,7 @@ def finish(
     baseline: Candidate,
     workload: Workload,
     recheck: Callable[[Candidate], bool],
-    example: torch.Tensor,
+    example: Inputs,
 ) -> SearchResult:
     """Everything after the trials; safe to run again after an interruption."""
     tracker, budget = recorder.tracker, recorder.budget

@@ -20,6 +20,7 @@ from autoshrink.tracking import (
     ERROR,
     FEASIBLE,
     HOST,
+    METRIC,
     PARETO,
     RUNTIME,
     SKIPPED,
@@ -89,7 +90,7 @@ class Recorder:
         if outcome.duplicate_of is None:
             metrics |= {"compress_s": outcome.compress_s, "measure_s": outcome.measure_s}
         self.tracker.log_metrics(run_id, metrics)
-        tags |= {FEASIBLE: Budget.met(violations), RUNTIME: m.runtime, ENERGY_METHOD: m.energy_method}
+        tags |= {FEASIBLE: Budget.met(violations), RUNTIME: m.runtime, ENERGY_METHOD: m.energy_method, METRIC: m.metric}
         self.tracker.set_tags(run_id, tags)
         self.tracker.finish(run_id)
         trial.set_user_attr(OUTCOME, outcome.to_dict())

@@ -30,7 +30,7 @@ def candidate_errors() -> tuple[type[Exception], ...]:
     """Errors that belong to one candidate: recorded on its trial, and the search goes on."""
     from autoshrink.measuring.accuracy import EvaluationError
     from autoshrink.techniques import CompressionError
-    from autoshrink.techniques.quantize import onnx_errors
+    from autoshrink.techniques._onnx import onnx_errors
 
     # RuntimeError / ValueError: what torch raises for a graph a technique broke.
     return (CompressionError, EvaluationError, RuntimeError, ValueError, *onnx_errors())
@@ -117,8 +117,9 @@ class TrialRunner:
 
         wl = self.workload
         return compress(
-            wl.model, plan, train_data=wl.train, example_input=wl.example_input, seed=self.seed, cache=self.cache
-        )
+            wl.model, plan, train_data=wl.train, example_input=wl.example_input, seed=self.seed,
+            cache=self.cache, task=wl.task, output=wl.output,
+        )  # fmt: skip
 
     def measure(self, artifact: Artifact) -> Measurement:
         return measure(

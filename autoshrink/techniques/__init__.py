@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from autoshrink.data import DataLike
+from autoshrink.inputs import Inputs, call_model
 
 
 class CompressionError(RuntimeError):
@@ -64,9 +65,10 @@ class Context:
 
     teacher: nn.Module
     train_data: DataLike
-    example_input: torch.Tensor
+    example_input: Inputs
     seed: int = 0
     cache: dict[str, Any] = field(default_factory=dict)
+    task: str = "classification"  # or "embedding" / "regression": what distillation matches
 
 
 @dataclass(frozen=True)
@@ -123,11 +125,11 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def check_forward(module: nn.Module, example_input: torch.Tensor, expected: torch.Size, what: str) -> None:
+def check_forward(module: nn.Module, example_input: Inputs, expected: torch.Size, what: str) -> None:
     """Run one forward pass; raise `CompressionError` if it fails or changes the output shape."""
     try:
         with torch.no_grad():
-            out = module.eval()(example_input)
+            out = call_model(module.eval(), example_input)
     except Exception as exc:  # a broken graph can raise anything; name the technique
         raise CompressionError(f"{what} produced a model whose forward pass fails: {exc}") from exc
     if not isinstance(out, torch.Tensor) or out.shape != expected:
@@ -135,7 +137,13 @@ def check_forward(module: nn.Module, example_input: torch.Tensor, expected: torc
         raise CompressionError(f"{what} changed the output shape from {tuple(expected)} to {got}")
 
 
-def output_layers(model: nn.Module, example_input: torch.Tensor) -> list[nn.Module]:
+def output_shape(module: nn.Module, example_input: Inputs) -> torch.Size:
+    """The shape of the module's (single tensor) output on the example input."""
+    with torch.no_grad():
+        return call_model(module.eval(), example_input).shape
+
+
+def output_layers(model: nn.Module, example_input: Inputs) -> list[nn.Module]:
     """Weight-bearing leaf modules whose output *is* the model's output (the classifier head).
 
     The hooks keep every output tensor alive until the comparison, so the identity test cannot
@@ -149,7 +157,7 @@ def output_layers(model: nn.Module, example_input: torch.Tensor) -> list[nn.Modu
     ]
     try:
         with torch.no_grad():
-            final = model(example_input)
+            final = call_model(model, example_input)
     finally:
         for h in hooks:
             h.remove()

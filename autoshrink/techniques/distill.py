@@ -1,9 +1,16 @@
 """Knowledge distillation: a short fine-tune of the compressed student against the teacher.
 
-The teacher (the original model) is run once over the training data and its logits are kept,
-so each epoch only costs the student's forward and backward passes. The loss mixes the
-temperature-softened KL divergence to the teacher with cross-entropy on the labels (when the
-data has labels). Only training data is used: never the data candidates are scored on.
+The teacher (the original model) is run once over the training data and its outputs are kept,
+so each epoch only costs the student's forward and backward passes. No labels are needed: the
+teacher's outputs are the target. What "close to the teacher" means follows the task:
+
+* ``classification`` (logits): temperature-softened KL divergence to the teacher, mixed with
+  cross-entropy on the labels when the data has them;
+* ``embedding`` (vectors, hidden states): mean squared error plus ``1 - cosine`` per vector,
+  so both direction (what similarity search uses) and scale are kept;
+* ``regression``: mean squared error to the teacher, mixed with the labels' when given.
+
+Only training data is used: never the data candidates are scored on.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from autoshrink.data import batches, split_batch
+from autoshrink.inputs import Inputs, batch_size, call_model, tree_cat, tree_index
 from autoshrink.techniques import CompressionError, Context, Stage, TechniqueReport, register
 
 
@@ -36,7 +44,7 @@ class DistillConfig:
             raise ValueError(f"DistillConfig.alpha must be in [0, 1], got {self.alpha}")
 
 
-def _teacher_outputs(context: Context) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def _teacher_outputs(context: Context) -> tuple[Inputs, torch.Tensor, torch.Tensor | None]:
     """Inputs, teacher outputs and labels of the training data, computed once per cache."""
     cached = context.cache.get("teacher_outputs")
     if cached is None:
@@ -44,19 +52,47 @@ def _teacher_outputs(context: Context) -> tuple[torch.Tensor, torch.Tensor, torc
     return cached
 
 
-def _run_teacher(context: Context) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    inputs, logits, labels = [], [], []
+def _run_teacher(context: Context) -> tuple[Inputs, torch.Tensor, torch.Tensor | None]:
+    inputs, outputs, labels = [], [], []
     context.teacher.eval()
     with torch.no_grad():
         for batch in batches(context.train_data, 256):
             x, y = split_batch(batch)
             inputs.append(x)
-            logits.append(context.teacher(x))
+            outputs.append(call_model(context.teacher, x))
             if y is not None:
                 labels.append(y)
     if not inputs:
         raise CompressionError("distillation needs training data, but train_data is empty")
-    return torch.cat(inputs), torch.cat(logits), torch.cat(labels) if labels else None
+    return tree_cat(inputs), torch.cat(outputs), torch.cat(labels) if labels else None
+
+
+def distill_loss(
+    out: torch.Tensor, target: torch.Tensor, labels: torch.Tensor | None, task: str, config: DistillConfig
+) -> torch.Tensor:
+    """The distance of the student's outputs to the teacher's for ``task`` (see the module doc).
+
+    Example:
+        >>> t = torch.randn(4, 8)
+        >>> float(distill_loss(t, t, None, "embedding", DistillConfig(1))) < 1e-6
+        True
+    """
+    if task == "classification":
+        temp = config.temperature
+        kd = F.kl_div(
+            F.log_softmax(out / temp, dim=-1), F.softmax(target / temp, dim=-1), reduction="batchmean"
+        ) * (temp * temp)
+        if labels is not None and not labels.is_floating_point() and out.dim() == 2:
+            return config.alpha * kd + (1 - config.alpha) * F.cross_entropy(out, labels)
+        return kd
+    if task == "regression":
+        kd = F.mse_loss(out, target)
+        if labels is not None and labels.is_floating_point() and labels.shape == out.shape:
+            return config.alpha * kd + (1 - config.alpha) * F.mse_loss(out, labels)
+        return kd
+    flat_out, flat_target = out.flatten(1), target.flatten(1)
+    cosine = F.cosine_similarity(flat_out, flat_target, dim=-1).mean()
+    return F.mse_loss(out, target) + (1 - cosine)
 
 
 def warmup_cosine(total_steps: int, warmup: float = 0.2, floor: float = 0.04) -> Callable[[int], float]:
@@ -89,31 +125,21 @@ def distill(stage: Stage, config: DistillConfig, context: Context) -> Stage:
         return stage
     student = stage.module
     x_all, t_all, y_all = _teacher_outputs(context)
+    n = batch_size(x_all)
     gen = torch.Generator().manual_seed(context.seed)
-    steps_per_epoch = max(1, -(-len(x_all) // config.batch_size))
+    steps_per_epoch = max(1, -(-n // config.batch_size))
     opt = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(config.epochs * steps_per_epoch))
-    temp = config.temperature
-    use_labels = y_all is not None and t_all.dim() == 2 and y_all.dtype == torch.long
     student.train()
     losses: list[float] = []
     for _ in range(config.epochs):
-        order = torch.randperm(len(x_all), generator=gen)
+        order = torch.randperm(n, generator=gen)
         total = 0.0
         for start in range(0, len(order), config.batch_size):
             idx = order[start : start + config.batch_size]
-            out = student(x_all[idx])
-            if t_all.dim() == 2:
-                kd = F.kl_div(
-                    F.log_softmax(out / temp, dim=1),
-                    F.softmax(t_all[idx] / temp, dim=1),
-                    reduction="batchmean",
-                ) * (temp * temp)
-            else:
-                kd = F.mse_loss(out, t_all[idx])
-            loss = config.alpha * kd
-            if use_labels:
-                loss = loss + (1 - config.alpha) * F.cross_entropy(out, y_all[idx])  # type: ignore[index]
+            out = call_model(student, tree_index(x_all, idx))
+            labels = y_all[idx] if y_all is not None else None
+            loss = distill_loss(out, t_all[idx], labels, context.task, config)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -123,6 +149,6 @@ def distill(stage: Stage, config: DistillConfig, context: Context) -> Stage:
     student.eval()
     report = TechniqueReport(
         technique="distill",
-        details={"epochs": config.epochs, "samples": len(x_all), "loss_per_epoch": losses},
+        details={"epochs": config.epochs, "samples": n, "task": context.task, "loss_per_epoch": losses},
     )
     return stage.with_report(report, module=student)

@@ -6,15 +6,21 @@
   vertical/horizontal split, which ../shared/DESIGN.md reports faster on CPU than kxk -> 1x1;
   not re-measured here).
 
-``fraction`` is the share of the layer's weights the pair keeps: the rank is the largest
-``r`` with ``r * (rows + cols) <= fraction * rows * cols``. A layer is only replaced when the
-pair is strictly smaller; the output layer, grouped/depthwise convs and projections used
-functionally inside attention are left whole and listed in the report.
+``fraction`` is the share of the factorizable weights that is kept, over the whole model; the
+rank of each layer is chosen from how much of that layer's output it keeps. Each layer's
+singular values say what share of its energy (``sum s_i^2``, what the layer does to inputs
+spread evenly) every added rank keeps; ranks are handed out one at a time to whichever layer
+gains the most kept energy per parameter, until the budget is spent. A layer whose spectrum
+falls fast gets a small rank, one that needs all its directions a large one, instead of one
+fraction for all (which factorized every attention and FFN projection of an encoder to the
+same rank and lost most of its fidelity). A layer is only replaced when the pair is strictly
+smaller; the output layer, grouped/depthwise convs and projections used functionally inside
+``nn.MultiheadAttention`` are left whole and listed in the report.
 """
 
 from __future__ import annotations
 
-import math
+import heapq
 from dataclasses import dataclass
 from typing import cast
 
@@ -29,6 +35,7 @@ from autoshrink.techniques import (
     check_forward,
     count_parameters,
     output_layers,
+    output_shape,
     register,
 )
 
@@ -42,16 +49,6 @@ class LowRankConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction < 1.0:
             raise ValueError(f"LowRankConfig.fraction must be in (0, 1), got {self.fraction}")
-
-
-def rank_for(rows: int, cols: int, fraction: float) -> int:
-    """Largest rank whose two factors hold at most ``fraction`` of a ``rows x cols`` matrix.
-
-    Example:
-        >>> rank_for(64, 64, 0.5)
-        16
-    """
-    return min(rows, cols, math.floor(fraction * rows * cols / (rows + cols)))
 
 
 def _split(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,31 +86,76 @@ def factorize_conv(layer: nn.Conv2d, rank: int) -> nn.Sequential:
     return nn.Sequential(first, second)
 
 
-def _plan_layer(module: nn.Module, fraction: float) -> tuple[int, int, str | None]:
-    """(rank, params of the pair, reason it is skipped or None)."""
+def _layer_matrix(module: nn.Module) -> tuple[torch.Tensor | None, str | None]:
+    """The 2-D matrix a layer is factorized as, or the reason it cannot be."""
     if isinstance(module, nn.Linear):
-        rows, cols = module.out_features, module.in_features
-    elif isinstance(module, nn.Conv2d):
+        return module.weight, None
+    if isinstance(module, nn.Conv2d):
         if module.groups != 1:
-            return 0, 0, "grouped/depthwise conv: already thin"
+            return None, "grouped/depthwise conv: already thin"
         if isinstance(module.padding, str) or module.padding_mode != "zeros":
-            return 0, 0, "conv padding mode not supported by the factorization"
+            return None, "conv padding mode not supported by the factorization"
         out_c, in_c, kh, kw = module.weight.shape
-        rows, cols = in_c * kh, out_c * kw
-    else:
-        return 0, 0, "not a Linear or Conv2d"
-    rank = rank_for(rows, cols, fraction)
-    pair = rank * (rows + cols)
-    if rank < 1 or pair >= module.weight.numel():
-        return 0, 0, f"too small to gain at fraction {fraction:g}"
-    return rank, pair, None
+        return module.weight.permute(1, 2, 0, 3).reshape(in_c * kh, out_c * kw), None
+    return None, "not a Linear or Conv2d"
+
+
+@dataclass(frozen=True)
+class _Layer:
+    name: str
+    rows: int
+    cols: int
+    energy: torch.Tensor  # share of the layer's energy per singular value, largest first
+
+    @property
+    def cost(self) -> int:
+        return self.rows + self.cols
+
+    @property
+    def max_rank(self) -> int:
+        """Largest rank whose pair is still strictly smaller than the layer."""
+        return (self.rows * self.cols - 1) // self.cost
+
+
+def allocate_ranks(layers: list[_Layer], budget: float) -> dict[str, int]:
+    """Ranks that keep the most energy per parameter within ``budget`` parameters.
+
+    Every layer starts at rank 1; the next rank goes to the layer whose next singular value
+    keeps the largest share of its energy per parameter it costs.
+
+    Example:
+        >>> fast = _Layer("fast", 8, 8, torch.tensor([0.9, 0.05, 0.03, 0.02]))
+        >>> flat = _Layer("flat", 8, 8, torch.tensor([0.25, 0.25, 0.25, 0.25]))
+        >>> allocate_ranks([fast, flat], budget=4 * 16)
+        {'fast': 1, 'flat': 3}
+    """
+    ranks = {layer.name: 1 for layer in layers}
+    spent = sum(layer.cost for layer in layers)
+    heap = [(-float(layer.energy[1]) / layer.cost, i) for i, layer in enumerate(layers) if layer.max_rank > 1]
+    heapq.heapify(heap)
+    while heap:
+        _, i = heapq.heappop(heap)
+        layer = layers[i]
+        if spent + layer.cost > budget:
+            continue  # this layer's next rank does not fit; a cheaper one may
+        ranks[layer.name] += 1
+        spent += layer.cost
+        r = ranks[layer.name]
+        if r < layer.max_rank and r < len(layer.energy):
+            heapq.heappush(heap, (-float(layer.energy[r]) / layer.cost, i))
+    return ranks
+
+
+def _energy(matrix: torch.Tensor) -> torch.Tensor:
+    s = torch.linalg.svdvals(matrix.detach().float())
+    squared = s * s
+    return squared / squared.sum().clamp(min=1e-30)
 
 
 @register(LowRankConfig)
 def lowrank(stage: Stage, config: LowRankConfig, context: Context) -> Stage:
     model = stage.module.eval()
-    with torch.no_grad():
-        expected = model(context.example_input).shape
+    expected = output_shape(model, context.example_input)
     before = count_parameters(model)
     changed: list[str] = []
     skipped: dict[str, str] = {}
@@ -124,6 +166,8 @@ def lowrank(stage: Stage, config: LowRankConfig, context: Context) -> Stage:
         for m in a.modules()
     }
     heads = {id(m) for m in output_layers(model, context.example_input)}
+    layers: list[_Layer] = []
+    modules: dict[str, nn.Module] = {}
     for name, module in list(model.named_modules()):
         if not isinstance(module, (nn.Linear, nn.Conv2d)):
             continue
@@ -133,13 +177,25 @@ def lowrank(stage: Stage, config: LowRankConfig, context: Context) -> Stage:
         if id(module) in attention_parts:
             skipped[name] = "projection inside nn.MultiheadAttention is used functionally"
             continue
-        rank, _, reason = _plan_layer(module, config.fraction)
-        if reason is not None:
-            skipped[name] = reason
+        matrix, reason = _layer_matrix(module)
+        if matrix is None:
+            skipped[name] = reason or "cannot be factorized"
             continue
-        pair = factorize_linear(module, rank) if isinstance(module, nn.Linear) else factorize_conv(module, rank)
-        _set_submodule(model, name, pair)
-        changed.append(f"{name} (rank {rank})")
+        layer = _Layer(name, matrix.shape[0], matrix.shape[1], _energy(matrix))
+        if layer.max_rank < 1:
+            skipped[name] = "too small: no rank makes the pair smaller"
+            continue
+        layers.append(layer)
+        modules[name] = module
+    ranks = allocate_ranks(layers, config.fraction * sum(layer.rows * layer.cols for layer in layers))
+    for layer in layers:
+        rank, module = ranks[layer.name], modules[layer.name]
+        if isinstance(module, nn.Linear):
+            pair = factorize_linear(module, rank)
+        else:
+            pair = factorize_conv(module, rank)  # type: ignore[arg-type]
+        _set_submodule(model, layer.name, pair)
+        changed.append(f"{layer.name} (rank {rank}, keeps {100 * float(layer.energy[:rank].sum()):.0f}% of its energy)")
     if not changed:
         raise CompressionError(
             f"low rank at {config.fraction:g} changed no layer of this model "

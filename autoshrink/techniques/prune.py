@@ -2,14 +2,21 @@
 
 Layers really shrink (a pruned conv has fewer output channels, and every layer that consumes
 them fewer inputs), so parameters, bytes and MACs fall. Channels are ranked by the L2 norm of
-their whole dependency group. The output layer keeps its classes; attention blocks and any
-layer type torch-pruning has no rule for are left whole and listed in the report.
+their whole dependency group. The output layer keeps its classes.
+
+Transformers: in Hugging Face BERT-style self-attention (``query``/``key``/``value`` with
+``num_attention_heads``) whole heads are removed, consistently across q, k, v and the output
+projection, and the module's head count is updated; FFN neurons are pruned at the same ratio;
+the hidden size (the residual stream) is kept. ``nn.MultiheadAttention`` ties its head width
+to the model width, so its heads stay; so do attention blocks of any other kind (a class named
+``*Attention*`` with projections inside), which are left whole and listed in the report.
 """
 
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch_pruning as tp
@@ -23,6 +30,7 @@ from autoshrink.techniques import (
     check_forward,
     count_parameters,
     output_layers,
+    output_shape,
     register,
 )
 
@@ -61,15 +69,16 @@ def _unprunable(
     unwrapped: dict[nn.Parameter, int] = {}
     params: set[int] = set()
     skipped: dict[str, str] = {}
-    inside_attention: set[int] = set()
+    whole: set[int] = set()
     widths = _channel_widths(model)
     for name, module in model.named_modules():
-        if id(module) in inside_attention:
+        if id(module) in whole:
             continue
-        if isinstance(module, nn.MultiheadAttention):
+        reason = _attention_kept_whole(module)
+        if reason is not None:
             ignored.append(module)
-            inside_attention.update(id(m) for m in module.modules())
-            skipped[name] = "attention: heads and the residual stream are kept whole"
+            whole.update(id(m) for m in module.modules())
+            skipped[name] = reason
             continue
         if isinstance(module, _PRUNABLE):
             continue
@@ -82,6 +91,55 @@ def _unprunable(
             else:
                 unwrapped[param] = dim
     return ignored, unwrapped, params, skipped
+
+
+def _is_head_attention(module: nn.Module) -> bool:
+    """Hugging Face BERT-style self-attention, whose heads autoshrink knows how to remove."""
+    return (
+        all(isinstance(getattr(module, n, None), nn.Linear) for n in ("query", "key", "value"))
+        and isinstance(getattr(module, "num_attention_heads", None), int)
+        and isinstance(getattr(module, "attention_head_size", None), int)
+    )
+
+
+def _attention_kept_whole(module: nn.Module) -> str | None:
+    if isinstance(module, nn.MultiheadAttention):
+        return "nn.MultiheadAttention: its head width is the model width, so heads are kept whole"
+    if _is_head_attention(module):
+        return None
+    projections = sum(isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) for m in module.children())
+    if "attention" in type(module).__name__.lower() and projections >= 2:
+        return f"{type(module).__name__}: no head-pruning rule for this attention, kept whole"
+    return None
+
+
+def _head_rules(model: nn.Module) -> tuple[dict[nn.Module, int], list[nn.Module]]:
+    """Head counts of the q/k/v projections, and the layers that write the residual stream
+    (whose width, the hidden size, is kept)."""
+    attention: list[Any] = [m for m in model.modules() if _is_head_attention(m)]
+    if not attention:
+        return {}, []
+    hidden = attention[0].query.in_features
+    qkv = {id(p) for m in attention for p in (m.query, m.key, m.value)}
+    num_heads: dict[nn.Module, int] = {
+        p: m.num_attention_heads for m in attention for p in (m.query, m.key, m.value)
+    }
+    writers: list[nn.Module] = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == hidden and id(m) not in qkv]
+    return num_heads, writers
+
+
+def _update_head_counts(model: nn.Module) -> dict[str, str]:
+    """After pruning: head counts read from the pruned weights; returns 'name: before -> after'."""
+    changed = {}
+    for name, m in model.named_modules():
+        if _is_head_attention(m):
+            heads = m.query.out_features // m.attention_head_size
+            if heads != m.num_attention_heads:
+                changed[name] = f"heads {m.num_attention_heads} -> {heads}"
+            m.num_attention_heads = heads
+            if hasattr(m, "all_head_size"):
+                m.all_head_size = m.query.out_features
+    return changed
 
 
 def _channel_widths(model: nn.Module) -> set[int]:
@@ -130,14 +188,14 @@ def prune(stage: Stage, config: PruneConfig, context: Context) -> Stage:
         return stage
     example = context.example_input
     model.eval()
-    with torch.no_grad():
-        expected = model(example).shape
+    expected = output_shape(model, example)
     before = count_parameters(model)
     ignored, unwrapped, unknown_params, skipped = _unprunable(model)
     heads = output_layers(model, example)
     names = {id(m): n for n, m in model.named_modules()}
     for head in heads:
         skipped.setdefault(names[id(head)], "output layer keeps its size")
+    num_heads, residual_writers = _head_rules(model)
     widths_before = {n: _width(m) for n, m in model.named_modules() if _width(m) is not None}
     try:
         with warnings.catch_warnings():
@@ -147,14 +205,19 @@ def prune(stage: Stage, config: PruneConfig, context: Context) -> Stage:
                 example,
                 importance=tp.importance.GroupMagnitudeImportance(p=2),
                 pruning_ratio=config.ratio,
-                ignored_layers=ignored + heads,
-                round_to=config.round_to,
+                ignored_layers=ignored + heads + residual_writers,
+                round_to=None if num_heads else config.round_to,
                 unwrapped_parameters=list(unwrapped.items()),
+                num_heads=num_heads,
+                prune_num_heads=bool(num_heads),
+                prune_head_dims=False,
+                head_pruning_ratio=config.ratio if num_heads else 0.0,
             )
             pruner.ignored_layers.extend(_groups_touching(pruner, unknown_params))
             pruner.step()
     except (RuntimeError, ValueError, KeyError, IndexError, AssertionError) as exc:
         raise CompressionError(f"structured pruning failed: {exc}") from exc
+    head_changes = _update_head_counts(model)
     check_forward(model, example, expected, "structured pruning")
     after = count_parameters(model)
     if after == before:
@@ -164,7 +227,7 @@ def prune(stage: Stage, config: PruneConfig, context: Context) -> Stage:
         )
     changed = tuple(
         n for n, m in model.named_modules() if n in widths_before and _width(m) != widths_before[n]
-    )
+    ) + tuple(f"{n} ({c})" for n, c in head_changes.items())
     report = TechniqueReport(
         technique="prune",
         changed=changed,

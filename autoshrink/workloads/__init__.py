@@ -4,7 +4,8 @@ A spec is resolved in this order:
 
 1. a built-in name: ``digits`` (a residual CNN on scikit-learn's bundled digits; no download);
 2. a registered scheme: ``torchvision:<model name>`` (any torchvision classification model,
-   see `autoshrink.workloads.vision`);
+   see `autoshrink.workloads.vision`) and ``hf:<path or cached id>`` (a Hugging Face encoder
+   from local files, see `autoshrink.workloads.huggingface`);
 3. your own code: ``package.module:function`` or ``path/to/file.py:function``, a function that
    returns a `Workload`;
 4. an installed plug-in: a distribution that declares an entry point in the
@@ -19,7 +20,7 @@ Example:
     >>> workloads.load("imagenet-please")
     Traceback (most recent call last):
     ...
-    autoshrink.config.ConfigError: unknown workload 'imagenet-please'; a workload is one of: a built-in name (digits), torchvision:<model name>, package.module:function or path/to/file.py:function, or an installed plug-in (none installed)
+    autoshrink.config.ConfigError: unknown workload 'imagenet-please'; a workload is one of: a built-in name (digits), torchvision:<model name>, hf:<path or cached id>, package.module:function or path/to/file.py:function, or an installed plug-in (none installed)
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ Factory = Callable[..., Workload]
 _BUILTIN: dict[str, Any] = {"digits": "autoshrink.workloads.digits:load_digits_workload"}
 _SCHEMES: dict[str, str] = {
     "torchvision": "autoshrink.workloads.vision:torchvision_workload",
+    "hf": "autoshrink.workloads.huggingface:huggingface_workload",
 }
 
 

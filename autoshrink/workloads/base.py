@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from autoshrink.config import ConfigError
 from autoshrink.data import DataLike, as_dataset
+from autoshrink.inputs import Inputs, is_inputs
 from autoshrink.measuring import Evaluate
+from autoshrink.outputs import OutputKey
 
 
 @dataclass(frozen=True)
@@ -18,8 +19,13 @@ class Workload:
 
     ``train`` is for distillation and int8 calibration only, ``val`` for scoring candidates
     during a search, ``test`` for the accuracy finally reported. ``example_input`` is one
-    batch (batch size 1) with the model's input shape. ``evaluate(artifact, data) -> float``
-    (higher is better) replaces top-1 accuracy where the model is scored otherwise.
+    batch (batch size 1) in the form the model is called with: a tensor, a tuple of tensors,
+    or a dict of named tensors (``input_ids``, ``attention_mask``, ...).
+    ``evaluate(artifact, data) -> float`` (higher is better) replaces top-1 accuracy where the
+    model is scored otherwise (`autoshrink.measuring.accuracy.Fidelity` for embedding models).
+    ``task`` (``"classification"``, ``"embedding"``, ``"regression"``) says what distillation
+    matches, by default read from the labels; ``output`` picks one output when the model
+    returns several (a dict key or tuple index; default ``logits`` or the first).
     ``family`` (``"cnn"``, ``"transformer"``, ...) picks the default search space.
 
     Example:
@@ -39,19 +45,23 @@ class Workload:
     train: DataLike
     val: DataLike
     test: DataLike
-    example_input: torch.Tensor
+    example_input: Inputs
     evaluate: Evaluate | None = None
     family: str | None = None
+    task: str | None = None
+    output: OutputKey = None
 
     def __post_init__(self) -> None:
         where = f"workload {self.name!r}"
         if not isinstance(self.model, nn.Module):
             raise ConfigError(f"{where}: model must be a torch.nn.Module, got {type(self.model).__name__}")
-        if not isinstance(self.example_input, torch.Tensor):
+        if not is_inputs(self.example_input):
             raise ConfigError(
-                f"{where}: example_input must be a tensor with the model's input shape (batch 1), "
-                f"got {type(self.example_input).__name__}"
+                f"{where}: example_input must be one batch (batch size 1) in the form the model takes: "
+                f"a tensor, a tuple of tensors or a dict of named tensors; got {type(self.example_input).__name__}"
             )
+        if self.task is not None and self.task not in ("classification", "embedding", "regression"):
+            raise ConfigError(f"{where}: task must be classification, embedding or regression, got {self.task!r}")
         for split in ("train", "val", "test"):
             try:
                 dataset = as_dataset(getattr(self, split))

@@ -20,11 +20,7 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import os
-import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +31,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 
 from autoshrink.config import ConfigError
 from autoshrink.workloads.base import Workload
+from autoshrink.workloads.training import cached_finetune, finetune_key
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -85,7 +82,7 @@ def torchvision_workload(
     model = _build(name, weights, tv_weights, num_classes, size)
     example = _first_input(val)
     if finetune_epochs:
-        key = _finetune_key(name, weights, data, size, num_classes, finetune_epochs, seed, len(train))  # type: ignore[arg-type]
+        key = finetune_key(name, weights, data, size, num_classes, finetune_epochs, seed, len(train))  # type: ignore[arg-type]
         model = cached_finetune(model, train, val, epochs=finetune_epochs, key=key, seed=seed, verbose=verbose)
     family = "transformer" if name.startswith(TRANSFORMER_FAMILIES) else "cnn"
     return Workload(
@@ -272,89 +269,3 @@ def export_digits_folder(root: Path, *, image_size: int = 32) -> dict[str, int]:
             Image.fromarray((img[0].numpy() * 255).astype("uint8"), mode="L").convert("RGB").save(folder / f"{i}.png")
         counts[part] = len(y)
     return counts
-
-
-# -- fine-tuning --------------------------------------------------------------------------------
-
-
-def _finetune_key(*parts: Any) -> str:
-    recipe = "|".join(str(p) for p in (*parts, torch.__version__, "finetune-v1"))
-    return hashlib.sha256(recipe.encode()).hexdigest()[:12]
-
-
-def cached_finetune(
-    model: nn.Module, train: Dataset, val: Dataset, *, epochs: int, key: str, seed: int = 0, verbose: bool = True
-) -> nn.Module:
-    """Fine-tune ``model`` on ``train`` (cached on disk under ``key``); progress on stderr."""
-    from autoshrink.workloads.digits import cache_dir
-
-    path = cache_dir() / f"finetuned-{key}.pt"
-    if path.is_file():
-        model.load_state_dict(torch.load(path, weights_only=True))
-        return model.eval()
-    say: Callable[[str], None] | None = (lambda s: print(s, file=sys.stderr, flush=True)) if verbose else None
-    if say:
-        say(f"fine-tuning for {epochs} epoch(s) on {len(train)} images (once; cached in {path.parent})")  # type: ignore[arg-type]
-    finetune(model, train, val, epochs=epochs, seed=seed, log=say)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(path)
-    return model.eval()
-
-
-def finetune(
-    model: nn.Module,
-    train: Dataset,
-    val: Dataset,
-    *,
-    epochs: int,
-    lr: float = 2e-3,
-    batch_size: int | None = None,
-    seed: int = 0,
-    log: Callable[[str], None] | None = None,
-) -> nn.Module:
-    """Train every parameter with AdamW and warm-up + cosine decay; one log line per epoch.
-
-    ``batch_size`` defaults to a quarter of the training set, between 8 and 64, so that small
-    sets still get a few steps per epoch.
-    """
-    from torch.utils.data import DataLoader
-
-    from autoshrink.techniques.distill import warmup_cosine
-
-    batch_size = batch_size or min(64, max(8, len(train) // 4))  # type: ignore[arg-type]
-    gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=gen)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(epochs * len(loader)))
-    start = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        model.train()
-        total, seen = 0.0, 0
-        for x, y in loader:
-            opt.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total, seen = total + loss.item() * len(y), seen + len(y)
-        if log is not None:
-            elapsed = time.perf_counter() - start
-            log(
-                f"  epoch {epoch}/{epochs}: loss {total / max(seen, 1):.3f}, val acc "
-                f"{100 * _accuracy(model, val):.1f}%, ~{elapsed / epoch * (epochs - epoch):.0f} s left"
-            )
-    return model.eval()
-
-
-def _accuracy(model: nn.Module, data: Dataset) -> float:
-    from torch.utils.data import DataLoader
-
-    model.eval()
-    correct = total = 0
-    with torch.no_grad():
-        for x, y in DataLoader(data, batch_size=128):
-            correct += int((model(x).argmax(1) == y).sum())
-            total += len(y)
-    return correct / max(total, 1)

@@ -56,12 +56,17 @@ def test_technique_shrinks_and_keeps_behaviour(case, plan: Plan, max_drop: float
 
 
 def test_int8_changes_layers_to_integer(case) -> None:
-    _, model, data, example = case
+    name, model, data, example = case
     art = compress(model, Plan(bits=8), train_data=data, example_input=example)
     report = next(r for r in art.reports if r.technique == "quantize")
     assert report.details["layers_by_precision"].get("int8", 0) > 0
     ops = {n.op_type for n in art.onnx_model.graph.node}
-    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    if report.details["scheme"] == "static":  # convolutional models: calibrated QDQ
+        assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    else:  # matrix-product models: int8 weights, activations quantized per call
+        assert "DynamicQuantizeLinear" in ops and "MatMulInteger" in ops
+    expected = "dynamic" if name == "transformer" else "static"
+    assert report.details["scheme"] == expected
 
 
 def test_int4_uses_matmulnbits_on_linear_layers() -> None:
@@ -99,7 +104,7 @@ def test_runtime_errors_in_lowering_become_compression_errors(monkeypatch) -> No
     def broken(*args, **kwargs):
         raise InvalidGraph("no kernel for this node")
 
-    monkeypatch.setattr(quantize, "quantize_int8", broken)
+    monkeypatch.setattr(quantize, "quantize_static", broken)
     model, data, example = make_case("rescnn")
     with pytest.raises(CompressionError, match="8-bit ONNX Runtime lowering failed: no kernel"):
         compress(model, Plan(bits=8), train_data=data, example_input=example)

@@ -6,7 +6,7 @@ from torch import nn
 
 from autoshrink.pipeline import compress
 from autoshrink.plan import Plan
-from autoshrink.techniques.lowrank import LowRankConfig, factorize_conv, factorize_linear, rank_for
+from autoshrink.techniques.lowrank import LowRankConfig, factorize_conv, factorize_linear
 from tests.conftest import make_case
 
 
@@ -23,7 +23,7 @@ def test_full_rank_factorization_is_exact() -> None:
 
 def test_pair_is_thinner_and_shapes_are_spatial_split() -> None:
     conv = nn.Conv2d(32, 32, 3, padding=1)
-    r = rank_for(32 * 3, 32 * 3, 0.5)
+    r = 24  # half the weights: 24 * (96 + 96) = 0.5 * 96 * 96
     pair = factorize_conv(conv, r)
     assert pair[0].kernel_size == (3, 1) and pair[1].kernel_size == (1, 3)
     assert sum(p.numel() for p in pair.parameters()) < sum(p.numel() for p in conv.parameters())
@@ -42,3 +42,38 @@ def test_lowrank_reports_depthwise_and_attention_as_skipped() -> None:
 def test_invalid_fraction() -> None:
     with pytest.raises(ValueError, match="fraction"):
         LowRankConfig(fraction=1.5)
+
+
+def test_ranks_follow_each_layers_spectrum_within_the_budget() -> None:
+    # Two layers of the same shape: one nearly rank-4, one full of independent directions.
+    torch.manual_seed(0)
+    low = nn.Linear(64, 64, bias=False)
+    low.weight.data = torch.randn(64, 4) @ torch.randn(4, 64) + 0.01 * torch.randn(64, 64)
+    full = nn.Linear(64, 64, bias=False)
+    full.weight.data = torch.linalg.qr(torch.randn(64, 64))[0]
+    model = nn.Sequential(low, nn.ReLU(), full, nn.ReLU(), nn.Linear(64, 3)).eval()
+    x = torch.randn(32, 64)
+    art = compress(model, Plan(rank=0.4), train_data=(x,), example_input=x[:1])
+    net = art.torch_module
+    rank_low, rank_full = net[0][0].out_features, net[2][0].out_features
+    assert rank_low <= 6 < rank_full, (rank_low, rank_full)  # the easy layer gets a small rank
+    assert "keeps 100% of its energy" in next(c for c in art.reports[0].changed if c.startswith("0 "))
+    factorized = sum(p.numel() for i in (0, 2) for p in net[i].parameters())
+    assert factorized <= 0.4 * 2 * 64 * 64
+
+
+def test_low_rank_keeps_fidelity_better_where_it_matters() -> None:
+    # Same budget: spending it by spectrum keeps the outputs closer than one rank for all.
+    torch.manual_seed(0)
+    low = nn.Linear(64, 64)
+    low.weight.data = torch.randn(64, 2) @ torch.randn(2, 64) / 8
+    full = nn.Linear(64, 64)
+    model = nn.Sequential(low, nn.Tanh(), full, nn.Tanh(), nn.Linear(64, 3)).eval()
+    x = torch.randn(256, 64)
+    art = compress(model, Plan(rank=0.3), train_data=(x,), example_input=x[:1])
+    uniform = nn.Sequential(factorize_linear(low, 9), nn.Tanh(), factorize_linear(full, 9), nn.Tanh(), model[4])
+    with torch.no_grad():
+        ref = model(x)
+        err_ours = (art(x) - ref).pow(2).mean()
+        err_uniform = (uniform(x) - ref).pow(2).mean()
+    assert err_ours < err_uniform

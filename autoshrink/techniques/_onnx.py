@@ -1,0 +1,173 @@
+"""ONNX plumbing shared by the lowering techniques: export, graph rewrites, precision census,
+the errors ONNX and ONNX Runtime raise, and a check that a lowered model really runs."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import helper, numpy_helper
+from torch import nn
+
+from autoshrink.inputs import Inputs, InputSpec, Positional, call_model, tensors
+from autoshrink.techniques import CompressionError
+
+OUTPUT_NAME = "output"
+WEIGHT_OPS = ("Conv", "MatMul", "Gemm", "ConvTranspose")
+
+
+def export_onnx(module: nn.Module, example: Inputs, spec: InputSpec) -> onnx.ModelProto:
+    """Export with the spec's input names and dynamic axes (batch; sequence for token inputs).
+
+    The TorchScript exporter is tried first (it handles Hugging Face encoders), then dynamo.
+    """
+    wrapped = Positional(module.eval(), spec).eval()
+    args = tuple(tensors(example))
+    axes = spec.dynamic_axes() | {OUTPUT_NAME: {0: "batch"}}
+    try:
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                wrapped, args, buffer,  # type: ignore[arg-type]
+                dynamo=False, input_names=list(spec.names), output_names=[OUTPUT_NAME],
+                dynamic_axes=axes, opset_version=17,
+            )  # fmt: skip
+        return onnx.load_from_string(buffer.getvalue())
+    except (TypeError, RuntimeError, torch.onnx.errors.OnnxExporterError) as legacy_error:
+        try:
+            dims = tuple({a: torch.export.Dim.AUTO for a in spec.dynamic_axes()[n]} for n in spec.names)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                program = torch.onnx.export(
+                    wrapped, args, dynamo=True, input_names=list(spec.names), output_names=[OUTPUT_NAME],
+                    dynamic_shapes=dims, verbose=False,
+                )  # fmt: skip
+        except Exception as exc:  # the exporter raises many types; report both attempts
+            raise CompressionError(
+                f"ONNX export failed (TorchScript exporter: {legacy_error}; dynamo: {exc})"
+            ) from exc
+        return program.model_proto  # type: ignore[union-attr]
+
+
+def gemm_to_matmul(model: onnx.ModelProto) -> int:
+    """Rewrite ``Gemm(A, W, b)`` with a constant ``W`` as ``MatMul(A, W^T) + b`` in place.
+
+    ``MatMulNBits`` only replaces MatMul nodes, and a 2-D ``nn.Linear`` exports as Gemm.
+    Returns the number of nodes rewritten.
+    """
+    inits = {t.name: t for t in model.graph.initializer}
+    rewritten = 0
+    new_nodes = []
+    for node in list(model.graph.node):
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        plain = attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0
+        if node.op_type != "Gemm" or node.input[1] not in inits or attrs.get("transA", 0) or not plain:
+            new_nodes.append(node)
+            continue
+        weight = numpy_helper.to_array(inits[node.input[1]])
+        if attrs.get("transB", 0):
+            weight = weight.T
+        w_name = f"{node.input[1]}_kxn"
+        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight), w_name))
+        has_bias = len(node.input) > 2 and node.input[2]
+        mm_out = f"{node.output[0]}_mm" if has_bias else node.output[0]
+        new_nodes.append(helper.make_node("MatMul", [node.input[0], w_name], [mm_out], name=f"{node.name}_MatMul"))
+        if has_bias:
+            new_nodes.append(helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]], name=f"{node.name}_Add"))
+        rewritten += 1
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes)
+    used = {i for n in model.graph.node for i in n.input}
+    keep = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    return rewritten
+
+
+def weight_shares(model: onnx.ModelProto) -> dict[str, int]:
+    """Constant weight elements feeding convolutions vs matrix products and embedding lookups."""
+    sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
+    shares = {"conv": 0, "matmul": 0}
+    for node in model.graph.node:
+        for name in node.input[1:2]:
+            if name in sizes:
+                if node.op_type in ("Conv", "ConvTranspose"):
+                    shares["conv"] += sizes[name]
+                elif node.op_type in ("MatMul", "Gemm"):
+                    shares["matmul"] += sizes[name]
+        if node.op_type == "Gather" and node.input[0] in sizes:
+            shares["matmul"] += sizes[node.input[0]]
+    return shares
+
+
+def layer_precision(model: onnx.ModelProto) -> dict[str, str]:
+    """For each weight-bearing node (and embedding lookup): ``"4-bit"``, ``"int8"`` or ``"fp32"``."""
+    produced_by_dq = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    tables = {t.name: t.data_type for t in model.graph.initializer if len(t.dims) == 2}
+    constants = {t.name for t in model.graph.initializer}
+    integer = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    out = {}
+    for node in model.graph.node:
+        if node.op_type in ("MatMulNBits", "GatherBlockQuantized"):
+            out[node.name] = "4-bit"
+        elif node.op_type in ("QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul"):
+            out[node.name] = "int8"
+        elif node.op_type in WEIGHT_OPS and len(node.input) > 1:
+            if node.input[1] in produced_by_dq:
+                out[node.name] = "int8"
+            elif node.input[1] in constants:  # a product of two activations has no weight
+                out[node.name] = "fp32"
+        elif node.op_type == "Gather" and node.input[0] in tables:  # an embedding lookup
+            out[node.name] = "int8" if tables[node.input[0]] in integer else "fp32"
+        elif node.op_type == "Gather" and node.input[0] in produced_by_dq:
+            out[node.name] = "int8"
+    return out
+
+
+def onnx_errors() -> tuple[type[Exception], ...]:
+    """What ONNX and ONNX Runtime raise; none of these derives from RuntimeError."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+    return (
+        onnx.checker.ValidationError,
+        onnx.shape_inference.InferenceError,
+        ort_state.Fail,
+        ort_state.InvalidArgument,
+        ort_state.InvalidGraph,
+        ort_state.NotImplemented,
+        ort_state.RuntimeException,
+    )
+
+
+def check_runs(model: onnx.ModelProto, module: nn.Module, example: Inputs, spec: InputSpec) -> None:
+    """Load the model in ONNX Runtime and run the example: output shape and dtype must match torch."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = {n: t.numpy() for n, t in zip(spec.names, tensors(example))}
+    out = session.run(None, feed)[0]
+    with torch.no_grad():
+        expected = call_model(module, example)
+    if tuple(out.shape) != tuple(expected.shape):
+        raise CompressionError(f"the ONNX model returns shape {tuple(out.shape)}, torch {tuple(expected.shape)}")
+    if str(out.dtype) != str(expected.dtype).removeprefix("torch."):
+        raise CompressionError(f"the ONNX model returns {out.dtype}, torch {expected.dtype}")
+
+
+@contextlib.contextmanager
+def working_dir(path: Path) -> Iterator[None]:
+    """Run a block in ``path``: ONNX Runtime's pre-processing leaves files in the current folder."""
+    previous = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
