@@ -89,22 +89,22 @@ WORKLOAD_HELP = (
 def search(
     latency_budget_ms: Optional[float] = typer.Option(None, help="Median latency limit per batch, in ms (required here or in --config)."),
     config: Optional[Path] = typer.Option(None, "--config", help="Run file (YAML) with workload, budget, space, hardware...; flags override it."),
-    workload: Optional[str] = typer.Option(None, help=f"What to compress: {WORKLOAD_HELP} [default: digits]"),
+    workload: Optional[str] = typer.Option(None, help=f"What to compress: {WORKLOAD_HELP} (default: digits)"),
     data: Optional[str] = typer.Option(None, help="Image data for torchvision models: digits or imagefolder:PATH."),
     weights: Optional[str] = typer.Option(None, help="torchvision weights: a weights name (from the local torch cache), a state-dict path, or none."),
     num_classes: Optional[int] = typer.Option(None, help="Resize the classification head to this many classes."),
     image_size: Optional[int] = typer.Option(None, help="Input height/width for image models."),
     finetune_epochs: Optional[int] = typer.Option(None, help="Fine-tune a torchvision model on the train split first (cached)."),
     workload_arg: list[str] = typer.Option([], "--workload-arg", help="key=value passed to the workload's function (repeatable)."),
-    trials: Optional[int] = typer.Option(None, help="Total trials in the study (finished ones count when resuming) [default: 20]."),
-    experiment: Optional[str] = typer.Option(None, help="MLflow experiment / Optuna study name [default: from the workload]."),
+    trials: Optional[int] = typer.Option(None, help="Total trials in the study (finished ones count when resuming) (default: 20)."),
+    experiment: Optional[str] = typer.Option(None, help="MLflow experiment / Optuna study name (default: from the workload)."),
     space: Optional[Path] = typer.Option(None, help="Search space YAML (default: the workload family's)."),
     hardware: Optional[Path] = typer.Option(None, help="Hardware profile YAML (default: 1 thread, batch 1)."),
     size_budget_mb: Optional[float] = typer.Option(None, help="Artifact size limit in MB."),
     energy_budget_mj: Optional[float] = typer.Option(None, help="Energy per inference limit in mJ."),
     min_accuracy: Optional[float] = typer.Option(None, help="Lowest acceptable validation accuracy (0-1)."),
-    sampler: Optional[str] = typer.Option(None, help="tpe, nsga2 or random [default: tpe]."),
-    seed: Optional[int] = typer.Option(None, help="Seed for the sampler and distillation [default: 0]."),
+    sampler: Optional[str] = typer.Option(None, help="tpe, nsga2 or random (default: tpe)."),
+    seed: Optional[int] = typer.Option(None, help="Seed for the sampler and distillation (default: 0)."),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default sqlite:///./.autoshrink/mlflow.db)."),
     build_threads: int = typer.Option(0, help="Threads for distillation (0 = all cores); timing uses the profile's."),
 ) -> None:
@@ -278,13 +278,19 @@ def _print_result(result: Any) -> None:
 
     from autoshrink.searching.report import COLUMNS, pareto_rows
 
-    console = Console(width=None if Console().is_terminal else 160)
-    table = Table(title=f"Pareto set of '{result.experiment}' ({result.n_complete} measured, {result.n_failed} failed)")
-    for col in COLUMNS:
-        table.add_column(col)
-    for row in pareto_rows(result):
-        table.add_row(*(row[c] for c in COLUMNS))
-    console.print(table)
+    console = Console()
+    title = f"Pareto set of '{result.experiment}' ({result.n_complete} measured, {result.n_failed} failed)"
+    if console.is_terminal:
+        table = Table(title=title)
+        for col in COLUMNS:
+            table.add_column(col)
+        for row in pareto_rows(result):
+            table.add_row(*(row[c] for c in COLUMNS))
+        console.print(table)
+    else:  # a log file: a plain Markdown table, no box drawing
+        lines = [title, "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+        lines += ["| " + " | ".join(row[c] for c in COLUMNS) + " |" for row in pareto_rows(result)]
+        print("\n".join(lines), flush=True)
     style = "bold green" if result.met_budget else "bold red"
     console.print(result.message, style=style)
     if result.failures:

@@ -13,6 +13,18 @@ class ConfigError(ValueError):
     """A configuration file or value is invalid; the message says which field and why."""
 
 
+#: Optuna samplers a search can use (see `autoshrink.searching.study.make_sampler`).
+SAMPLERS = ("tpe", "nsga2", "random")
+
+
+def check_search_settings(trials: object, sampler: object) -> None:
+    """Refuse a trial count or sampler name a search cannot use (before anything heavy runs)."""
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise ConfigError(f"trials must be an integer >= 1, got {trials!r}")
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+
+
 def _positive_or_none(owner: str, name: str, value: Any) -> None:
     if value is None:
         return

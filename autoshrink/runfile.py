@@ -26,7 +26,15 @@ from typing import Any
 
 import yaml
 
-from autoshrink.config import Budget, ConfigError, HardwareProfile, build_checked, check_keys, load_yaml_mapping
+from autoshrink.config import (
+    Budget,
+    ConfigError,
+    HardwareProfile,
+    build_checked,
+    check_keys,
+    check_search_settings,
+    load_yaml_mapping,
+)
 from autoshrink.space import SearchSpace
 
 _WORKLOAD_PATH_OPTIONS = ("weights",)
@@ -91,6 +99,12 @@ class RunConfig:
         except ConfigError as exc:
             message = str(exc)
             raise ConfigError(message if str(p) in message else f"{p}: {message}") from None
+
+    def __post_init__(self) -> None:
+        from autoshrink.store import check_experiment_name
+
+        check_search_settings(self.trials, self.sampler)
+        check_experiment_name(self.experiment)
 
     def with_overrides(self, **overrides: Any) -> RunConfig:
         """A copy with the given (non-None) values replaced; ``workload_options`` are merged."""

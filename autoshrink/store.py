@@ -79,14 +79,23 @@ def check_experiment_name(name: str) -> str:
 
 
 def experiment_name_for(workload: str) -> str:
-    """A default experiment name from a workload spec.
+    """A default experiment name from a workload spec: short, and a valid file name.
 
     Example:
-        >>> experiment_name_for("torchvision:resnet18"), experiment_name_for("my/file.py:make")
-        ('torchvision-resnet18', 'my-file.py-make')
+        >>> [experiment_name_for(s) for s in ("digits", "torchvision:resnet18", "examples/my_workload.py:make",
+        ...                                    "pkg.models:small", "hf:/models/minilm")]
+        ['digits', 'torchvision-resnet18', 'my_workload-make', 'models-small', 'hf-minilm']
     """
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", workload).strip("-.") or "autoshrink"
-    return name[:128]
+    target, sep, attr = workload.rpartition(":")
+    if sep and target.endswith(".py"):  # path/to/file.py:function
+        name = f"{Path(target).stem}-{attr}"
+    elif sep and target in ("torchvision", "hf"):
+        name = f"{target}-{Path(attr.rstrip('/')).name}"
+    elif sep:  # package.module:function
+        name = f"{target.rsplit('.', 1)[-1]}-{attr}"
+    else:
+        name = workload
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")[:128] or "autoshrink"
 
 
 def prepare(tracking_uri: str) -> Path:

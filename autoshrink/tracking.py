@@ -64,7 +64,9 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         found = self.client.get_experiment_by_name(experiment)
         if not create and (found is None or found.lifecycle_stage == "deleted"):
-            raise LookupError(f"no experiment {experiment!r} in {tracking_uri}")
+            names = sorted(e.name for e in self.client.search_experiments() if e.name != "Default")
+            there = f"; experiments there: {', '.join(names)}" if names else "; it holds no experiment yet"
+            raise LookupError(f"no experiment {experiment!r} in {tracking_uri}{there}")
         if found is not None and found.lifecycle_stage == "deleted":
             self.client.restore_experiment(found.experiment_id)
         self.experiment_id = (

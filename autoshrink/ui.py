@@ -73,10 +73,13 @@ def serve(tracking_uri: str, port: int, *, on_ready: Callable[[str], None] | Non
             f"port {port} on 127.0.0.1 is already in use (another `autoshrink ui`?); "
             f"stop it or pass --port {port + 1}"
         )
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    # The server's INFO lines and library deprecation warnings would bury the one line that
+    # matters (where the UI is); errors still come through.
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONWARNINGS": "ignore", "MLFLOW_LOGGING_LEVEL": "WARNING"}
     cmd = [
         sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri,
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--uvicorn-opts", "--log-level warning",
     ]  # fmt: skip
     stopping = False
 

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from autoshrink.artifact import load_artifact
-from autoshrink.config import Budget, ConfigError, HardwareProfile
+from autoshrink.config import Budget, ConfigError, HardwareProfile, check_search_settings
 from autoshrink.data import DataLike
-from autoshrink.measuring import Evaluate, timing_batch
+from autoshrink.measuring import Evaluate, Measurement, timing_batch
 from autoshrink.measuring.accuracy import score
 from autoshrink.plan import Plan
 from autoshrink.searching.backend import Backend
@@ -21,7 +22,6 @@ from autoshrink.searching.recorder import Recorder
 from autoshrink.searching.result import Candidate, Progress, SearchResult
 from autoshrink.searching.study import (
     counted,
-    make_sampler,
     open_study,
     progress_callback,
     recover_interrupted,
@@ -39,6 +39,11 @@ from autoshrink.store import (
 )
 from autoshrink.tracking import STUDY, Tracker
 from autoshrink.workloads.base import Workload
+
+if TYPE_CHECKING:
+    import optuna
+
+log = logging.getLogger("autoshrink")
 
 
 def as_workload(
@@ -144,8 +149,7 @@ def search(
     )  # fmt: skip
     if not isinstance(budget, Budget):
         raise ConfigError("budget must be an autoshrink.Budget, e.g. Budget(latency_ms=1.5)")
-    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
-        raise ConfigError(f"trials must be an integer >= 1, got {trials!r}")
+    check_search_settings(trials, sampler)
     check_experiment_name(experiment)
     space = space if space is not None else SearchSpace.preset(wl.family)
     if not isinstance(space, SearchSpace):
@@ -154,7 +158,7 @@ def search(
     if not isinstance(hardware, HardwareProfile):
         raise ConfigError(f"hardware must be an autoshrink.HardwareProfile, got {type(hardware).__name__}")
     backend = backend if backend is not None else LocalBackend()
-    sampler_obj = make_sampler(sampler, seed, trials)
+    study: optuna.Study | None = None
 
     def elapsed() -> float:
         return time.perf_counter() - started
@@ -162,6 +166,8 @@ def search(
     def emit(stage: str, last: str) -> None:
         if progress is not None:
             progress(snapshot(study, trials, stage, last, elapsed()))
+
+    emit("start", f"opening experiment '{experiment}' (MLflow store and Optuna study)")
 
     uri = resolve_tracking_uri(tracking_uri)
     folder = prepare(uri)
@@ -174,14 +180,17 @@ def search(
         "seed": seed,
     }
     with experiment_lock(folder, experiment):
-        study = open_study(experiment, study_storage_for(uri), config, sampler_obj)
+        study = open_study(experiment, study_storage_for(uri), config, sampler, seed, trials)
         tracker = Tracker(uri, experiment)
         parent = tracker.start_parent(study.user_attrs.get("parent_run_id"), {STUDY: experiment})
         study.set_user_attr("parent_run_id", parent)
         tracker.log_params(parent, _flat(config) | {"backend": repr(backend)})
         if run_file is not None:
             tracker.log_text(parent, run_file, "run.yaml")
-        recover_interrupted(study, tracker, parent)
+        interrupted = recover_interrupted(study, tracker, parent)
+        if counted(study):
+            emit("start", f"resuming: {counted(study)} of {trials} trials already finished"
+                 + (f", {interrupted} interrupted one(s) queued to run again" if interrupted else ""))  # fmt: skip
         recorder = Recorder(tracker, parent, budget)
         runner = TrialRunner(wl, hardware, folder / "artifacts" / experiment, seed)
         try:
@@ -195,6 +204,10 @@ def search(
             )
             emit("baseline", f"baseline: val acc {baseline.measurement.accuracy:.4f}, "
                  f"{baseline.measurement.latency_ms:.3f} ms, {baseline.measurement.size_bytes / 1e3:.1f} kB")  # fmt: skip
+            warning = chance_warning(wl, baseline.measurement)
+            if warning:
+                log.warning(warning)
+                emit("baseline", f"warning: {warning}")
             remaining = trials - counted(study)
             if remaining > 0:
                 callbacks = [progress_callback(progress, trials, elapsed)] if progress else []
@@ -215,6 +228,22 @@ def search(
     tracker.log_metrics(parent, {f"time_{k}": v for k, v in timings.items()})
     tracker.finish(parent)
     return replace(result, timings=timings)
+
+
+def chance_warning(wl: Workload, m: Measurement) -> str | None:
+    """A sentence when an uncompressed classifier scores about chance: nothing to preserve."""
+    if m.metric != "top1":
+        return None
+    from autoshrink.techniques import output_shape
+
+    classes = int(output_shape(wl.model, wl.example_input)[-1])
+    if classes < 2 or m.accuracy > 1.5 / classes:
+        return None
+    return (
+        f"the uncompressed model scores {100 * m.accuracy:.1f}% on the validation data, about chance for "
+        f"{classes} classes: is it trained? (random torchvision weights need --finetune-epochs; "
+        "a new head needs training)"
+    )
 
 
 def _baseline(backend: Backend, runner: TrialRunner, budget: Budget, wl: Workload) -> Candidate:

@@ -39,11 +39,21 @@ class LocalBackend(Backend):
         n_trials: int,
         callbacks: Sequence[StudyCallback] = (),
     ) -> None:
-        def objective(trial: optuna.Trial) -> tuple[float, ...]:
+        from optuna.trial import TrialState
+
+        # ask/tell rather than optimize(): a failed candidate is recorded by us, not logged by
+        # Optuna with a traceback, and an interruption leaves the trial RUNNING for resume.
+        for _ in range(n_trials):
+            trial = study.ask()
             plan = space.sample(trial)
             run_id = recorder.start(trial, plan)
             twin = find_twin(finished_outcomes(study), plan)
             outcome = twin[1].duplicate(twin[0]) if twin else runner(plan, name=f"trial-{trial.number:03d}")
-            return recorder.record(trial, run_id, outcome)
-
-        study.optimize(objective, n_trials=n_trials, catch=(CandidateFailed,), callbacks=list(callbacks))
+            try:
+                values = recorder.record(trial, run_id, outcome)
+            except CandidateFailed:
+                frozen = study.tell(trial, state=TrialState.FAIL)
+            else:
+                frozen = study.tell(trial, list(values))
+            for callback in callbacks:
+                callback(study, frozen)

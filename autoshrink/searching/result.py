@@ -57,9 +57,10 @@ class Candidate:
 class Progress:
     """Sent to the ``progress`` callback as the search moves on.
 
-    ``stage`` is ``"baseline"`` (the uncompressed model is being measured), ``"trial"`` (one
-    more trial finished; ``last`` describes it) or ``"finish"`` (the Pareto set is being
-    scored on the test split, logged and the best registered).
+    ``stage`` is ``"start"`` (the store is being opened, or the search resumes), ``"baseline"``
+    (the uncompressed model is being measured), ``"trial"`` (one more trial finished; ``last``
+    describes it) or ``"finish"`` (the Pareto set is being scored on the test split, logged
+    and the best registered).
     """
 
     stage: str

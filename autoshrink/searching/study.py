@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
-from autoshrink.config import ConfigError
+from autoshrink.config import SAMPLERS, ConfigError
 from autoshrink.searching.recorder import OUTCOME
 from autoshrink.searching.result import Progress, rank_key
 from autoshrink.searching.trial import TrialOutcome
@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
 DIRECTIONS: tuple[Literal["maximize", "minimize"], ...] = ("maximize", "minimize", "minimize")
-SAMPLERS = ("tpe", "nsga2", "random")
 
 log = logging.getLogger("autoshrink")
 
@@ -41,18 +40,27 @@ def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampl
 
 
 def open_study(
-    experiment: str, storage_url: str, config: dict[str, Any], sampler: optuna.samplers.BaseSampler
+    experiment: str, storage_url: str, config: dict[str, Any], sampler: str, seed: int, trials: int
 ) -> optuna.Study:
-    """Create the study, or load it to resume; a different ``config`` is refused."""
+    """Create the study, or load it to resume; a different ``config`` is refused.
+
+    Optuna does not store a sampler's random state. A resumed study gets its sampler seeded
+    with the seed and the number of trials already there, so it does not replay the plans
+    it drew before the interruption (and a re-run of the same history is reproducible).
+    """
     import optuna
 
+    storage = optuna.storages.RDBStorage(storage_url, engine_kwargs={"connect_args": {"timeout": 60}})
     study = optuna.create_study(
-        storage=optuna.storages.RDBStorage(storage_url),
+        storage=storage,
         study_name=experiment,
         directions=list(DIRECTIONS),
-        sampler=sampler,
+        sampler=make_sampler(sampler, seed, trials),
         load_if_exists=True,
     )
+    existing = len(study.get_trials(deepcopy=False))
+    if existing:
+        study.sampler = make_sampler(sampler, seed * 100_003 + existing, trials)
     stored = study.user_attrs.get("config")
     if stored is None:
         study.set_user_attr("config", config)
@@ -115,12 +123,17 @@ def is_feasible(trial: FrozenTrial) -> bool:
 
 
 def recover_interrupted(study: optuna.Study, tracker: Tracker, parent_run_id: str) -> int:
-    """After a crash: close trials left running and delete their half-written MLflow runs."""
+    """After a crash: close trials left running, delete their half-written MLflow runs, and
+    queue their plans to run first (so the interrupted candidate is really re-run).
+
+    Returns how many trials were recovered now (each is recovered once; the study remembers).
+    """
     from optuna.trial import TrialState
 
     storage = study._storage
     study_id = storage.get_study_id_from_name(study.study_name)
-    interrupted = [t for t in study.get_trials(deepcopy=False) if is_interrupted(t)]
+    done = set(study.user_attrs.get("recovered", []))
+    interrupted = [t for t in study.get_trials(deepcopy=False) if is_interrupted(t) and t.number not in done]
     runs = tracker.trial_runs(parent_run_id)
     for trial in interrupted:
         if trial.state == TrialState.RUNNING:
@@ -129,8 +142,11 @@ def recover_interrupted(study: optuna.Study, tracker: Tracker, parent_run_id: st
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
         if trial.number in runs and runs[trial.number].info.lifecycle_stage == "active":
             tracker.discard(runs[trial.number].info.run_id)
+        if trial.params:
+            study.enqueue_trial(trial.params, skip_if_exists=False)
     if interrupted:
-        log.warning("resumed: %d interrupted trial(s) discarded and re-run", len(interrupted))
+        study.set_user_attr("recovered", sorted(done | {t.number for t in interrupted}))
+        log.info("resumed: %d interrupted trial(s) discarded and queued to run again", len(interrupted))
     return len(interrupted)
 
 
@@ -216,7 +232,9 @@ def progress_callback(
     return callback
 
 
-def snapshot(study: optuna.Study, total: int, stage: str, last: str, elapsed_s: float) -> Progress:
+def snapshot(study: optuna.Study | None, total: int, stage: str, last: str, elapsed_s: float) -> Progress:
+    if study is None:  # not opened yet
+        return Progress(stage, 0, total, 0, 0, last, None, elapsed_s)
     done = complete(study)
     feasible = [t for t in done if is_feasible(t)]
     best = min(feasible, key=lambda t: rank_key(t.values[0], t.values[1]), default=None)

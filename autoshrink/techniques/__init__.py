@@ -138,9 +138,14 @@ def check_forward(module: nn.Module, example_input: Inputs, expected: torch.Size
 
 
 def output_shape(module: nn.Module, example_input: Inputs) -> torch.Size:
-    """The shape of the module's (single tensor) output on the example input."""
-    with torch.no_grad():
-        return call_model(module.eval(), example_input).shape
+    """The shape of the module's (single tensor) output on the example input, in eval mode
+    (the module's own mode is restored)."""
+    was_training = module.training
+    try:
+        with torch.no_grad():
+            return call_model(module.eval(), example_input).shape
+    finally:
+        module.train(was_training)
 
 
 def output_layers(model: nn.Module, example_input: Inputs) -> list[nn.Module]:

@@ -16,11 +16,12 @@ Only training data is used: never the data candidates are scored on.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from autoshrink.data import batches, split_batch
 from autoshrink.inputs import Inputs, batch_size, call_model, tree_cat, tree_index
@@ -95,6 +96,32 @@ def distill_loss(
     return F.mse_loss(out, target) + (1 - cosine)
 
 
+def recalibrate_batchnorm(model: nn.Module, inputs: Iterable[Inputs]) -> int:
+    """Recompute every BatchNorm's running statistics as the plain average over ``inputs``.
+
+    Training only moves them by ``momentum`` per step; with few steps, or a small momentum
+    (torchvision's MobileNetV3 uses 0.01), they stay near their old values and the model is
+    wrong in eval mode (a fine-tuned MobileNetV3 scored chance until this). Returns the number
+    of BatchNorm layers recalibrated.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return 0
+    momenta = [m.momentum for m in norms]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over every batch seen
+        m.train()
+    with torch.no_grad():
+        for x in inputs:
+            call_model(model, x)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.eval()
+    return len(norms)
+
+
 def warmup_cosine(total_steps: int, warmup: float = 0.2, floor: float = 0.04) -> Callable[[int], float]:
     """Learning-rate factor per step: linear warm-up, then cosine decay to ``floor``.
 
@@ -146,6 +173,7 @@ def distill(stage: Stage, config: DistillConfig, context: Context) -> Stage:
             sched.step()
             total += loss.item() * len(idx)
         losses.append(total / len(order))
+    recalibrate_batchnorm(student, (tree_index(x_all, order[i : i + 64]) for i in range(0, min(n, 2048), 64)))
     student.eval()
     report = TechniqueReport(
         technique="distill",

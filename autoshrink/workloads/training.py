@@ -65,7 +65,7 @@ def finetune(
     ``batch_size`` defaults to a quarter of the training set, between 8 and 64, so that small
     sets still get a few steps per epoch. One log line per epoch.
     """
-    from autoshrink.techniques.distill import warmup_cosine
+    from autoshrink.techniques.distill import recalibrate_batchnorm, warmup_cosine
 
     batch_size = batch_size or min(64, max(8, len(train) // 4))  # type: ignore[arg-type]
     gen = torch.Generator().manual_seed(seed)
@@ -86,6 +86,7 @@ def finetune(
             opt.step()
             sched.step()
             total, seen = total + loss.item() * len(y), seen + len(y)
+        recalibrate_batchnorm(model, (split_batch(b)[0] for b in DataLoader(train, batch_size=64)))
         if log is not None:
             elapsed = time.perf_counter() - start
             log(

@@ -191,3 +191,29 @@ def test_skipped_layers_are_listed_on_the_trial_run(tmp_path: Path) -> None:
     assert int(run.data.tags["layers_skipped"]) >= 2
     listed = json.loads(open(c.download_artifacts(run.info.run_id, "skipped_layers.json", str(tmp_path))).read())
     assert "no channel dimension" in listed["prune: spatial.bias"]
+
+
+def test_resume_reruns_the_interrupted_plan_and_does_not_replay_earlier_ones(tmp_path: Path, monkeypatch) -> None:
+    # Optuna does not store the sampler's random state: a resumed TPE used to draw the same
+    # startup plans again (trials 4-6 repeated 0-2) and never re-ran the interrupted one.
+    from autoshrink.searching.trial import TrialRunner
+
+    real, calls = TrialRunner.measure, []
+
+    def measure(self, artifact):
+        calls.append(1)
+        if len(calls) == 4:  # baseline, trials 0 and 1, then Ctrl-C while measuring trial 2
+            raise KeyboardInterrupt
+        return real(self, artifact)
+
+    monkeypatch.setattr(TrialRunner, "measure", measure)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(tmp_path, Budget(latency_ms=1000.0), trials=6, experiment="again")
+    interrupted = next(t for t in study(tmp_path, "again").trials if t.state.name == "RUNNING")
+    monkeypatch.undo()
+    run_search(tmp_path, Budget(latency_ms=1000.0), trials=6, experiment="again")
+    trials = [t for t in study(tmp_path, "again").trials if t.state.name == "COMPLETE"]
+    assert len(trials) == 6
+    assert trials[2].params == interrupted.params  # the interrupted plan ran first
+    first = [t.params for t in trials[:2]]
+    assert [t.params for t in trials[3:5]] != first  # not the same draws again

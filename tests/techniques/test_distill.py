@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from autoshrink.pipeline import compress
 from autoshrink.plan import Plan
@@ -45,3 +46,21 @@ def test_teacher_outputs_are_computed_once_per_cache(monkeypatch) -> None:
     assert len(calls) == 1
     compress(model, Plan(prune=0.3, distill_epochs=1), train_data=data, example_input=example)
     assert len(calls) == 2  # no cache given: computed for that call
+
+
+def test_batchnorm_statistics_are_recomputed_after_training() -> None:
+    # torchvision's MobileNetV3 uses BatchNorm momentum 0.01: a short fine-tune left its running
+    # statistics near their initial values and the model scored chance in eval mode.
+    from torch import nn
+
+    from autoshrink.techniques.distill import recalibrate_batchnorm
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4, momentum=0.01), nn.Dropout(0.5)).train()
+    data = torch.randn(64, 3, 5, 5) * 3 + 7
+    with torch.no_grad():
+        model(data[:8])  # one training step's worth: running stats barely move
+        conv_out = model[0](data)
+    assert not torch.allclose(model[1].running_mean, conv_out.mean(dim=(0, 2, 3)), atol=0.1)
+    assert recalibrate_batchnorm(model, [data[i : i + 16] for i in range(0, 64, 16)]) == 1
+    torch.testing.assert_close(model[1].running_mean, conv_out.mean(dim=(0, 2, 3)), atol=1e-4, rtol=1e-4)
+    assert model[1].momentum == 0.01 and not model.training
