@@ -74,6 +74,17 @@ def bench_models(
     typer.echo(f"wrote {write_models_report(rows, search_row, out, hardware, image_size)}")
 
 
+@bench_app.command("transformers")
+def bench_transformers(
+    out: Path = typer.Option(Path("results"), help="Folder for transformers.md/.json."),
+    trials: int = typer.Option(20, help="Trials of the search on the trained model."),
+) -> None:
+    """Encoders with token inputs: per technique, per int8 recipe, and a search's best plan."""
+    from autoshrink.bench.transformers import run_all
+
+    typer.echo(f"wrote {run_all(out, trials=trials, log=typer.echo)}")
+
+
 def _die(message: str, code: int = 2) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)

@@ -122,7 +122,12 @@ class SearchSpace:
 
 def _presets() -> dict[str, SearchSpace]:
     """Built-in spaces by model family; ``search_spaces/<name>.yaml`` are copies (a test checks)."""
-    return {"default": SearchSpace(), "cnn": SearchSpace()}
+    return {
+        "default": SearchSpace(),
+        "cnn": SearchSpace(),
+        # Encoders lose more to low rank and need distillation after pruning (heads and FFN).
+        "transformer": SearchSpace(prune=(0.0, 0.6, 0.1), rank=(OFF, 0.5, 0.75), bits=(32, 8, 4), distill_epochs=(0, 2, 4)),
+    }
 
 
 def _nonempty(name: str, values: tuple[Any, ...]) -> None:

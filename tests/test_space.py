@@ -12,7 +12,7 @@ from autoshrink.space import SearchSpace
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("family", ["default", "cnn"])
+@pytest.mark.parametrize("family", ["default", "cnn", "transformer"])
 def test_each_space_file_is_its_built_in_preset(family: str) -> None:
     # The files are what users copy and edit; the presets are what a search uses by default.
     assert SearchSpace.from_yaml(ROOT / "search_spaces" / f"{family}.yaml") == SearchSpace.preset(family)

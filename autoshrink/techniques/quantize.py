@@ -116,15 +116,17 @@ def quantize_static(
         return onnx.load(str(dst))
 
 
-def quantize_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Dynamic int8: per-channel int8 MatMul/Gemm weights and int8 embedding tables."""
+def quantize_dynamic(
+    model: onnx.ModelProto, *, per_channel: bool = True, op_types: tuple[str, ...] = ("MatMul", "Gemm", "Gather")
+) -> onnx.ModelProto:
+    """Dynamic int8: int8 MatMul/Gemm weights (per channel by default) and int8 embedding tables."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory() as tmp, working_dir(Path(tmp)), root_logging_to_debug():
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, src)
         quantize_dynamic(
-            str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm", "Gather"], per_channel=True,
+            str(src), str(dst), op_types_to_quantize=list(op_types), per_channel=per_channel,
             weight_type=QuantType.QInt8,
         )  # fmt: skip
         return onnx.load(str(dst))

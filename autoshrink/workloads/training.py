@@ -29,7 +29,15 @@ def finetune_key(*parts: Any) -> str:
 
 
 def cached_finetune(
-    model: nn.Module, train: Dataset, val: Dataset, *, epochs: int, key: str, seed: int = 0, verbose: bool = True
+    model: nn.Module,
+    train: Dataset,
+    val: Dataset,
+    *,
+    epochs: int,
+    key: str,
+    seed: int = 0,
+    lr: float = 2e-3,
+    verbose: bool = True,
 ) -> nn.Module:
     """Fine-tune ``model`` on ``train`` (cached on disk under ``key``); progress on stderr."""
     from autoshrink.workloads.digits import cache_dir
@@ -41,7 +49,7 @@ def cached_finetune(
     say: Callable[[str], None] | None = (lambda s: print(s, file=sys.stderr, flush=True)) if verbose else None
     if say:
         say(f"fine-tuning for {epochs} epoch(s) on {len(train)} samples (once; cached in {path.parent})")  # type: ignore[arg-type]
-    finetune(model, train, val, epochs=epochs, seed=seed, log=say)
+    finetune(model, train, val, epochs=epochs, seed=seed, lr=lr, log=say)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     torch.save(model.state_dict(), tmp)
@@ -83,6 +91,7 @@ def finetune(
             opt.zero_grad()
             loss = F.cross_entropy(call_model(model, x), y)
             loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
             total, seen = total + loss.item() * len(y), seen + len(y)
