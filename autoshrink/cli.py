@@ -74,6 +74,20 @@ def bench_models(
     typer.echo(f"wrote {write_models_report(rows, search_row, out, hardware, image_size)}")
 
 
+@bench_app.command("ray")
+def bench_ray(
+    out: Path = typer.Option(Path("results"), help="Folder for ray.md/.json."),
+    workload: str = typer.Option("digits", help="Workload to search."),
+    trials: int = typer.Option(8, help="Trials per backend."),
+) -> None:
+    """The same search locally and on Ray with 1 and 2 concurrent trials: trials/hour, overhead."""
+    from autoshrink import workloads
+    from autoshrink.bench.ray import run_ray_bench, write_ray_report
+
+    rows = run_ray_bench(workloads.load(workload), trials=trials, log=typer.echo)
+    typer.echo(f"wrote {write_ray_report(rows, out, workload, trials)}")
+
+
 @bench_app.command("transformers")
 def bench_transformers(
     out: Path = typer.Option(Path("results"), help="Folder for transformers.md/.json."),
@@ -118,6 +132,12 @@ def search(
     seed: Optional[int] = typer.Option(None, help="Seed for the sampler and distillation (default: 0)."),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default sqlite:///./.autoshrink/mlflow.db)."),
     build_threads: int = typer.Option(0, help="Threads for distillation (0 = all cores); timing uses the profile's."),
+    backend: Optional[str] = typer.Option(None, help="Where trials run: local (this process) or ray (default: local)."),
+    ray_address: Optional[str] = typer.Option(None, help="Join this Ray cluster ('auto' or host:port) instead of starting one."),
+    max_concurrent_trials: Optional[int] = typer.Option(None, help="Ray: trials at the same time (default: 1)."),
+    trial_cpus: Optional[float] = typer.Option(None, help="Ray: CPUs each trial reserves (default: 1)."),
+    trial_gpus: Optional[float] = typer.Option(None, help="Ray: GPUs each trial reserves (default: 0)."),
+    measure_on: Optional[str] = typer.Option(None, help="Ray: measure latency and energy only on nodes with this custom resource."),
 ) -> None:
     """Search compression plans under a latency budget; log to MLflow; register the best."""
     import os
@@ -138,11 +158,14 @@ def search(
             space=SearchSpace.from_yaml(space) if space else None,
             hardware=HardwareProfile.from_yaml(hardware) if hardware else None,
             sampler=sampler, seed=seed, tracking_uri=tracking_uri,
+            backend=_backend_options(backend, address=ray_address, max_concurrent_trials=max_concurrent_trials,
+                                     trial_cpus=trial_cpus, trial_gpus=trial_gpus, measure_on=measure_on),
             workload_options=_workload_options(
                 weights=weights, num_classes=num_classes, data=data, image_size=image_size,
                 finetune_epochs=finetune_epochs, args=workload_arg,
             ),
         )  # fmt: skip
+        backend_obj = run.make_backend()
         say.line(f"loading workload '{run.workload}'")
         wl = workloads.load(run.workload, **run.workload_options)
     except (ConfigError, ValueError) as exc:
@@ -155,7 +178,7 @@ def search(
             result = run_search(
                 wl, budget=run.budget, space=run.space, trials=run.trials, experiment=run.experiment,
                 tracking_uri=run.tracking_uri, hardware=run.hardware, sampler=run.sampler, seed=run.seed,
-                progress=update, run_file=run.to_yaml(),
+                progress=update, run_file=run.to_yaml(), backend=backend_obj,
             )  # fmt: skip
     except KeyboardInterrupt:
         _die(
@@ -172,6 +195,16 @@ def _quiet_optuna() -> None:
     import optuna
 
     optuna.logging.disable_default_handler()
+
+
+def _backend_options(kind: str | None, **flags: Any) -> dict[str, Any] | None:
+    """The backend settings the flags give (``None`` when no backend flag was used)."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    if kind is None and not given:
+        return None
+    if kind is None:
+        kind = "ray"  # a Ray option implies the Ray backend
+    return {"kind": kind, **given}
 
 
 def _workload_options(*, args: list[str], **flags: Any) -> dict[str, Any] | None:

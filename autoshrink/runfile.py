@@ -13,6 +13,7 @@ Example ``run.yaml``::
     hardware: {threads: 1, batch_size: 1}
     trials: 20
     experiment: resnet18-digits
+    backend: {kind: ray, max_concurrent_trials: 2}   # optional; local by default
 
 ``autoshrink search --config run.yaml`` runs it; command-line flags override its values. The
 effective settings (after the flags) are logged to the MLflow parent run as ``run.yaml``.
@@ -38,6 +39,7 @@ from autoshrink.config import (
 from autoshrink.space import SearchSpace
 
 _WORKLOAD_PATH_OPTIONS = ("weights",)
+BACKEND_KEYS = ("kind", "address", "num_cpus", "max_concurrent_trials", "trial_cpus", "trial_gpus", "measure_on")
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ class RunConfig:
         >>> RunConfig.from_dict({"budget": {"latency_ms": 1.0}, "trails": 5})
         Traceback (most recent call last):
         ...
-        autoshrink.config.ConfigError: run file: unknown key(s) ['trails']; known: ['budget', 'experiment', 'hardware', 'sampler', 'seed', 'space', 'tracking_uri', 'trials', 'workload', 'workload_options']
+        autoshrink.config.ConfigError: run file: unknown key(s) ['trails']; known: ['backend', 'budget', 'experiment', 'hardware', 'sampler', 'seed', 'space', 'tracking_uri', 'trials', 'workload', 'workload_options']
     """
 
     budget: Budget
@@ -64,6 +66,7 @@ class RunConfig:
     sampler: str = "tpe"
     seed: int = 0
     tracking_uri: str | None = None
+    backend: dict[str, Any] = field(default_factory=lambda: {"kind": "local"})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], base: Path | None = None) -> RunConfig:
@@ -105,11 +108,29 @@ class RunConfig:
 
         check_search_settings(self.trials, self.sampler)
         check_experiment_name(self.experiment)
+        check_keys(self.backend, set(BACKEND_KEYS), "backend")
+        if self.backend.get("kind", "local") not in ("local", "ray"):
+            raise ConfigError(f"backend kind must be local or ray, got {self.backend.get('kind')!r}")
+
+    def make_backend(self) -> Any:
+        """The `Backend` instance the settings describe."""
+        options = {k: v for k, v in self.backend.items() if k != "kind" and v is not None}
+        if self.backend.get("kind", "local") == "local":
+            if options:
+                raise ConfigError(f"the local backend takes no options, got {sorted(options)} (use kind: ray)")
+            from autoshrink.searching import LocalBackend
+
+            return LocalBackend()
+        from autoshrink.searching.ray import RayBackend
+
+        return RayBackend(**options)
 
     def with_overrides(self, **overrides: Any) -> RunConfig:
         """A copy with the given (non-None) values replaced; ``workload_options`` are merged."""
         given = {k: v for k, v in overrides.items() if v is not None}
         options = given.pop("workload_options", None)
+        if "backend" in given:
+            given["backend"] = {**self.backend, **given["backend"]}
         # Another workload on the command line: the file's options were for the old one.
         kept = {} if given.get("workload", self.workload) != self.workload else self.workload_options
         return replace(self, **given, workload_options={**kept, **(options or {})})
@@ -125,6 +146,7 @@ class RunConfig:
             "sampler": self.sampler,
             "seed": self.seed,
             "tracking_uri": self.tracking_uri,
+            "backend": self.backend,
         }
 
     def to_yaml(self) -> str:

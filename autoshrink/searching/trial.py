@@ -8,9 +8,11 @@ that raises): that becomes ``TrialOutcome.error``, which the driver records. Any
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -86,6 +88,24 @@ class TrialOutcome:
         return cls(**fields_)
 
 
+@contextlib.contextmanager
+def measurement_lock() -> Iterator[None]:
+    """One measurement at a time per machine (an OS file lock shared by every process on it):
+    concurrent trials would otherwise time each other."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks
+        yield
+        return
+    path = Path(tempfile.gettempdir()) / "autoshrink-measure.lock"
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def find_twin(outcomes: Mapping[int, TrialOutcome], plan: Plan) -> tuple[int, TrialOutcome] | None:
     """An earlier trial that measured ``plan`` (not itself a copy, not failed), if any.
 
@@ -122,18 +142,30 @@ class TrialRunner:
         )  # fmt: skip
 
     def measure(self, artifact: Artifact) -> Measurement:
-        return measure(
-            artifact, eval_data=self.workload.val, hardware=self.hardware, evaluate=self.workload.evaluate
-        )
+        """Measure on this machine, never at the same time as another measurement on it."""
+        with measurement_lock():
+            return measure(
+                artifact, eval_data=self.workload.val, hardware=self.hardware, evaluate=self.workload.evaluate
+            )
 
-    def __call__(self, plan: Plan, *, name: str) -> TrialOutcome:
-        """Build, measure and save ``plan``'s artifact as ``<artifacts_dir>/<name>.<suffix>``."""
+    def __call__(
+        self, plan: Plan, *, name: str, measure_with: Callable[[Artifact], tuple[Measurement, str]] | None = None
+    ) -> TrialOutcome:
+        """Build, measure and save ``plan``'s artifact as ``<artifacts_dir>/<name>.<suffix>``.
+
+        ``measure_with(artifact) -> (measurement, where)`` measures elsewhere (a target node);
+        by default the artifact is measured here.
+        """
         start = time.perf_counter()
         built = start
+        where = socket.gethostname()
         try:
             artifact = self.build(plan)
             built = time.perf_counter()
-            m = self.measure(artifact)
+            if measure_with is None:
+                m = self.measure(artifact)
+            else:
+                m, where = measure_with(artifact)
         except candidate_errors() as exc:
             now = time.perf_counter()
             return TrialOutcome(
@@ -152,7 +184,7 @@ class TrialRunner:
             compress_s=built - start,
             measure_s=measured - built,
             skipped=artifact.skipped,
-            host=socket.gethostname(),
+            host=where,
         )
 
     def save(self, artifact: Artifact, name: str) -> Path:

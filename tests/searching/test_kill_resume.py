@@ -17,14 +17,14 @@ SCRIPT = """
 import sys, time
 from autoshrink.config import Budget
 from autoshrink.measuring.accuracy import top1_accuracy
-from tests.searching.conftest import run_search
+from tests.searching.conftest import make_backend, run_search
 
 def slow(artifact, data):
     time.sleep(0.3)
     return top1_accuracy(artifact, data)
 
 run_search(__import__("pathlib").Path(sys.argv[1]), Budget(latency_ms=1000.0), trials=5, experiment="kill",
-     evaluate=slow if sys.argv[2] == "slow" else None)
+     evaluate=slow if sys.argv[2] == "slow" else None, backend=make_backend(sys.argv[3]))
 """
 
 
@@ -36,9 +36,10 @@ def _complete(tmp: Path) -> list[int]:
 
 
 @pytest.mark.slow
-def test_sigkill_mid_search_then_resume(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["local", "ray"])
+def test_sigkill_mid_search_then_resume(tmp_path: Path, backend: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path), "slow"], cwd=ROOT, env=env)
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path), "slow", backend], cwd=ROOT, env=env)
     deadline = time.time() + 240
     while len(_complete(tmp_path)) < 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -47,7 +48,7 @@ def test_sigkill_mid_search_then_resume(tmp_path: Path) -> None:
     before = _complete(tmp_path)
     assert 2 <= len(before) < 5, "the kill should land mid-search"
 
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path), "fast"], cwd=ROOT, env=env, timeout=300)
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path), "fast", backend], cwd=ROOT, env=env, timeout=300)
     assert done.returncode == 0
     after = _complete(tmp_path)
     assert len(after) == 5 and set(before) <= set(after)

@@ -15,7 +15,7 @@ from autoshrink.config import Budget, ConfigError
 from autoshrink.searching import load_best, search
 from autoshrink.space import SearchSpace
 from tests.conftest import make_case
-from tests.searching.conftest import HW, client, run_search, study
+from tests.searching.conftest import HW, client, make_backend, run_search, study
 
 
 def test_constraints_reach_the_sampler_and_best_respects_them(finished) -> None:
@@ -27,7 +27,7 @@ def test_constraints_reach_the_sampler_and_best_respects_them(finished) -> None:
     feasible = [t for t in complete if all(v <= 0 for v in t.constraints.values())]
     assert feasible and len(feasible) < len(complete), "the budget should split the candidates"
     assert result.met_budget and result.best is not None and result.best.feasible
-    assert result.best.measurement.size_bytes <= 0.2e6
+    assert result.best.measurement.size_bytes <= 0.05e6
     best_acc = max(t.values[0] for t in feasible)
     assert result.best.measurement.accuracy == best_acc
     assert all(c.feasible for c in result.pareto)
@@ -51,7 +51,7 @@ def test_mlflow_layout(finished) -> None:
     parent = parents[0]
     names = {a.path for a in c.list_artifacts(parent.info.run_id)}
     assert {"pareto.md", "pareto.json", "pareto.png", "baseline.json"} <= names
-    assert "baseline_latency_ms" in parent.data.metrics and parent.data.params["budget.size_mb"] == "0.2"
+    assert "baseline_latency_ms" in parent.data.metrics and parent.data.params["budget.size_mb"] == "0.05"
     version = c.get_model_version_by_alias("autoshrink-exp", "best")
     assert version.run_id == result.best.run_id
     assert not (Path.cwd() / "mlruns").exists() and not (Path.cwd() / "mlflow.db").exists()
@@ -115,7 +115,7 @@ def _ort_fail(message: str) -> Exception:
 
 
 @pytest.mark.parametrize("error", [ValueError, _ort_fail], ids=["ValueError", "onnxruntime-Fail"])
-def test_a_failing_candidate_is_recorded_and_the_search_goes_on(tmp_path: Path, error) -> None:
+def test_a_failing_candidate_is_recorded_and_the_search_goes_on(tmp_path: Path, error, backend_name: str) -> None:
     def fail_int8(artifact, data):
         if artifact.plan.bits == 8:
             raise error("int8 evaluation broke")
@@ -123,18 +123,22 @@ def test_a_failing_candidate_is_recorded_and_the_search_goes_on(tmp_path: Path, 
 
         return top1_accuracy(artifact, data)
 
-    result = run_search(tmp_path, Budget(latency_ms=1000.0), trials=6, experiment="fail", evaluate=fail_int8)
+    result = run_search(tmp_path, Budget(latency_ms=1000.0), trials=6, experiment="fail", evaluate=fail_int8,
+                        backend=make_backend(backend_name))  # fmt: skip
     assert result.n_failed >= 1 and result.n_complete >= 1
     assert result.n_failed + result.n_complete == 6
     assert all("int8 evaluation broke" in e for e in result.failures.values())
+    states = [t.state.name for t in study(tmp_path, "fail").trials]
+    assert states.count("FAIL") == result.n_failed and set(states) == {"COMPLETE", "FAIL"}  # not PRUNED
     c = client(tmp_path)
     runs = c.search_runs([c.get_experiment_by_name("fail").experiment_id], max_results=100)
     failed = [r for r in runs if r.info.status == "FAILED"]
     assert len(failed) == result.n_failed and all("int8 evaluation broke" in r.data.tags["error"] for r in failed)
 
 
-def test_impossible_budget_still_returns_the_pareto_set(tmp_path: Path) -> None:
-    result = run_search(tmp_path, Budget(latency_ms=1e-6), trials=4, experiment="impossible")
+def test_impossible_budget_still_returns_the_pareto_set(tmp_path: Path, backend_name: str) -> None:
+    result = run_search(tmp_path, Budget(latency_ms=1e-6), trials=4, experiment="impossible",
+                        backend=make_backend(backend_name))  # fmt: skip
     assert not result.met_budget and result.best is None and result.registered_model is None
     assert result.pareto and result.closest is not None
     assert "NO candidate met the budget" in result.message and "closest" in result.message
@@ -151,13 +155,14 @@ def test_changed_settings_do_not_silently_mix(tmp_path: Path) -> None:
         run_search(tmp_path, Budget(latency_ms=5.0), trials=2, experiment="mix")
 
 
-def test_repeated_plans_are_reused_not_rebuilt(tmp_path: Path) -> None:
+def test_repeated_plans_are_reused_not_rebuilt(tmp_path: Path, backend_name: str) -> None:
+    # One trial at a time: a twin still running elsewhere cannot be reused (it is built twice).
     model, (x, y), example = make_case("rescnn")
     one_point = SearchSpace(prune=(0.3, 0.3, 0.1), rank=("off",), bits=(8,), distill_epochs=(0,))
     result = search(
         model, train_data=(x, y), eval_data=(x, y), test_data=(x, y), example_input=example,
         budget=Budget(latency_ms=1000.0), space=one_point, trials=3, experiment="dup",
-        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", hardware=HW,
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", hardware=HW, backend=make_backend(backend_name, 1),
     )  # fmt: skip
     st = study(tmp_path, "dup")
     assert [t.user_attrs["outcome"]["duplicate_of"] for t in st.trials] == [None, 0, 0]

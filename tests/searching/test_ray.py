@@ -1,0 +1,75 @@
+"""What is Ray's own: measurement pinned to a node, the searcher, joining a cluster, settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autoshrink.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+TWO_NODES = """
+import json, sys, pathlib
+import ray
+from ray.cluster_utils import Cluster
+from autoshrink.config import Budget
+from autoshrink.searching import search
+from autoshrink.searching.ray import RayBackend
+from tests.tiny import tiny_workload, SPACE, HW
+
+tmp = pathlib.Path(sys.argv[1])
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+edge = cluster.add_node(num_cpus=0, resources={"edge": 1})
+ray.init(address=cluster.address, logging_level="ERROR")
+result = search(tiny_workload(tmp), budget=Budget(latency_ms=1000), space=SPACE, hardware=HW, trials=4,
+                experiment="edge", tracking_uri=f"sqlite:///{tmp}/mlflow.db",
+                backend=RayBackend(address=cluster.address, measure_on="edge", max_concurrent_trials=2))
+print(json.dumps({"edge": edge.node_id, "n": result.n_complete}))
+ray.shutdown()
+cluster.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_every_latency_is_measured_on_the_node_with_the_resource(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+    out = subprocess.run([sys.executable, "-c", TWO_NODES, str(tmp_path)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=400)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    assert info["n"] == 4
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    study = optuna.load_study(study_name="edge", storage=f"sqlite:///{tmp_path}/optuna.db")
+    hosts = [t.user_attrs["outcome"]["host"] for t in study.trials]
+    edge = info["edge"][:12]
+    assert hosts and all(h.endswith("/" + edge) for h in hosts), (hosts, edge)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name("edge")
+    parent = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("autoshrink.role") == "search"][0]
+    assert parent.data.tags["baseline_host"].endswith("/" + edge)
+    trial_runs = [r for r in client.search_runs([exp.experiment_id]) if "autoshrink.trial" in r.data.tags]
+    assert all(r.data.tags["host"].endswith("/" + edge) for r in trial_runs)
+
+
+def test_a_resource_no_node_has_is_a_clear_error(ray_session) -> None:
+    from autoshrink.searching.ray import RayBackend
+
+    with pytest.raises(ConfigError, match="no node of the Ray cluster has the resource 'tpu-edge'"):
+        RayBackend(measure_on="tpu-edge")._ensure_ray()
+
+
+def test_settings_are_checked() -> None:
+    from autoshrink.searching.ray import RayBackend
+
+    with pytest.raises(ConfigError, match="max_concurrent_trials must be >= 1"):
+        RayBackend(max_concurrent_trials=0)
+    assert "measure_on='edge'" in repr(RayBackend(measure_on="edge"))
