@@ -33,6 +33,7 @@ _EXPORTS = {
     "load_best": "autoshrink.searching",
     "SearchResult": "autoshrink.searching",
     "Candidate": "autoshrink.searching",
+    "Selection": "autoshrink.searching",
 }
 
 __all__ = sorted(_EXPORTS)

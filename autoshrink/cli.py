@@ -138,6 +138,8 @@ def search(
     trial_cpus: Optional[float] = typer.Option(None, help="Ray: CPUs each trial reserves (default: 1)."),
     trial_gpus: Optional[float] = typer.Option(None, help="Ray: GPUs each trial reserves (default: 0)."),
     measure_on: Optional[str] = typer.Option(None, help="Ray: measure latency and energy only on nodes with this custom resource."),
+    accuracy_tolerance: Optional[float] = typer.Option(None, help="Validation-accuracy differences up to this are noise: the fastest within it of the best wins (default: 1 standard error)."),
+    pareto_floor: Optional[float] = typer.Option(None, help="Keep candidates more than this below the baseline's accuracy out of the Pareto set; 0 keeps all (default: 0.05)."),
 ) -> None:
     """Search compression plans under a latency budget; log to MLflow; register the best."""
     import os
@@ -158,6 +160,7 @@ def search(
             space=SearchSpace.from_yaml(space) if space else None,
             hardware=HardwareProfile.from_yaml(hardware) if hardware else None,
             sampler=sampler, seed=seed, tracking_uri=tracking_uri,
+            accuracy_tolerance=accuracy_tolerance, pareto_floor=pareto_floor,
             backend=_backend_options(backend, address=ray_address, max_concurrent_trials=max_concurrent_trials,
                                      trial_cpus=trial_cpus, trial_gpus=trial_gpus, measure_on=measure_on),
             workload_options=_workload_options(
@@ -166,6 +169,7 @@ def search(
             ),
         )  # fmt: skip
         backend_obj = run.make_backend()
+        selection = run.make_selection()
         say.line(f"loading workload '{run.workload}'")
         wl = workloads.load(run.workload, **run.workload_options)
     except (ConfigError, ValueError) as exc:
@@ -178,7 +182,7 @@ def search(
             result = run_search(
                 wl, budget=run.budget, space=run.space, trials=run.trials, experiment=run.experiment,
                 tracking_uri=run.tracking_uri, hardware=run.hardware, sampler=run.sampler, seed=run.seed,
-                progress=update, run_file=run.to_yaml(), backend=backend_obj,
+                progress=update, run_file=run.to_yaml(), backend=backend_obj, selection=selection,
             )  # fmt: skip
     except KeyboardInterrupt:
         _die(

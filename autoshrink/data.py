@@ -57,6 +57,12 @@ def as_dataset(data: DataLike) -> Dataset:
     )
 
 
+def dataset_size(data: DataLike) -> int:
+    """Number of samples (0 when the dataset cannot say)."""
+    dataset = as_dataset(data)
+    return len(dataset) if hasattr(dataset, "__len__") else 0
+
+
 def batches(data: DataLike, batch_size: int = 64, limit: int | None = None) -> Iterator[Any]:
     """Yield batches in order (no shuffling), at most ``limit`` samples in all."""
     dataset = as_dataset(data)

@@ -53,7 +53,7 @@ class RunConfig:
         >>> RunConfig.from_dict({"budget": {"latency_ms": 1.0}, "trails": 5})
         Traceback (most recent call last):
         ...
-        autoshrink.config.ConfigError: run file: unknown key(s) ['trails']; known: ['backend', 'budget', 'experiment', 'hardware', 'sampler', 'seed', 'space', 'tracking_uri', 'trials', 'workload', 'workload_options']
+        autoshrink.config.ConfigError: run file: unknown key(s) ['trails']; known: ['accuracy_tolerance', 'backend', 'budget', 'experiment', 'hardware', 'pareto_floor', 'sampler', 'seed', 'space', 'tracking_uri', 'trials', 'workload', 'workload_options']
     """
 
     budget: Budget
@@ -67,6 +67,8 @@ class RunConfig:
     seed: int = 0
     tracking_uri: str | None = None
     backend: dict[str, Any] = field(default_factory=lambda: {"kind": "local"})
+    accuracy_tolerance: float | None = None
+    pareto_floor: float = 0.05
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], base: Path | None = None) -> RunConfig:
@@ -112,6 +114,11 @@ class RunConfig:
         if self.backend.get("kind", "local") not in ("local", "ray"):
             raise ConfigError(f"backend kind must be local or ray, got {self.backend.get('kind')!r}")
 
+    def make_selection(self) -> Any:
+        from autoshrink.searching.finish import Selection
+
+        return Selection(tolerance=self.accuracy_tolerance, pareto_floor=self.pareto_floor)
+
     def make_backend(self) -> Any:
         """The `Backend` instance the settings describe."""
         options = {k: v for k, v in self.backend.items() if k != "kind" and v is not None}
@@ -147,6 +154,8 @@ class RunConfig:
             "seed": self.seed,
             "tracking_uri": self.tracking_uri,
             "backend": self.backend,
+            "accuracy_tolerance": self.accuracy_tolerance,
+            "pareto_floor": self.pareto_floor,
         }
 
     def to_yaml(self) -> str:

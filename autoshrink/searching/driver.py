@@ -17,7 +17,7 @@ from autoshrink.measuring import Evaluate, Measurement, timing_batch
 from autoshrink.measuring.accuracy import score
 from autoshrink.plan import Plan
 from autoshrink.searching.backend import Backend
-from autoshrink.searching.finish import Recheck, finish
+from autoshrink.searching.finish import Recheck, Selection, finish
 from autoshrink.searching.recorder import Recorder
 from autoshrink.searching.result import Candidate, Progress, SearchResult
 from autoshrink.searching.study import (
@@ -104,6 +104,7 @@ def search(
     sampler: str = "tpe",
     seed: int = 0,
     backend: Backend | None = None,
+    selection: Selection | None = None,
     progress: Callable[[Progress], None] | None = None,
     run_file: str | None = None,
     train_data: DataLike | None = None,
@@ -131,6 +132,9 @@ def search(
         hardware: latency/energy protocol; `HardwareProfile()` by default.
         sampler: ``"tpe"`` (default), ``"nsga2"`` or ``"random"``; seeded by ``seed``.
         backend: where trials run; `LocalBackend()` (this process) by default.
+        selection: what "best" and the Pareto set mean (`Selection`): by default the fastest
+            feasible candidate within one standard error of the best validation accuracy, and
+            no candidate more than 5 points below the baseline in the Pareto set.
         progress: optional callback receiving a `Progress` at each step.
         run_file: text of the run file this search came from, logged on the parent run.
 
@@ -216,7 +220,7 @@ def search(
             finishing = time.perf_counter()
             emit("finish", "scoring the Pareto set on the test split, logging models, registering the best")
             recheck = Recheck(backend, budget, hardware, timing_batch(wl.val, hardware.batch_size), tracker)
-            result = finish(study, recorder, baseline, wl, recheck, timing_batch(wl.val, 2))
+            result = finish(study, recorder, baseline, wl, recheck, timing_batch(wl.val, 2), selection or Selection())
         except KeyboardInterrupt:
             tracker.finish(parent, "KILLED")
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -10,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autoshrink.artifact import Artifact, load_artifact
-from autoshrink.config import Budget, HardwareProfile
+from autoshrink.config import Budget, ConfigError, HardwareProfile
+from autoshrink.data import dataset_size
 from autoshrink.inputs import Inputs
 from autoshrink.measuring.accuracy import EvaluationError, score
 from autoshrink.searching.recorder import Recorder
@@ -43,13 +45,31 @@ def candidate(trial: FrozenTrial, budget: Budget) -> Candidate:
     )
 
 
-def select(
-    feasible: Sequence[Candidate], recheck: Callable[[Candidate], bool]
-) -> tuple[Candidate | None, Candidate | None]:
-    """(best, closest) among feasible candidates, best first in rank order.
+def accuracy_tolerance(samples: int, accuracy: float) -> float:
+    """Differences in validation accuracy smaller than this are noise: one standard error of
+    an accuracy measured on ``samples`` examples, at least one example's worth, at most 1 point.
 
-    The best is the first candidate, in rank order, that passes ``recheck`` (it is timed
-    again); if none passes, there is no best and the top-ranked one is the closest.
+    Example:
+        >>> round(accuracy_tolerance(359, 0.99), 4)   # the digits validation split: 0.53 points
+        0.0053
+        >>> accuracy_tolerance(10_000, 1.0)           # never below one example
+        0.0001
+    """
+    if samples <= 0:
+        return 0.0
+    se = math.sqrt(max(accuracy * (1 - accuracy), 0.0) / samples)
+    return min(0.01, max(1.0 / samples, se))
+
+
+def select(
+    feasible: Sequence[Candidate], recheck: Callable[[Candidate], bool], tolerance: float = 0.0
+) -> tuple[Candidate | None, Candidate | None]:
+    """(best, closest) among feasible candidates.
+
+    Candidates within ``tolerance`` of the best validation accuracy are equally good (the
+    difference is noise): among them the fastest (then the smallest) comes first; the others
+    follow in accuracy order. The best is the first that passes ``recheck`` (it is timed
+    again); if none passes, there is no best and the first one is the closest.
 
     Example:
         >>> from autoshrink.measuring import Measurement
@@ -57,6 +77,10 @@ def select(
         >>> def c(n, acc, ms):
         ...     m = Measurement(acc, ms, ms, 0.1, 100, 10, "torch", 1, 1, 150, 1.0, "-")
         ...     return Candidate(n, Plan(), m, {"latency_ms": ms - 2})
+        >>> select([c(1, 0.99, 1.9), c(2, 0.98, 0.5)], lambda x: True)[0].trial
+        1
+        >>> select([c(1, 0.99, 1.9), c(2, 0.98, 0.5)], lambda x: True, tolerance=0.011)[0].trial
+        2
         >>> best, closest = select([c(1, 0.99, 1.9), c(2, 0.98, 0.5)], lambda x: x.trial != 1)
         >>> best.trial, closest
         (2, None)
@@ -64,9 +88,16 @@ def select(
         1
     """
     ranked = sorted(feasible, key=lambda c: c.rank)
-    best = next((c for c in ranked if recheck(c)), None)
-    closest = ranked[0] if ranked and best is None else None
-    return best, closest
+    if not ranked:
+        return None, None
+    top = ranked[0].measurement.accuracy
+    equal = sorted(
+        (c for c in ranked if c.measurement.accuracy >= top - tolerance - 1e-12),
+        key=lambda c: (c.measurement.latency_ms, c.measurement.size_bytes),
+    )
+    ordered = equal + [c for c in ranked if c not in equal]
+    best = next((c for c in ordered if recheck(c)), None)
+    return best, (ordered[0] if best is None else None)
 
 
 @dataclass(frozen=True)
@@ -147,6 +178,47 @@ def score_and_log_front(
     return pareto, model_uris
 
 
+@dataclass(frozen=True)
+class Selection:
+    """What "best" and "Pareto-optimal" mean for a search.
+
+    Attributes:
+        tolerance: validation-accuracy differences up to this are noise: among the feasible
+            candidates that close to the best accuracy the fastest is chosen. ``None`` derives
+            it from the validation set's size (`accuracy_tolerance`); ``0`` picks the highest
+            accuracy.
+        pareto_floor: candidates more than this below the baseline's validation accuracy are
+            kept in the runs but not in the Pareto set (``0`` keeps every non-dominated one).
+    """
+
+    tolerance: float | None = None
+    pareto_floor: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.tolerance is not None and not 0 <= self.tolerance <= 1:
+            raise ConfigError(f"accuracy tolerance must be in [0, 1], got {self.tolerance}")
+        if not 0 <= self.pareto_floor <= 1:
+            raise ConfigError(f"pareto_floor must be in [0, 1], got {self.pareto_floor}")
+
+    def resolved_tolerance(self, samples: int, accuracy: float) -> float:
+        return self.tolerance if self.tolerance is not None else accuracy_tolerance(samples, accuracy)
+
+    def describe(self, tolerance: float, samples: int) -> str:
+        source = "set" if self.tolerance is not None else f"1 standard error on {samples} validation samples"
+        return (
+            f"fastest feasible candidate within {100 * tolerance:.2f} points of the best validation accuracy "
+            f"({source}); Pareto set: candidates within {100 * self.pareto_floor:g} points of the baseline"
+        )
+
+
+def above_floor(front: list[FrozenTrial], baseline: Candidate, floor: float) -> list[FrozenTrial]:
+    """The front without candidates far below the baseline (all of it if none is above)."""
+    if floor <= 0:
+        return front
+    kept = [t for t in front if t.values[0] >= baseline.measurement.accuracy - floor]
+    return kept or front
+
+
 def finish(
     study: optuna.Study,
     recorder: Recorder,
@@ -154,13 +226,20 @@ def finish(
     workload: Workload,
     recheck: Callable[[Candidate], bool],
     example: Inputs,
+    selection: Selection = Selection(),
 ) -> SearchResult:
     """Everything after the trials; safe to run again after an interruption."""
     tracker, budget = recorder.tracker, recorder.budget
     front, _ = pareto_trials(study)
     front = [t for t in front if outcome(t).duplicate_of is None]
+    front = above_floor(front, baseline, selection.pareto_floor)
     pareto, model_uris = score_and_log_front(front, recorder, workload, example)
-    best, closest = select([c for c in pareto if c.feasible], recheck)
+    samples = dataset_size(workload.val)
+    feasible = [c for c in pareto if c.feasible]
+    top = max((c.measurement.accuracy for c in feasible), default=0.0)
+    tolerance = selection.resolved_tolerance(samples, top)
+    tracker.set_tags(recorder.parent_run_id, {"selection_rule": selection.describe(tolerance, samples)})
+    best, closest = select(feasible, recheck, tolerance)
     measured = [candidate(t, budget) for t in complete(study)]
     if best is None and closest is None:
         closest = min(measured, key=lambda c: budget.relative_violation(c.violations), default=None)

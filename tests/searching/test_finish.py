@@ -1,0 +1,65 @@
+"""The selection rules, without a study: what "best" and "Pareto-optimal" mean."""
+
+from __future__ import annotations
+
+import pytest
+
+from autoshrink.config import ConfigError
+from autoshrink.measuring import Measurement
+from autoshrink.plan import Plan
+from autoshrink.searching.finish import Selection, accuracy_tolerance, select
+from autoshrink.searching.result import Candidate
+
+
+def _c(n: int, acc: float, ms: float, size: int = 100, budget_ms: float = 2.0) -> Candidate:
+    m = Measurement(acc, ms, ms, 0.1, size, 10, "torch", 1, 1, 150, 1.0, "-")
+    return Candidate(n, Plan(), m, {"latency_ms": ms - budget_ms})
+
+
+def test_noise_sized_differences_go_to_the_faster_candidate() -> None:
+    # The README search used to register a 7x plan when an 11x plan one image behind was there.
+    slow_top, fast_close, fast_far = _c(1, 0.9916, 0.9), _c(2, 0.9889, 0.4), _c(3, 0.97, 0.2)
+    tol = accuracy_tolerance(359, 0.9916)
+    best, _ = select([slow_top, fast_close, fast_far], lambda c: True, tol)
+    assert best is fast_close
+    best, _ = select([slow_top, fast_close, fast_far], lambda c: True, 0.0)
+    assert best is slow_top
+
+
+def test_ties_in_speed_go_to_the_smaller_artifact() -> None:
+    a, b = _c(1, 0.99, 0.5, size=300), _c(2, 0.99, 0.5, size=100)
+    assert select([a, b], lambda c: True, 0.01)[0] is b
+
+
+def test_a_candidate_failing_its_re_timing_gives_way_to_the_next() -> None:
+    first, second = _c(1, 0.99, 0.4), _c(2, 0.99, 0.6)
+    best, closest = select([first, second], lambda c: c is not first, 0.01)
+    assert best is second and closest is None
+    best, closest = select([first, second], lambda c: False, 0.01)
+    assert best is None and closest is first
+
+
+@pytest.mark.parametrize(("samples", "accuracy", "expected"), [(359, 0.99, 0.0053), (50, 1.0, 0.02), (100, 0.5, 0.01)])
+def test_tolerance_follows_the_size_of_the_validation_set(samples: int, accuracy: float, expected: float) -> None:
+    assert accuracy_tolerance(samples, accuracy) == pytest.approx(min(expected, 0.01), abs=1e-4)
+
+
+def test_selection_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="pareto_floor must be in"):
+        Selection(pareto_floor=-1)
+    assert Selection(tolerance=0.002).resolved_tolerance(10, 0.5) == 0.002
+
+
+def test_the_pareto_set_leaves_out_candidates_far_below_the_baseline() -> None:
+    import optuna
+
+    from autoshrink.searching.finish import above_floor
+
+    def trial(acc: float, ms: float):
+        return optuna.trial.create_trial(values=[acc, ms, 0.1])
+
+    baseline = _c(0, 0.99, 5.0)
+    useful, useless = trial(0.985, 0.5), trial(0.09, 0.2)  # 0.09: chance, however fast
+    assert above_floor([useful, useless], baseline, 0.05) == [useful]
+    assert above_floor([useful, useless], baseline, 0.0) == [useful, useless]  # 0 turns it off
+    assert above_floor([useless], baseline, 0.05) == [useless]  # never empty-handed
