@@ -74,6 +74,48 @@ def bench_models(
     typer.echo(f"wrote {write_models_report(rows, search_row, out, hardware, image_size)}")
 
 
+@bench_app.command("grid")
+def bench_grid(
+    workload: str = typer.Option("digits", help="Workload whose default space is measured."),
+    out: Path = typer.Option(Path("results"), help="Folder for grid-<workload>.json/.md."),
+    build_threads: int = typer.Option(0, help="Threads for distillation (0 = all cores); timing uses 1."),
+) -> None:
+    """Every plan of the workload's default space, measured once: the table samplers are replayed on."""
+    import os
+
+    import torch
+
+    from autoshrink import workloads
+    from autoshrink.bench.grid import run_grid, write_grid
+    from autoshrink.config import HardwareProfile
+    from autoshrink.space import SearchSpace
+
+    torch.set_num_threads(build_threads or os.cpu_count() or 1)
+    wl = workloads.load(workload)
+    hardware = HardwareProfile()
+    table = run_grid(wl, SearchSpace.preset(wl.family), hardware=hardware, log=typer.echo)
+    typer.echo(f"wrote {write_grid(table, out, workload, hardware)}")
+
+
+@bench_app.command("search")
+def bench_search(
+    workload: str = typer.Option("digits", help="The workload whose grid table is replayed."),
+    out: Path = typer.Option(Path("results"), help="Folder with grid-<workload>.json; writes search-quality.md/.json/.png."),
+    samplers: str = typer.Option("tpe,tpe-multivariate,nsga2,random", help="Comma-separated samplers."),
+    seeds: int = typer.Option(10, help="Seeds per cell."),
+) -> None:
+    """Replay samplers against the grid table (no model built): hypervolume and accuracy gap."""
+    import json
+
+    from autoshrink.bench.search_quality import run_search_quality, write_search_quality
+
+    grid_file = out / f"grid-{workload}.json"
+    if not grid_file.is_file():
+        _die(f"{grid_file} does not exist: run `autoshrink bench grid --workload {workload}` first")
+    results = run_search_quality(json.loads(grid_file.read_text()), samplers.split(","), seeds=seeds, log=typer.echo)
+    typer.echo(f"wrote {write_search_quality(results, out, workload)}")
+
+
 @bench_app.command("ray")
 def bench_ray(
     out: Path = typer.Option(Path("results"), help="Folder for ray.md/.json."),

@@ -14,7 +14,7 @@ class ConfigError(ValueError):
 
 
 #: Optuna samplers a search can use (see `autoshrink.searching.study.make_sampler`).
-SAMPLERS = ("tpe", "nsga2", "random")
+SAMPLERS = ("tpe", "tpe-multivariate", "nsga2", "random")
 
 
 def check_search_settings(trials: object, sampler: object) -> None:

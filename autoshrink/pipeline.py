@@ -91,21 +91,46 @@ def compress(
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            teacher = single_output(model.eval(), example_input, output)
-            stage = Stage(module=copy.deepcopy(teacher).eval())
-            context = Context(
-                teacher=teacher, train_data=train_data, example_input=example_input, seed=seed,
-                cache=cache if cache is not None else {}, task=task or infer_task(teacher, train_data),
-            )  # fmt: skip
-            for config in technique_configs(plan):
-                stage = apply(stage, config, context)
+            context = prepare(model, train_data=train_data, example_input=example_input, seed=seed,
+                              cache=cache, task=task, output=output)  # fmt: skip
+            stage = run_techniques(Stage(module=copy.deepcopy(context.teacher).eval()), technique_configs(plan), context)
     finally:
         model.train(was_training)
+    return to_artifact(stage, plan, InputSpec.of(example_input))
+
+
+def prepare(
+    model: nn.Module,
+    *,
+    train_data: DataLike,
+    example_input: Inputs,
+    seed: int = 0,
+    cache: dict[str, Any] | None = None,
+    task: str | None = None,
+    output: OutputKey = None,
+) -> Context:
+    """What every plan of one model shares: the teacher (the model, in eval mode, with one
+    chosen output), the data, the task. The model's train/eval mode is the caller's to restore."""
+    teacher = single_output(model.eval(), example_input, output)
+    return Context(
+        teacher=teacher, train_data=train_data, example_input=example_input, seed=seed,
+        cache=cache if cache is not None else {}, task=task or infer_task(teacher, train_data),
+    )  # fmt: skip
+
+
+def run_techniques(stage: Stage, configs: list[Any], context: Context) -> Stage:
+    """Apply ``configs`` in order to a stage (a copy of the teacher, or a stage built before)."""
+    for config in configs:
+        stage = apply(stage, config, context)
+    return stage
+
+
+def to_artifact(stage: Stage, plan: Plan, spec: InputSpec) -> Artifact:
+    """The deployable artifact of a finished stage (its ONNX model, or its torch module)."""
     module = stage.module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
     params = count_parameters(module)
-    spec = InputSpec.of(example_input)
     if stage.onnx_bytes is not None:
         payload = onnx_payload(stage.onnx_bytes, plan, stage.reports, params, spec)
         return Artifact(plan, "onnxruntime", payload, params, stage.reports, spec=spec)

@@ -97,7 +97,7 @@ def test_experiment_name_that_cannot_be_a_file_name(tmp_path: Path) -> None:
 
 
 def test_unknown_sampler(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"sampler must be one of \('tpe', 'nsga2', 'random'\)"):
+    with pytest.raises(ConfigError, match=r"sampler must be one of \('tpe', 'tpe-multivariate', 'nsga2', 'random'\)"):
         _search(tmp_path, tiny_workload(tmp_path), sampler="cmaes")
 
 

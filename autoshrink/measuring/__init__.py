@@ -13,6 +13,9 @@ from autoshrink.inputs import Inputs
 
 Evaluate = Callable[[Artifact, DataLike], float]
 
+#: ``Measurement.metric`` of a candidate whose accuracy was not measured (screened out first).
+NOT_MEASURED = "not measured"
+
 #: The figures of a `Measurement` that are numbers, in the order reports show them.
 METRICS = ("accuracy", "latency_ms", "latency_p95_ms", "energy_mj", "size_bytes", "num_parameters")
 
@@ -71,8 +74,13 @@ def measure(
     eval_data: DataLike,
     hardware: HardwareProfile | None = None,
     evaluate: Evaluate | None = None,
+    accuracy: bool = True,
 ) -> Measurement:
     """Measure ``artifact``: accuracy on ``eval_data``, latency, energy and size.
+
+    With ``accuracy=False`` only speed, energy and size are measured (accuracy reads 0.0 and
+    ``metric`` says it was not measured): a search screens candidates that way before
+    spending distillation on them.
 
     Args:
         artifact: what `autoshrink.compress` returned.
@@ -96,12 +104,14 @@ def measure(
     from autoshrink.measuring.latency import measure_latency
 
     hardware = hardware or HardwareProfile()
-    quality = score(artifact, eval_data, evaluate)
+    quality = score(artifact, eval_data, evaluate) if accuracy else 0.0
     batch = timing_batch(eval_data, hardware.batch_size)
     latency = measure_latency(artifact, batch, hardware)
     energy = measure_energy(artifact, batch, hardware)
     return Measurement(
-        metric=getattr(evaluate, "__name__", type(evaluate).__name__) if evaluate is not None else "top1",
+        metric=(getattr(evaluate, "__name__", type(evaluate).__name__) if evaluate is not None else "top1")
+        if accuracy
+        else NOT_MEASURED,
         accuracy=quality,
         latency_ms=latency.median_ms,
         latency_p95_ms=latency.p95_ms,

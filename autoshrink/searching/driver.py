@@ -196,7 +196,7 @@ def search(
             emit("start", f"resuming: {counted(study)} of {trials} trials already finished"
                  + (f", {interrupted} interrupted one(s) queued to run again" if interrupted else ""))  # fmt: skip
         recorder = Recorder(tracker, parent, budget)
-        runner = TrialRunner(wl, hardware, folder / "artifacts" / experiment, seed)
+        runner = TrialRunner(wl, hardware, folder / "artifacts" / experiment, seed, budget=budget)
         try:
             emit("baseline", "measuring the uncompressed model (the baseline)")
             baseline, measured_on = _baseline(backend, runner, budget, wl)

@@ -23,7 +23,7 @@ import logging
 import os
 import socket
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +35,7 @@ from autoshrink.plan import Plan
 from autoshrink.searching.backend import Backend
 from autoshrink.searching.recorder import CandidateFailed, Recorder
 from autoshrink.searching.study import finished_outcomes
-from autoshrink.searching.trial import TrialOutcome, TrialRunner, find_twin
+from autoshrink.searching.trial import Measurer, TrialOutcome, TrialRunner, find_twin
 from autoshrink.space import SearchSpace
 
 if TYPE_CHECKING:
@@ -142,7 +142,7 @@ class RayBackend(Backend):
             self._started = False
         self._runner_ref = None
 
-    def _measurer(self, runner: TrialRunner) -> Callable[[Artifact], tuple[Measurement, str]] | None:
+    def _measurer(self, runner: TrialRunner) -> Measurer | None:
         if self.measure_on is None:
             return None
         return _RemoteMeasure(self._runner(runner), self.measure_on)
@@ -310,12 +310,12 @@ class _RemoteMeasure:
     def __init__(self, runner_ref: Any, resource: str) -> None:
         self.runner_ref, self.resource = runner_ref, resource
 
-    def __call__(self, artifact: Artifact) -> tuple[Measurement, str]:
+    def __call__(self, artifact: Artifact, accuracy: bool = True) -> tuple[Measurement, str]:
         import ray
 
         # "DEFAULT" takes the task out of the trial's placement group, which holds only CPUs.
         task = _measure_task(ray).options(num_cpus=0, resources={self.resource: 1}, scheduling_strategy="DEFAULT")
-        data, where = ray.get(task.remote(self.runner_ref, artifact.payload, artifact.suffix))
+        data, where = ray.get(task.remote(self.runner_ref, artifact.payload, artifact.suffix, accuracy))
         return Measurement.from_dict(data), where
 
 
@@ -327,9 +327,9 @@ def _node() -> str:
 
 def _measure_task(ray: Any) -> Any:
     @ray.remote(max_retries=0)
-    def measure_artifact(runner: TrialRunner, payload: bytes, suffix: str) -> tuple[dict[str, Any], str]:
+    def measure_artifact(runner: TrialRunner, payload: bytes, suffix: str, accuracy: bool) -> tuple[dict[str, Any], str]:
         artifact = _from_bytes(payload, suffix)
-        return runner.measure(artifact).to_dict(), _node()
+        return runner.measure(artifact, accuracy).to_dict(), _node()
 
     return measure_artifact
 

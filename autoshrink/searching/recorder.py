@@ -23,6 +23,7 @@ from autoshrink.tracking import (
     METRIC,
     PARETO,
     RUNTIME,
+    SCREENED,
     SKIPPED,
     Tracker,
 )
@@ -89,6 +90,9 @@ class Recorder:
             }
         if outcome.duplicate_of is None:
             metrics |= {"compress_s": outcome.compress_s, "measure_s": outcome.measure_s}
+        if outcome.screened:
+            metrics.pop("accuracy")  # not measured: the candidate was over the budget before distillation
+            tags[SCREENED] = "over the budget before distillation: not distilled, accuracy not measured"
         self.tracker.log_metrics(run_id, metrics)
         tags |= {FEASIBLE: Budget.met(violations), RUNTIME: m.runtime, ENERGY_METHOD: m.energy_method, METRIC: m.metric}
         self.tracker.set_tags(run_id, tags)

@@ -15,6 +15,7 @@ from autoshrink.config import SAMPLERS, ConfigError
 from autoshrink.searching.recorder import OUTCOME
 from autoshrink.searching.result import Progress, rank_key
 from autoshrink.searching.trial import TrialOutcome
+from autoshrink.space import SearchSpace
 from autoshrink.tracking import Tracker
 
 if TYPE_CHECKING:
@@ -32,11 +33,49 @@ def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampl
 
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(4, trials // 3)))
+    if name == "tpe-multivariate":  # models the knobs jointly (prune x bits interact)
+        return optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=min(10, max(4, trials // 3)), multivariate=True, group=True
+        )
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, trials // 3)))
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ConfigError(f"sampler must be one of {SAMPLERS}, got {name!r}")
+
+
+def warm_start_params(space: SearchSpace) -> list[dict[str, Any]]:
+    """Trial parameters of plans that usually work, as far as ``space`` holds them: int8 alone,
+    and moderate pruning with int8 and the most distillation the space offers.
+
+    Example:
+        >>> [p["prune"] for p in warm_start_params(SearchSpace())]
+        [0.0, 0.3, 0.5]
+    """
+    from autoshrink.space import OFF
+
+    low, high, step = space.prune
+
+    def prune(value: float) -> float:
+        if high <= low:
+            return low
+        steps = round((min(max(value, low), high) - low) / step)
+        return round(low + steps * step, 6)
+
+    bits = 8 if 8 in space.bits else min(space.bits)
+    epochs = max(space.distill_epochs)
+    rank = OFF if OFF in space.rank else space.rank[-1]
+    wanted = [(0.0, 0), (0.3, epochs), (0.5, epochs)]
+    params, seen = [], set()
+    for p, e in wanted:
+        item = {"rank": rank, "bits": bits, "distill_epochs": e if e in space.distill_epochs else epochs}
+        if high > low:
+            item["prune"] = prune(p)
+        key = tuple(sorted(item.items()))
+        if key not in seen:
+            seen.add(key)
+            params.append(item)
+    return params
 
 
 def open_study(
@@ -158,7 +197,7 @@ def pareto_trials(study: optuna.Study) -> tuple[list[FrozenTrial], bool]:
     front = study.best_trials
     if front:
         return front, True
-    done = complete(study)
+    done = [t for t in complete(study) if not t.user_attrs.get(OUTCOME, {}).get("screened")]
     if not done:
         return [], False
     shadow = optuna.create_study(directions=list(DIRECTIONS))
@@ -206,6 +245,11 @@ def describe(trial: FrozenTrial) -> str:
     m = o.measurement
     assert m is not None
     dup = f" (same plan as trial {o.duplicate_of})" if o.duplicate_of is not None else ""
+    if o.screened:
+        return (
+            f"trial {trial.number} {label}: {m.latency_ms:.3f} ms, {m.size_bytes / 1e3:.1f} kB before distillation: "
+            f"over budget, not distilled{dup}"
+        )
     return (
         f"trial {trial.number} {label}: val acc {m.accuracy:.4f}, {m.latency_ms:.3f} ms, "
         f"{m.size_bytes / 1e3:.1f} kB, {'meets budget' if is_feasible(trial) else 'over budget'}{dup}"

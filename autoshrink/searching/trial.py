@@ -9,6 +9,7 @@ that raises): that becomes ``TrialOutcome.error``, which the driver records. Any
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import tempfile
 import time
@@ -18,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from autoshrink.artifact import Artifact
-from autoshrink.config import HardwareProfile
+from autoshrink.config import Budget, HardwareProfile
 from autoshrink.measuring import Measurement, measure
+from autoshrink.measuring.accuracy import score
 from autoshrink.plan import Plan
 from autoshrink.store import StoreError
 from autoshrink.workloads.base import Workload
@@ -57,6 +59,7 @@ class TrialOutcome:
     skipped: dict[str, str] = field(default_factory=dict)
     duplicate_of: int | None = None
     host: str = ""
+    screened: bool = False  # over the budget before distillation: accuracy not measured
 
     @property
     def failed(self) -> bool:
@@ -122,8 +125,15 @@ def find_twin(outcomes: Mapping[int, TrialOutcome], plan: Plan) -> tuple[int, Tr
 class TrialRunner:
     """Builds and measures candidates of one workload; picklable, so it can be shipped.
 
-    ``cache`` keeps what every candidate shares (the teacher's outputs on the training
-    data), so it is computed once per search and process.
+    ``cache`` keeps what every candidate shares (the teacher's outputs on the training data,
+    the speed of each architecture), so it is computed once per search and process.
+
+    Architecture first: latency, energy and size depend on the architecture (pruning, rank,
+    bit width, runtime), not on distillation. With a ``budget``, a plan that distills is first
+    lowered without distillation and timed (once per architecture); if that is over the
+    latency, size or energy budget the candidate is recorded as infeasible with those figures
+    and no time is spent distilling it or scoring its accuracy (``screened``). Otherwise it is
+    distilled, and its accuracy scored; its speed figures are the architecture's.
     """
 
     workload: Workload
@@ -131,6 +141,7 @@ class TrialRunner:
     artifacts_dir: Path
     seed: int = 0
     cache: dict[str, Any] = field(default_factory=dict, repr=False)
+    budget: Budget | None = None
 
     def build(self, plan: Plan) -> Artifact:
         from autoshrink.pipeline import compress
@@ -141,31 +152,54 @@ class TrialRunner:
             cache=self.cache, task=wl.task, output=wl.output,
         )  # fmt: skip
 
-    def measure(self, artifact: Artifact) -> Measurement:
+    def measure(self, artifact: Artifact, accuracy: bool = True) -> Measurement:
         """Measure on this machine, never at the same time as another measurement on it."""
         with measurement_lock():
             return measure(
-                artifact, eval_data=self.workload.val, hardware=self.hardware, evaluate=self.workload.evaluate
-            )
+                artifact, eval_data=self.workload.val, hardware=self.hardware, evaluate=self.workload.evaluate,
+                accuracy=accuracy,
+            )  # fmt: skip
 
-    def __call__(
-        self, plan: Plan, *, name: str, measure_with: Callable[[Artifact], tuple[Measurement, str]] | None = None
-    ) -> TrialOutcome:
+    def speed(self, plan: Plan, measure_with: Measurer | None) -> tuple[Measurement, str]:
+        """Latency, energy and size of ``plan``'s architecture, without distillation (cached)."""
+        key = json.dumps([plan.prune, plan.rank, plan.bits, plan.resolved_runtime])
+        cached = self.cache.setdefault("speed", {})
+        if key not in cached:
+            artifact = self.build(replace(plan, distill_epochs=0))
+            if measure_with is None:
+                cached[key] = (self.measure(artifact, accuracy=False), socket.gethostname())
+            else:
+                cached[key] = measure_with(artifact, False)
+        return cached[key]
+
+    def __call__(self, plan: Plan, *, name: str, measure_with: Measurer | None = None) -> TrialOutcome:
         """Build, measure and save ``plan``'s artifact as ``<artifacts_dir>/<name>.<suffix>``.
 
-        ``measure_with(artifact) -> (measurement, where)`` measures elsewhere (a target node);
-        by default the artifact is measured here.
+        ``measure_with(artifact, accuracy) -> (measurement, where)`` measures elsewhere (a
+        target node); by default the artifact is measured here.
         """
         start = time.perf_counter()
         built = start
         where = socket.gethostname()
+        screen = self.budget is not None and plan.distill_epochs > 0
         try:
+            if screen:
+                speed, where = self.speed(plan, measure_with)
+                if self._over_budget(speed):
+                    now = time.perf_counter()
+                    return TrialOutcome(plan, speed, compress_s=now - start, host=where, screened=True)
             artifact = self.build(plan)
             built = time.perf_counter()
-            if measure_with is None:
+            if screen:
+                m = replace(
+                    speed, accuracy=score(artifact, self.workload.val, self.workload.evaluate),
+                    metric=_metric(self.workload.evaluate), size_bytes=artifact.size_bytes,
+                    num_parameters=artifact.num_parameters,
+                )  # fmt: skip
+            elif measure_with is None:
                 m = self.measure(artifact)
             else:
-                m, where = measure_with(artifact)
+                m, where = measure_with(artifact, True)
         except candidate_errors() as exc:
             now = time.perf_counter()
             return TrialOutcome(
@@ -187,8 +221,22 @@ class TrialRunner:
             host=where,
         )
 
+    def _over_budget(self, speed: Measurement) -> bool:
+        if self.budget is None:
+            return False
+        violations = self.budget.violations(speed.metrics() | {"accuracy": 1.0})  # accuracy unknown yet
+        return any(v > 0 for k, v in violations.items() if k != "min_accuracy")
+
     def save(self, artifact: Artifact, name: str) -> Path:
         try:
             return artifact.save(self.artifacts_dir / f"{name}{artifact.suffix}")
         except OSError as exc:
             raise StoreError(f"cannot save the candidate's artifact in {self.artifacts_dir}: {exc}") from exc
+
+
+def _metric(evaluate: Any) -> str:
+    return getattr(evaluate, "__name__", type(evaluate).__name__) if evaluate is not None else "top1"
+
+
+#: ``measure_with(artifact, accuracy) -> (measurement, where)``: measuring somewhere else.
+Measurer = Callable[[Artifact, bool], tuple[Measurement, str]]

@@ -1,0 +1,128 @@
+"""``autoshrink bench grid``: every plan of a search space measured once, as a lookup table.
+
+The table (plan -> validation and test accuracy, latency p50/p95, bytes, energy) is what
+``autoshrink bench search`` replays samplers against without building a model: the
+tabular-benchmark method of the hyperparameter-optimization field. Builds are reused where
+the plan allows: the pruned / factorized model is built once per (prune, rank), distilled once
+per number of epochs, and lowered once per bit width.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autoshrink.bench import environment
+from autoshrink.config import HardwareProfile
+from autoshrink.plan import Plan
+from autoshrink.space import OFF, SearchSpace
+
+
+def space_plans(space: SearchSpace) -> list[Plan]:
+    """Every plan of a space (the grid), in a fixed order."""
+    low, high, step = space.prune
+    prunes = [round(low + i * step, 6) for i in range(int(round((high - low) / step)) + 1)] if high > low else [low]
+    return [
+        Plan(prune=p, rank=None if r == OFF else float(r), bits=int(b), distill_epochs=int(e))
+        for p in prunes for r in space.rank for e in space.distill_epochs for b in space.bits
+    ]  # fmt: skip
+
+
+def run_grid(workload: Any, space: SearchSpace, *, hardware: HardwareProfile | None = None,
+             log: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
+    """Measure every plan of ``space`` on ``workload``; returns the table and the baseline."""
+    from autoshrink.inputs import InputSpec
+    from autoshrink.measuring import measure
+    from autoshrink.measuring.accuracy import score
+    from autoshrink.pipeline import prepare, run_techniques, to_artifact
+    from autoshrink.techniques import CompressionError, Stage
+    from autoshrink.techniques.distill import DistillConfig
+    from autoshrink.techniques.lowrank import LowRankConfig
+    from autoshrink.techniques.prune import PruneConfig
+    from autoshrink.techniques.quantize import QuantizeConfig
+
+    hardware = hardware or HardwareProfile()
+    plans = space_plans(space)
+    started = time.perf_counter()
+    spec = InputSpec.of(workload.example_input)
+    rows: list[dict[str, Any]] = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        ctx = prepare(workload.model, train_data=workload.train, example_input=workload.example_input,
+                      task=workload.task, output=workload.output)  # fmt: skip
+
+        def measure_plan(stage: Stage, plan: Plan, built_s: float) -> None:
+            t0 = time.perf_counter()
+            try:
+                lowered = run_techniques(stage, [QuantizeConfig(bits=plan.bits, runtime=plan.resolved_runtime)], ctx)
+                art = to_artifact(lowered, plan, spec)
+                m = measure(art, eval_data=workload.val, hardware=hardware, evaluate=workload.evaluate)
+                test = score(art, workload.test, workload.evaluate)
+            except CompressionError as exc:
+                rows.append({"plan": plan.to_dict(), "label": plan.label, "error": str(exc)[:300]})
+                log(f"{plan.label:<32} failed: {exc}")
+                return
+            rows.append({"plan": plan.to_dict(), "label": plan.label, **m.to_dict(), "test_accuracy": test,
+                         "build_s": built_s + time.perf_counter() - t0})  # fmt: skip
+            log(f"{plan.label:<32} val {m.accuracy:.4f} test {test:.4f} {m.latency_ms:7.3f} ms "
+                f"{m.size_bytes / 1e3:8.1f} kB  ({len(rows)}/{len(plans)}, {time.perf_counter() - started:.0f} s)")  # fmt: skip
+
+        architectures = sorted({(p.prune, p.rank) for p in plans}, key=lambda a: (a[0], a[1] or 0))
+        for prune, rank in architectures:
+            t0 = time.perf_counter()
+            configs: list[Any] = ([PruneConfig(ratio=prune)] if prune else []) + ([LowRankConfig(fraction=rank)] if rank else [])
+            try:
+                arch = run_techniques(Stage(module=copy.deepcopy(ctx.teacher).eval()), configs, ctx)
+            except CompressionError as exc:
+                for plan in (p for p in plans if (p.prune, p.rank) == (prune, rank)):
+                    rows.append({"plan": plan.to_dict(), "label": plan.label, "error": str(exc)[:300]})
+                continue
+            arch_s = time.perf_counter() - t0
+            for epochs in sorted({p.distill_epochs for p in plans if (p.prune, p.rank) == (prune, rank)}):
+                t1 = time.perf_counter()
+                stage = arch if epochs == 0 else run_techniques(
+                    Stage(module=copy.deepcopy(arch.module), reports=arch.reports), [DistillConfig(epochs=epochs)], ctx
+                )  # fmt: skip
+                built = arch_s + time.perf_counter() - t1
+                for plan in (p for p in plans if (p.prune, p.rank, p.distill_epochs) == (prune, rank, epochs)):
+                    measure_plan(stage, plan, built)
+    return {"rows": rows, "seconds": time.perf_counter() - started, "space": space.to_dict(), "plans": len(plans)}
+
+
+def write_grid(table: dict[str, Any], out: Path, workload: str, hardware: HardwareProfile) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    table = {"environment": environment(hardware), "workload": workload, **table}
+    path = out / f"grid-{workload}.json"
+    path.write_text(json.dumps(table, indent=1))
+    ok = [r for r in table["rows"] if "error" not in r]
+    base = next(r for r in ok if r["plan"] == Plan().to_dict())
+    lines = [
+        f"# Grid: every plan of the default space on `{workload}`",
+        "",
+        f"Generated by `autoshrink bench grid --workload {workload}`: {len(table['rows'])} plans measured once each in "
+        f"{table['seconds'] / 60:.0f} min (builds reused per architecture and distillation), on "
+        f"{table['environment']['machine']}, {table['environment']['cpu_count']} CPUs, {table['environment']['date']}. "
+        f"The table is `{path.name}`; `autoshrink bench search` replays samplers against it.",
+        "",
+        f"Baseline (fp32 torch): val {base['accuracy']:.4f}, test {base['test_accuracy']:.4f}, "
+        f"{base['latency_ms']:.3f} ms, {base['size_bytes'] / 1e3:.0f} kB. Failed plans: "
+        f"{len(table['rows']) - len(ok)}.",
+        "",
+        "Fastest plans within 0.5 points of the baseline's validation accuracy:",
+        "",
+        "| plan | val acc | test acc | p50 ms | speed-up | kB |",
+        "|---|---|---|---|---|---|",
+    ]
+    close = sorted((r for r in ok if r["accuracy"] >= base["accuracy"] - 0.005), key=lambda r: r["latency_ms"])[:10]
+    for r in close:
+        lines.append(f"| {r['label']} | {r['accuracy']:.4f} | {r['test_accuracy']:.4f} | {r['latency_ms']:.3f} | "
+                     f"{base['latency_ms'] / r['latency_ms']:.1f}x | {r['size_bytes'] / 1e3:.0f} |")  # fmt: skip
+    md = out / f"grid-{workload}.md"
+    md.write_text("\n".join(lines) + "\n")
+    return md

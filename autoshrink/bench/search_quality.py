@@ -1,0 +1,171 @@
+"""``autoshrink bench search``: samplers replayed against the grid table, no model built.
+
+For each sampler, seed, number of trials N and latency budget, the search runs exactly as a
+real one (the same `SearchSpace.sample`, objectives and constraints) but every plan's figures
+come from the table ``autoshrink bench grid`` measured. Reported, as median and spread over
+seeds:
+
+* the hypervolume of the feasible front found in (validation accuracy, latency), reference
+  point accuracy 0 and the budget, as a fraction of the grid's own feasible front;
+* the gap between the best feasible validation accuracy found and the grid's best, in points.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from autoshrink.plan import Plan
+from autoshrink.space import SearchSpace
+
+NS = (10, 20, 40, 54)
+SEEDS = 10
+
+
+def hypervolume(points: Sequence[tuple[float, float]], budget: float) -> float:
+    """Area dominated by (accuracy up, latency down) points, from accuracy 0 and latency ``budget``.
+
+    Example:
+        >>> hypervolume([(0.9, 1.0), (0.5, 0.5)], budget=2.0)
+        1.1
+    """
+    area, best = 0.0, 0.0
+    for acc, lat in sorted((p for p in points if p[1] <= budget), key=lambda p: (p[1], -p[0])):
+        if acc > best:
+            area += (acc - best) * (budget - lat)
+            best = acc
+    return round(area, 12)
+
+
+def strong_plans(space: SearchSpace) -> list[dict[str, Any]]:
+    """Plans that usually work, as trial parameters of ``space`` (those the space contains)."""
+    from autoshrink.searching.study import warm_start_params
+
+    return warm_start_params(space)
+
+
+def replay(
+    table: dict[str, dict[str, Any]], space: SearchSpace, sampler: str, seed: int, n: int, budget: float,
+    *, warm_start: bool = False,
+) -> list[tuple[float, float] | None]:  # fmt: skip
+    """The (accuracy, latency) of each trial a sampler proposes, None for a failed plan."""
+    import optuna
+
+    from autoshrink.searching.study import DIRECTIONS, make_sampler
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(directions=list(DIRECTIONS), sampler=make_sampler(sampler, seed, n))
+    if warm_start:
+        for params in strong_plans(space):
+            study.enqueue_trial(params)
+    seen: list[tuple[float, float] | None] = []
+    for _ in range(n):
+        trial = study.ask()
+        row = table.get(space.sample(trial).to_json())
+        if row is None or "error" in row:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            seen.append(None)
+            continue
+        trial.set_constraint("latency_ms", row["latency_ms"] - budget)
+        study.tell(trial, [row["accuracy"], row["latency_ms"], row["energy_mj"]])
+        seen.append((row["accuracy"], row["latency_ms"]))
+    return seen
+
+
+def scores(seen: Sequence[tuple[float, float] | None], n: int, budget: float, grid_hv: float, grid_best: float) -> tuple[float, float]:
+    """(hypervolume fraction, accuracy gap in points) of the first ``n`` trials."""
+    feasible = [p for p in seen[:n] if p is not None and p[1] <= budget]
+    best = max((p[0] for p in feasible), default=0.0)
+    return hypervolume(feasible, budget) / grid_hv, 100 * (grid_best - best)
+
+
+def run_search_quality(
+    grid: dict[str, Any], samplers: Sequence[str], *, budgets: Sequence[float] | None = None,
+    seeds: int = SEEDS, log: Callable[[str], None] = print,
+) -> dict[str, Any]:  # fmt: skip
+    """Every (sampler, warm start or not) x seed x budget, scored at each N of `NS`."""
+    space = SearchSpace.from_dict(grid["space"])
+    rows = [r for r in grid["rows"] if "error" not in r]
+    table = {Plan.from_dict(r["plan"]).to_json(): r for r in grid["rows"]}
+    base = next(r for r in rows if r["plan"] == Plan().to_dict())
+    budgets = budgets or [round(base["latency_ms"] / f, 4) for f in (4, 8, 12)]
+    results: dict[str, Any] = {"budgets": list(budgets), "grid_size": len(table), "baseline": base, "cells": []}
+    for budget in budgets:
+        feasible = [(r["accuracy"], r["latency_ms"]) for r in rows if r["latency_ms"] <= budget]
+        grid_hv, grid_best = hypervolume(feasible, budget), max(a for a, _ in feasible)
+        for sampler in samplers:
+            for warm in (False, True):
+                per_n: dict[int, list[tuple[float, float]]] = {n: [] for n in NS}
+                for seed in range(seeds):
+                    seen = replay(table, space, sampler, seed, max(NS), budget, warm_start=warm)
+                    for n in NS:
+                        per_n[n].append(scores(seen, n, budget, grid_hv, grid_best))
+                for n in NS:
+                    hv = [h for h, _ in per_n[n]]
+                    gaps = [g for _, g in per_n[n]]
+                    cell = {
+                        "budget": budget, "sampler": sampler, "warm_start": warm, "n": n,
+                        "hv_median": statistics.median(hv), "hv_min": min(hv), "hv_max": max(hv),
+                        "gap_median": statistics.median(gaps), "gap_max": max(gaps),
+                        "within_half_point": sum(g <= 0.5 for g in gaps), "seeds": seeds,
+                    }  # fmt: skip
+                    results["cells"].append(cell)
+                last = per_n[20]
+                log(f"budget {budget:.3f} ms {sampler:<16} warm={warm!s:<5} N=20: hv median "
+                    f"{statistics.median(h for h, _ in last):.3f}, gap <= 0.5 pt in {sum(g <= 0.5 for _, g in last)}/{seeds}")  # fmt: skip
+    return results
+
+
+def write_search_quality(results: dict[str, Any], out: Path, workload: str) -> Path:
+    from autoshrink.searching.report import new_figure
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "search-quality.json").write_text(json.dumps(results, indent=1))
+    cells = results["cells"]
+    base = results["baseline"]
+    lines = [
+        "# Search quality: samplers replayed against the full grid",
+        "",
+        f"Generated by `autoshrink bench search` from `results/grid-{workload}.json` ({results['grid_size']} plans, "
+        "each measured once): every sampler proposes plans exactly as in a real search (same space, objectives "
+        "and latency constraint) and reads their figures from the table instead of building them. "
+        f"{cells[0]['seeds']} seeds per cell; budgets are the baseline's {base['latency_ms']:.3f} ms divided by 4, 8 and 12.",
+        "",
+        "HV = hypervolume of the feasible (validation accuracy, latency) front found, reference point accuracy 0 "
+        "and the budget, as a fraction of the grid's feasible front. Gap = grid's best feasible validation "
+        "accuracy minus the best found, in points. `warm` = the study starts with the strong plans of "
+        "`warm_start_params` before the sampler takes over.",
+        "",
+        "| budget ms | sampler | warm | N | HV median | HV min-max | gap median | gap max | gap <= 0.5 pt |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in cells:
+        lines.append(
+            f"| {c['budget']:.3f} | {c['sampler']} | {'yes' if c['warm_start'] else 'no'} | {c['n']} | "
+            f"{c['hv_median']:.3f} | {c['hv_min']:.3f}-{c['hv_max']:.3f} | {c['gap_median']:.2f} | "
+            f"{c['gap_max']:.2f} | {c['within_half_point']}/{c['seeds']} |"
+        )
+    fig, axes = new_figure((4 * len(results["budgets"]), 4))
+    fig.clear()
+    for i, budget in enumerate(results["budgets"]):
+        ax = fig.add_subplot(1, len(results["budgets"]), i + 1)
+        for sampler in sorted({c["sampler"] for c in cells}):
+            for warm in (False, True):
+                pts = [c for c in cells if c["budget"] == budget and c["sampler"] == sampler and c["warm_start"] == warm]
+                ax.plot([c["n"] for c in pts], [c["hv_median"] for c in pts], "o-" if warm else "o--",
+                        label=f"{sampler}{' +warm' if warm else ''}")  # fmt: skip
+        ax.set_title(f"budget {budget:.2f} ms")
+        ax.set_xlabel("trials N")
+        ax.set_ylabel("median HV / grid HV")
+        ax.axhline(0.95, color="gray", linewidth=0.8)
+        ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "search-quality.png", dpi=110)
+    lines += ["", "![median hypervolume fraction vs trials](search-quality.png)", ""]
+    md = out / "search-quality.md"
+    md.write_text("\n".join(lines))
+    return md

@@ -1,0 +1,58 @@
+"""One candidate: architecture first, outcomes, duplicates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from autoshrink.config import Budget
+from autoshrink.measuring import NOT_MEASURED
+from autoshrink.plan import Plan
+from autoshrink.searching.trial import TrialOutcome, TrialRunner, find_twin
+from tests.tiny import HW, tiny_workload
+
+
+def _runner(tmp: Path, budget: Budget | None) -> TrialRunner:
+    return TrialRunner(tiny_workload(tmp), HW, tmp / "artifacts", budget=budget)
+
+
+def test_a_plan_over_budget_before_distillation_is_not_distilled(tmp_path: Path, monkeypatch) -> None:
+    from autoshrink.techniques import distill
+
+    calls = []
+    monkeypatch.setattr(distill, "_run_teacher", lambda ctx: calls.append(1) or (_ for _ in ()).throw(AssertionError))
+    runner = _runner(tmp_path, Budget(latency_ms=1e-6))
+    outcome = runner(Plan(prune=0.3, distill_epochs=2), name="t")
+    assert outcome.screened and not outcome.failed and not calls  # no distillation ran
+    assert outcome.measurement.metric == NOT_MEASURED and outcome.artifact_path is None
+    assert outcome.measurement.latency_ms > 1e-6
+
+
+def test_a_plan_within_budget_is_distilled_and_its_architecture_timed_once(tmp_path: Path, monkeypatch) -> None:
+    runner = _runner(tmp_path, Budget(latency_ms=1000.0))
+    builds = []
+    real = TrialRunner.build
+    monkeypatch.setattr(TrialRunner, "build", lambda self, plan: builds.append(plan) or real(self, plan))
+    first = runner(Plan(prune=0.3, bits=8, distill_epochs=1), name="a")
+    second = runner(Plan(prune=0.3, bits=8, distill_epochs=2), name="b")
+    assert not first.screened and first.measurement.metric == "top1" and first.artifact_path
+    # the architecture (prune 0.3, int8) was lowered and timed once, for both plans
+    assert [p.distill_epochs for p in builds] == [0, 1, 2]
+    assert second.measurement.latency_ms == first.measurement.latency_ms
+
+
+def test_without_a_budget_nothing_is_screened(tmp_path: Path) -> None:
+    outcome = _runner(tmp_path, None)(Plan(prune=0.3, distill_epochs=1), name="t")
+    assert not outcome.screened and outcome.measurement.metric == "top1"
+
+
+def test_outcomes_round_trip_and_twins_are_found() -> None:
+    plan = Plan(bits=8)
+    from tests.searching.test_finish import _c
+
+    measured = _c(5, 0.9, 1.0).measurement
+    done = {3: TrialOutcome(plan, error="x"), 5: TrialOutcome(Plan(), measured)}
+    assert find_twin(done, plan) is None  # a failed twin is not reused
+    assert find_twin(done, Plan())[0] == 5
+    old = TrialOutcome(plan).to_dict()
+    old.pop("screened")  # outcomes stored before the field existed still load
+    assert TrialOutcome.from_dict(old).screened is False
