@@ -151,6 +151,8 @@ def distill(stage: Stage, config: DistillConfig, context: Context) -> Stage:
     if config.epochs == 0:
         return stage
     student = stage.module
+    for p in student.parameters():
+        p.requires_grad_(True)  # a stage that was lowered before may have been frozen
     x_all, t_all, y_all = _teacher_outputs(context)
     n = batch_size(x_all)
     gen = torch.Generator().manual_seed(context.seed)
