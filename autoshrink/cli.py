@@ -116,6 +116,24 @@ def bench_search(
     typer.echo(f"wrote {write_search_quality(results, out, workload)}")
 
 
+@bench_app.command("noise")
+def bench_noise(
+    workload: str = typer.Option("digits", help="Workload whose artifacts are measured repeatedly."),
+    out: Path = typer.Option(Path("results"), help="Folder for noise.md/.json (reads grid-<workload>.json if there)."),
+    repeats: int = typer.Option(10, help="Measurements per artifact."),
+) -> None:
+    """Run-to-run spread of latency and energy on the same artifact, against candidates' differences."""
+    import json
+
+    from autoshrink import workloads
+    from autoshrink.bench.noise import run_noise, write_noise
+
+    rows = run_noise(workloads.load(workload), repeats=repeats, log=typer.echo)
+    grid_file = out / f"grid-{workload}.json"
+    grid = json.loads(grid_file.read_text()) if grid_file.is_file() else None
+    typer.echo(f"wrote {write_noise(rows, grid, out)}")
+
+
 @bench_app.command("ray")
 def bench_ray(
     out: Path = typer.Option(Path("results"), help="Folder for ray.md/.json."),

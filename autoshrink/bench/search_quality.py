@@ -49,15 +49,17 @@ def strong_plans(space: SearchSpace) -> list[dict[str, Any]]:
 
 def replay(
     table: dict[str, dict[str, Any]], space: SearchSpace, sampler: str, seed: int, n: int, budget: float,
-    *, warm_start: bool = False,
+    *, warm_start: bool = False, energy: bool = False,
 ) -> list[tuple[float, float] | None]:  # fmt: skip
     """The (accuracy, latency) of each trial a sampler proposes, None for a failed plan."""
     import optuna
 
-    from autoshrink.searching.study import DIRECTIONS, make_sampler
+    from autoshrink.searching.study import directions, make_sampler
+    from autoshrink.searching.trial import objectives_for
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = optuna.create_study(directions=list(DIRECTIONS), sampler=make_sampler(sampler, seed, n))
+    objectives = objectives_for(energy)
+    study = optuna.create_study(directions=directions(objectives), sampler=make_sampler(sampler, seed, n))
     if warm_start:
         for params in strong_plans(space):
             study.enqueue_trial(params)
@@ -70,7 +72,7 @@ def replay(
             seen.append(None)
             continue
         trial.set_constraint("latency_ms", row["latency_ms"] - budget)
-        study.tell(trial, [row["accuracy"], row["latency_ms"], row["energy_mj"]])
+        study.tell(trial, [row[k] for k in objectives])
         seen.append((row["accuracy"], row["latency_ms"]))
     return seen
 

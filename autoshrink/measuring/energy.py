@@ -32,6 +32,25 @@ class Energy:
     seconds: float
 
 
+def energy_counters_available() -> bool:
+    """Whether this machine exposes CPU energy counters (Intel RAPL) that can be read.
+
+    Without them CodeCarbon estimates energy from CPU load and a TDP figure: an estimate that
+    moves with latency and adds its own noise (see ``results/noise.md``), so a search then
+    reports energy but does not optimize it.
+    """
+    import glob
+
+    for path in glob.glob("/sys/class/powercap/intel-rapl:*/energy_uj"):
+        try:
+            with open(path) as handle:
+                handle.read()
+            return True
+        except OSError:
+            continue
+    return False
+
+
 def _tracker(hardware: HardwareProfile) -> Any:
     quiet_codecarbon()
     from codecarbon import OfflineEmissionsTracker

@@ -28,7 +28,7 @@ from autoshrink.searching.study import (
     snapshot,
     trial_timings,
 )
-from autoshrink.searching.trial import TrialRunner
+from autoshrink.searching.trial import TrialRunner, objectives_for
 from autoshrink.space import SearchSpace
 from autoshrink.store import (
     check_experiment_name,
@@ -105,6 +105,7 @@ def search(
     seed: int = 0,
     backend: Backend | None = None,
     selection: Selection | None = None,
+    energy_objective: bool | None = None,
     progress: Callable[[Progress], None] | None = None,
     run_file: str | None = None,
     train_data: DataLike | None = None,
@@ -135,6 +136,9 @@ def search(
         selection: what "best" and the Pareto set mean (`Selection`): by default the fastest
             feasible candidate within one standard error of the best validation accuracy, and
             no candidate more than 5 points below the baseline in the Pareto set.
+        energy_objective: optimize energy too. By default only where the machine has energy
+            counters: CodeCarbon's estimate (CPU load x TDP) follows latency and adds noise, so
+            it is then reported and may be constrained, but it does not steer the sampler.
         progress: optional callback receiving a `Progress` at each step.
         run_file: text of the run file this search came from, logged on the parent run.
 
@@ -175,7 +179,13 @@ def search(
 
     uri = resolve_tracking_uri(tracking_uri)
     folder = prepare(uri)
+    if energy_objective is None:
+        from autoshrink.measuring.energy import energy_counters_available
+
+        energy_objective = energy_counters_available()
+    objectives = objectives_for(energy_objective)
     config = {
+        "objectives": list(objectives),
         "workload": wl.name,
         "budget": budget.to_dict(),
         "space": space.to_dict(),
@@ -184,7 +194,7 @@ def search(
         "seed": seed,
     }
     with experiment_lock(folder, experiment):
-        study = open_study(experiment, study_storage_for(uri), config, sampler, seed, trials)
+        study = open_study(experiment, study_storage_for(uri), config, sampler, seed, trials, objectives)
         tracker = Tracker(uri, experiment)
         parent = tracker.start_parent(study.user_attrs.get("parent_run_id"), {STUDY: experiment})
         study.set_user_attr("parent_run_id", parent)
@@ -195,7 +205,7 @@ def search(
         if counted(study):
             emit("start", f"resuming: {counted(study)} of {trials} trials already finished"
                  + (f", {interrupted} interrupted one(s) queued to run again" if interrupted else ""))  # fmt: skip
-        recorder = Recorder(tracker, parent, budget)
+        recorder = Recorder(tracker, parent, budget, objectives)
         runner = TrialRunner(wl, hardware, folder / "artifacts" / experiment, seed, budget=budget)
         try:
             emit("baseline", "measuring the uncompressed model (the baseline)")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from autoshrink.config import Budget
 from autoshrink.measuring import Measurement
 from autoshrink.plan import Plan
-from autoshrink.searching.trial import TrialOutcome
+from autoshrink.searching.trial import OBJECTIVES, TrialOutcome
 from autoshrink.tracking import (
     DUPLICATE_OF,
     ENERGY_METHOD,
@@ -42,10 +42,13 @@ class CandidateFailed(Exception):
 class Recorder:
     """Writes trials of one search to its Optuna study and its MLflow parent run."""
 
-    def __init__(self, tracker: Tracker, parent_run_id: str, budget: Budget) -> None:
+    def __init__(
+        self, tracker: Tracker, parent_run_id: str, budget: Budget, objectives: tuple[str, ...] = OBJECTIVES
+    ) -> None:
         self.tracker = tracker
         self.parent_run_id = parent_run_id
         self.budget = budget
+        self.objectives = objectives
         self.baseline: Measurement | None = None
         self._started: dict[int, float] = {}
 
@@ -102,4 +105,4 @@ class Recorder:
         trial.set_user_attr("overhead_s", overhead)
         for name, value in violations.items():
             trial.set_constraint(name, value)
-        return outcome.values
+        return outcome.values(self.objectives)

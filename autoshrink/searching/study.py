@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from autoshrink.config import SAMPLERS, ConfigError
 from autoshrink.searching.recorder import OUTCOME
 from autoshrink.searching.result import Progress, rank_key
-from autoshrink.searching.trial import TrialOutcome
+from autoshrink.searching.trial import OBJECTIVES, TrialOutcome
 from autoshrink.space import SearchSpace
 from autoshrink.tracking import Tracker
 
@@ -22,7 +22,10 @@ if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
-DIRECTIONS: tuple[Literal["maximize", "minimize"], ...] = ("maximize", "minimize", "minimize")
+def directions(objectives: tuple[str, ...]) -> list[Literal["maximize", "minimize"]]:
+    """Maximize accuracy, minimize everything after it."""
+    rest: list[Literal["maximize", "minimize"]] = ["minimize"] * (len(objectives) - 1)
+    return ["maximize", *rest]
 
 log = logging.getLogger("autoshrink")
 
@@ -79,7 +82,8 @@ def warm_start_params(space: SearchSpace) -> list[dict[str, Any]]:
 
 
 def open_study(
-    experiment: str, storage_url: str, config: dict[str, Any], sampler: str, seed: int, trials: int
+    experiment: str, storage_url: str, config: dict[str, Any], sampler: str, seed: int, trials: int,
+    objectives: tuple[str, ...] = OBJECTIVES,
 ) -> optuna.Study:
     """Create the study, or load it to resume; a different ``config`` is refused.
 
@@ -93,7 +97,7 @@ def open_study(
     study = optuna.create_study(
         storage=storage,
         study_name=experiment,
-        directions=list(DIRECTIONS),
+        directions=directions(objectives),
         sampler=make_sampler(sampler, seed, trials),
         load_if_exists=True,
     )
@@ -200,7 +204,7 @@ def pareto_trials(study: optuna.Study) -> tuple[list[FrozenTrial], bool]:
     done = [t for t in complete(study) if not t.user_attrs.get(OUTCOME, {}).get("screened")]
     if not done:
         return [], False
-    shadow = optuna.create_study(directions=list(DIRECTIONS))
+    shadow = optuna.create_study(directions=study.directions)
     for t in done:
         shadow.add_trial(
             optuna.trial.create_trial(

@@ -26,8 +26,18 @@ from autoshrink.plan import Plan
 from autoshrink.store import StoreError
 from autoshrink.workloads.base import Workload
 
-#: What a search optimizes, in this order: maximize the first, minimize the others.
+#: What a search optimizes, in this order: maximize the first, minimize the others. Energy
+#: is an objective only where it is measured by counters (`objectives_for`).
 OBJECTIVES = ("accuracy", "latency_ms", "energy_mj")
+
+
+#: Latencies this close to the budget (relative) are timed three times; the slowest counts.
+NEAR_BUDGET = 0.2
+
+
+def objectives_for(energy: bool) -> tuple[str, ...]:
+    """The objectives of a search: accuracy and latency, and energy when it is an objective."""
+    return OBJECTIVES if energy else OBJECTIVES[:2]
 
 
 def candidate_errors() -> tuple[type[Exception], ...]:
@@ -65,12 +75,11 @@ class TrialOutcome:
     def failed(self) -> bool:
         return self.error is not None or self.measurement is None
 
-    @property
-    def values(self) -> tuple[float, ...]:
-        """The objective values, in the order of `OBJECTIVES`."""
+    def values(self, objectives: tuple[str, ...] = OBJECTIVES) -> tuple[float, ...]:
+        """The objective values, in the order of ``objectives``."""
         if self.measurement is None:
             raise ValueError("a failed trial has no objective values")
-        return tuple(float(getattr(self.measurement, k)) for k in OBJECTIVES)
+        return tuple(float(getattr(self.measurement, k)) for k in objectives)
 
     def duplicate(self, of: int) -> TrialOutcome:
         """This outcome, reused by a later trial that sampled the same plan."""
@@ -153,12 +162,27 @@ class TrialRunner:
         )  # fmt: skip
 
     def measure(self, artifact: Artifact, accuracy: bool = True) -> Measurement:
-        """Measure on this machine, never at the same time as another measurement on it."""
+        """Measure on this machine, never at the same time as another measurement on it.
+
+        A latency within `NEAR_BUDGET` of the latency budget decides feasibility on a noisy
+        machine: it is timed twice more and the slowest of the three is kept, the same rule
+        the best is re-checked with before it is registered, so the decision does not flip.
+        """
         with measurement_lock():
-            return measure(
+            m = measure(
                 artifact, eval_data=self.workload.val, hardware=self.hardware, evaluate=self.workload.evaluate,
                 accuracy=accuracy,
             )  # fmt: skip
+            if self.budget is not None and abs(m.latency_ms / self.budget.latency_ms - 1) < NEAR_BUDGET:
+                from autoshrink.measuring import timing_batch
+                from autoshrink.measuring.latency import measure_latency
+
+                batch = timing_batch(self.workload.val, self.hardware.batch_size)
+                again = [measure_latency(artifact, batch, self.hardware) for _ in range(2)]
+                slowest = max([m.latency_ms, *(a.median_ms for a in again)])
+                p95 = max([m.latency_p95_ms, *(a.p95_ms for a in again)])
+                m = replace(m, latency_ms=slowest, latency_p95_ms=p95, latency_repeats=m.latency_repeats * 3)
+            return m
 
     def speed(self, plan: Plan, measure_with: Measurer | None) -> tuple[Measurement, str]:
         """Latency, energy and size of ``plan``'s architecture, without distillation (cached)."""

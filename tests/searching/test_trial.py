@@ -56,3 +56,23 @@ def test_outcomes_round_trip_and_twins_are_found() -> None:
     old = TrialOutcome(plan).to_dict()
     old.pop("screened")  # outcomes stored before the field existed still load
     assert TrialOutcome.from_dict(old).screened is False
+
+
+def test_a_latency_near_the_budget_is_timed_three_times_and_the_slowest_kept(tmp_path: Path, monkeypatch) -> None:
+    from autoshrink.measuring import latency as latency_module
+    from autoshrink.measuring.latency import Latency
+
+    runner = _runner(tmp_path, None)
+    first = runner(Plan(bits=8), name="probe").measurement
+    near = TrialRunner(runner.workload, HW, tmp_path / "a", budget=Budget(latency_ms=first.latency_ms))
+    calls = []
+
+    def fake(artifact, batch, hardware):
+        calls.append(1)
+        return Latency(first.latency_ms * (1 + 0.05 * len(calls)), first.latency_ms * 2, 10, 1, 1, 1.0)
+
+    monkeypatch.setattr(latency_module, "measure_latency", fake)
+    monkeypatch.setattr("autoshrink.measuring.latency.measure_latency", fake)
+    m = near(Plan(bits=8), name="near").measurement
+    assert len(calls) == 3  # the measurement itself and two more
+    assert m.latency_ms == max(first.latency_ms * 1.05, first.latency_ms * 1.15)
