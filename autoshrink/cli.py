@@ -188,7 +188,8 @@ def search(
     size_budget_mb: Optional[float] = typer.Option(None, help="Artifact size limit in MB."),
     energy_budget_mj: Optional[float] = typer.Option(None, help="Energy per inference limit in mJ."),
     min_accuracy: Optional[float] = typer.Option(None, help="Lowest acceptable validation accuracy (0-1)."),
-    sampler: Optional[str] = typer.Option(None, help="tpe, nsga2 or random (default: tpe)."),
+    sampler: Optional[str] = typer.Option(None, help="tpe-multivariate, tpe, nsga2 or random (default: tpe-multivariate)."),
+    warm_start: Optional[bool] = typer.Option(None, "--warm-start/--no-warm-start", help="Start with plans that usually work (default: on)."),
     seed: Optional[int] = typer.Option(None, help="Seed for the sampler and distillation (default: 0)."),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default sqlite:///./.autoshrink/mlflow.db)."),
     build_threads: int = typer.Option(0, help="Threads for distillation (0 = all cores); timing uses the profile's."),
@@ -220,7 +221,7 @@ def search(
             space=SearchSpace.from_yaml(space) if space else None,
             hardware=HardwareProfile.from_yaml(hardware) if hardware else None,
             sampler=sampler, seed=seed, tracking_uri=tracking_uri,
-            accuracy_tolerance=accuracy_tolerance, pareto_floor=pareto_floor,
+            accuracy_tolerance=accuracy_tolerance, pareto_floor=pareto_floor, warm_start=warm_start,
             backend=_backend_options(backend, address=ray_address, max_concurrent_trials=max_concurrent_trials,
                                      trial_cpus=trial_cpus, trial_gpus=trial_gpus, measure_on=measure_on),
             workload_options=_workload_options(
@@ -243,6 +244,7 @@ def search(
                 wl, budget=run.budget, space=run.space, trials=run.trials, experiment=run.experiment,
                 tracking_uri=run.tracking_uri, hardware=run.hardware, sampler=run.sampler, seed=run.seed,
                 progress=update, run_file=run.to_yaml(), backend=backend_obj, selection=selection,
+                warm_start=run.warm_start,
             )  # fmt: skip
     except KeyboardInterrupt:
         _die(

@@ -53,7 +53,7 @@ class RunConfig:
         >>> RunConfig.from_dict({"budget": {"latency_ms": 1.0}, "trails": 5})
         Traceback (most recent call last):
         ...
-        autoshrink.config.ConfigError: run file: unknown key(s) ['trails']; known: ['accuracy_tolerance', 'backend', 'budget', 'experiment', 'hardware', 'pareto_floor', 'sampler', 'seed', 'space', 'tracking_uri', 'trials', 'workload', 'workload_options']
+        autoshrink.config.ConfigError: run file: unknown key(s) ['trails']; known: ['accuracy_tolerance', 'backend', 'budget', 'experiment', 'hardware', 'pareto_floor', 'sampler', 'seed', 'space', 'tracking_uri', 'trials', 'warm_start', 'workload', 'workload_options']
     """
 
     budget: Budget
@@ -63,12 +63,13 @@ class RunConfig:
     hardware: HardwareProfile = field(default_factory=HardwareProfile)
     trials: int = 20
     experiment: str = "autoshrink"
-    sampler: str = "tpe"
+    sampler: str = "tpe-multivariate"
     seed: int = 0
     tracking_uri: str | None = None
     backend: dict[str, Any] = field(default_factory=lambda: {"kind": "local"})
     accuracy_tolerance: float | None = None
     pareto_floor: float = 0.05
+    warm_start: bool = True
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], base: Path | None = None) -> RunConfig:
@@ -156,6 +157,7 @@ class RunConfig:
             "backend": self.backend,
             "accuracy_tolerance": self.accuracy_tolerance,
             "pareto_floor": self.pareto_floor,
+            "warm_start": self.warm_start,
         }
 
     def to_yaml(self) -> str:

@@ -101,11 +101,12 @@ def search(
     experiment: str = "autoshrink",
     tracking_uri: str | None = None,
     hardware: HardwareProfile | None = None,
-    sampler: str = "tpe",
+    sampler: str = "tpe-multivariate",
     seed: int = 0,
     backend: Backend | None = None,
     selection: Selection | None = None,
     energy_objective: bool | None = None,
+    warm_start: bool = True,
     progress: Callable[[Progress], None] | None = None,
     run_file: str | None = None,
     train_data: DataLike | None = None,
@@ -131,7 +132,10 @@ def search(
         experiment: MLflow experiment and Optuna study name.
         tracking_uri: MLflow store; default ``sqlite:///./.autoshrink/mlflow.db``.
         hardware: latency/energy protocol; `HardwareProfile()` by default.
-        sampler: ``"tpe"`` (default), ``"nsga2"`` or ``"random"``; seeded by ``seed``.
+        sampler: ``"tpe-multivariate"`` (default: it won the replay benchmark of
+            ``results/search-quality.md``), ``"tpe"``, ``"nsga2"`` or ``"random"``; seeded by ``seed``.
+        warm_start: start a new study with plans that usually work (int8 alone, moderate
+            pruning + int8 + distillation) before the sampler takes over.
         backend: where trials run; `LocalBackend()` (this process) by default.
         selection: what "best" and the Pareto set mean (`Selection`): by default the fastest
             feasible candidate within one standard error of the best validation accuracy, and
@@ -192,9 +196,11 @@ def search(
         "hardware": hardware.to_dict(),
         "sampler": sampler,
         "seed": seed,
+        "warm_start": warm_start,
     }
     with experiment_lock(folder, experiment):
-        study = open_study(experiment, study_storage_for(uri), config, sampler, seed, trials, objectives)
+        study = open_study(experiment, study_storage_for(uri), config, sampler, seed, trials, objectives,
+                           warm_start=space if warm_start else None)  # fmt: skip
         tracker = Tracker(uri, experiment)
         parent = tracker.start_parent(study.user_attrs.get("parent_run_id"), {STUDY: experiment})
         study.set_user_attr("parent_run_id", parent)

@@ -8,6 +8,7 @@ closed, its half-written MLflow run deleted, and it is re-run.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -37,9 +38,11 @@ def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampl
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(4, trials // 3)))
     if name == "tpe-multivariate":  # models the knobs jointly (prune x bits interact)
-        return optuna.samplers.TPESampler(
-            seed=seed, n_startup_trials=min(10, max(4, trials // 3)), multivariate=True, group=True
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(
+                seed=seed, n_startup_trials=min(10, max(4, trials // 3)), multivariate=True, group=True
+            )
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, trials // 3)))
     if name == "random":
@@ -83,13 +86,14 @@ def warm_start_params(space: SearchSpace) -> list[dict[str, Any]]:
 
 def open_study(
     experiment: str, storage_url: str, config: dict[str, Any], sampler: str, seed: int, trials: int,
-    objectives: tuple[str, ...] = OBJECTIVES,
+    objectives: tuple[str, ...] = OBJECTIVES, warm_start: SearchSpace | None = None,
 ) -> optuna.Study:
     """Create the study, or load it to resume; a different ``config`` is refused.
 
     Optuna does not store a sampler's random state. A resumed study gets its sampler seeded
     with the seed and the number of trials already there, so it does not replay the plans
     it drew before the interruption (and a re-run of the same history is reproducible).
+    A new study with ``warm_start`` (its space) first runs `warm_start_params`.
     """
     import optuna
 
@@ -104,6 +108,9 @@ def open_study(
     existing = len(study.get_trials(deepcopy=False))
     if existing:
         study.sampler = make_sampler(sampler, seed * 100_003 + existing, trials)
+    elif warm_start is not None:
+        for params in warm_start_params(warm_start)[:trials]:
+            study.enqueue_trial(params)
     stored = study.user_attrs.get("config")
     if stored is None:
         study.set_user_attr("config", config)
