@@ -74,3 +74,16 @@ def quiet_onnxruntime() -> None:
     import onnxruntime
 
     onnxruntime.set_default_logger_severity(3)
+
+
+@contextmanager
+def output_to_debug() -> Iterator[None]:
+    """Keep what a block prints on stdout and stderr (NNCF draws progress bars) for DEBUG."""
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+        yield
+    if buffer.getvalue().strip():
+        log.debug("%s", buffer.getvalue().strip()[-2000:])

@@ -56,8 +56,8 @@ class Artifact:
 
     @property
     def suffix(self) -> str:
-        """File suffix for `save`: ``.onnx`` or ``.pt``."""
-        return ".onnx" if self.runtime == "onnxruntime" else ".pt"
+        """File suffix for `save`: ``.onnx``, ``.ovz`` (OpenVINO IR in one file) or ``.pt``."""
+        return {"onnxruntime": ".onnx", "openvino": ".ovz"}.get(self.runtime, ".pt")
 
     @property
     def torch_module(self) -> nn.Module | None:
@@ -78,8 +78,24 @@ class Artifact:
         """Layers some technique left as they were, ``"technique: layer" -> reason``."""
         return {f"{r.technique}: {k}": v for r in self.reports for k, v in r.skipped.items()}
 
+    @property
+    def openvino_model(self) -> Any:
+        """The ``openvino.Model`` behind an OpenVINO artifact (None otherwise)."""
+        if self.runtime != "openvino":
+            return None
+        from autoshrink.techniques._openvino import openvino, unpack
+
+        xml, weights, _ = unpack(self.payload)
+        return openvino().Core().read_model(model=xml, weights=weights)
+
     def session(self, threads: int = 1) -> Any:
-        """An ONNX Runtime session using ``threads`` intra-op threads (cached)."""
+        """An ONNX Runtime session, or a compiled OpenVINO model, using ``threads`` (cached)."""
+        if self.runtime == "openvino":
+            if threads not in self._sessions:
+                from autoshrink.techniques._openvino import compile_model
+
+                self._sessions[threads] = compile_model(self.payload, threads)
+            return self._sessions[threads]
         if self.runtime != "onnxruntime":
             raise TypeError(f"a {self.runtime} artifact has no ONNX Runtime session")
         if threads not in self._sessions:
@@ -105,6 +121,14 @@ class Artifact:
         if self.runtime == "onnxruntime":
             sess = self.session(threads)
             return lambda feed: sess.run(None, feed)[0]
+        if self.runtime == "openvino":
+            request = self.session(threads).create_infer_request()
+
+            def infer(feed: dict[str, Any]) -> Any:
+                request.infer(feed)
+                return request.get_output_tensor(0).data
+
+            return infer
         module = self.module
         if module is None:
             raise TypeError("this torch artifact has no module")
@@ -117,16 +141,16 @@ class Artifact:
 
     def feed(self, inputs: Inputs) -> Any:
         """``inputs`` (in the model's form) as `runner` takes them."""
-        if self.runtime == "onnxruntime":
+        if self.runtime in ("onnxruntime", "openvino"):
             named = self.spec.bind((inputs,), {}) if not isinstance(inputs, dict) else self.spec.bind((), inputs)
             return {k: v.detach().cpu().numpy() for k, v in named.items()}
         return inputs
 
     def __call__(self, *args: Any, threads: int = 1, **kwargs: Any) -> torch.Tensor:
         named = self.spec.bind(args, kwargs)
-        if self.runtime == "onnxruntime":
+        if self.runtime in ("onnxruntime", "openvino"):
             feed = {k: v.detach().cpu().numpy() for k, v in named.items()}
-            return torch.from_numpy(np.asarray(self.runner(threads)(feed)))
+            return torch.from_numpy(np.array(self.runner(threads)(feed)))
         return self.runner(threads)(self.spec.structure(named))
 
     def save(self, path: str | Path) -> Path:
@@ -180,10 +204,34 @@ def onnx_payload(
     return model.SerializeToString()
 
 
+def openvino_payload(
+    openvino_bytes: bytes, plan: Plan, reports: tuple[TechniqueReport, ...], num_parameters: int, spec: InputSpec
+) -> bytes:
+    from autoshrink.techniques._openvino import with_meta
+
+    meta = {
+        "format": FORMAT_VERSION, "plan": plan.to_dict(), "reports": [r.to_dict() for r in reports],
+        "num_parameters": num_parameters, "inputs": spec.to_dict(),
+    }  # fmt: skip
+    return with_meta(openvino_bytes, meta)
+
+
 def load_artifact(path: str | Path) -> Artifact:
-    """Load an artifact written by `Artifact.save` (``.onnx`` or ``.pt``)."""
+    """Load an artifact written by `Artifact.save` (``.onnx``, ``.ovz`` or ``.pt``)."""
     p = Path(path)
     payload = p.read_bytes()
+    if p.suffix == ".ovz":
+        from autoshrink.techniques._openvino import unpack
+
+        _, _, meta = unpack(payload)
+        return Artifact(
+            plan=Plan.from_dict(meta.get("plan", {})),
+            runtime="openvino",
+            payload=payload,
+            num_parameters=int(meta.get("num_parameters", 0)),
+            reports=tuple(TechniqueReport.from_dict(r) for r in meta.get("reports", [])),
+            spec=_spec(meta),
+        )
     if p.suffix == ".onnx":
         import onnx
 

@@ -134,6 +134,26 @@ def bench_noise(
     typer.echo(f"wrote {write_noise(rows, grid, out)}")
 
 
+@bench_app.command("runtimes")
+def bench_runtimes(
+    out: Path = typer.Option(Path("results"), help="Folder for runtimes.md/.json."),
+    trials: int = typer.Option(20, help="Trials of each of the two searches."),
+) -> None:
+    """One model in torch / ONNX Runtime / OpenVINO, and the README search without and with the runtime knob."""
+    import os
+
+    import torch
+
+    from autoshrink import workloads
+    from autoshrink.bench.runtimes import run_knob_comparison, run_runtime_table, write_runtimes_report
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    wl = workloads.load("digits")
+    rows = run_runtime_table(wl, log=typer.echo)
+    knob = run_knob_comparison(wl, trials=trials, log=typer.echo)
+    typer.echo(f"wrote {write_runtimes_report(rows, knob, out)}")
+
+
 @bench_app.command("ray")
 def bench_ray(
     out: Path = typer.Option(Path("results"), help="Folder for ray.md/.json."),

@@ -117,6 +117,8 @@ class HardwareProfile:
         repeats: timed iterations per block; three blocks are run and the fastest median kept.
         energy_s: seconds of back-to-back inference measured by CodeCarbon for energy.
         country_iso_code: country for CodeCarbon's carbon intensity (offline mode).
+        runtimes: the runtimes this target has (e.g. ``["onnxruntime"]``); ``None``: any.
+            A search only proposes plans for these.
 
     Example:
         >>> HardwareProfile().threads
@@ -131,6 +133,7 @@ class HardwareProfile:
     repeats: int = 50
     energy_s: float = 1.0
     country_iso_code: str = "USA"
+    runtimes: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.device != "cpu":
@@ -143,9 +146,23 @@ class HardwareProfile:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"HardwareProfile.{name} must be a number >= 0, got {value!r}")
+        if self.runtimes is not None:
+            from autoshrink.plan import RUNTIMES
+
+            object.__setattr__(self, "runtimes", tuple(self.runtimes))
+            unknown = [r for r in self.runtimes if r not in RUNTIMES or r == "auto"]
+            if unknown or not self.runtimes:
+                raise ConfigError(
+                    f"HardwareProfile.runtimes must list runtimes of {RUNTIMES[1:]}, got {list(self.runtimes)}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.runtimes is None:
+            data.pop("runtimes")  # as before runtimes existed: stored studies still match
+        else:
+            data["runtimes"] = list(self.runtimes)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HardwareProfile:

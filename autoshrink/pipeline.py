@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autoshrink.artifact import Artifact, onnx_payload, torch_payload
+from autoshrink.artifact import Artifact, onnx_payload, openvino_payload, torch_payload
 from autoshrink.data import DataLike
 from autoshrink.inputs import Inputs, InputSpec, call_model, is_inputs
 from autoshrink.outputs import OutputKey, single_output
@@ -131,6 +131,9 @@ def to_artifact(stage: Stage, plan: Plan, spec: InputSpec) -> Artifact:
     for p in module.parameters():
         p.requires_grad_(False)
     params = count_parameters(module)
+    if stage.openvino_bytes is not None:
+        payload = openvino_payload(stage.openvino_bytes, plan, stage.reports, params, spec)
+        return Artifact(plan, "openvino", payload, params, stage.reports, spec=spec)
     if stage.onnx_bytes is not None:
         payload = onnx_payload(stage.onnx_bytes, plan, stage.reports, params, spec)
         return Artifact(plan, "onnxruntime", payload, params, stage.reports, spec=spec)

@@ -7,7 +7,19 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 ALLOWED_BITS = (32, 8, 4)
-RUNTIMES = ("auto", "torch", "onnxruntime")
+RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
+#: The precisions each runtime really runs (integer kernels for 8/4 bits).
+RUNTIME_BITS = {"torch": (32,), "onnxruntime": (32, 8, 4), "openvino": (32, 8)}
+
+
+def runtime_supports(runtime: str, bits: int) -> bool:
+    """Whether ``runtime`` (``"auto"`` included) runs ``bits``-bit models.
+
+    Example:
+        >>> runtime_supports("openvino", 8), runtime_supports("torch", 8), runtime_supports("auto", 4)
+        (True, False, True)
+    """
+    return runtime == "auto" or bits in RUNTIME_BITS.get(runtime, ())
 
 
 @dataclass(frozen=True)
@@ -23,8 +35,8 @@ class Plan:
         bits: 32 (float), 8 (int8 with integer kernels) or 4 (4-bit weights where the
             runtime has a kernel, int8 elsewhere).
         distill_epochs: epochs of knowledge distillation from the original model, >= 0.
-        runtime: ``"auto"`` (torch for 32 bits, ONNX Runtime for 8/4), ``"torch"`` or
-            ``"onnxruntime"`` (32 bits only for torch).
+        runtime: ``"auto"`` (torch for 32 bits, ONNX Runtime for 8/4), ``"torch"`` (32 bits),
+            ``"onnxruntime"`` (32, 8, 4) or ``"openvino"`` (32, 8; the ``openvino`` extra).
 
     Example:
         >>> p = Plan(prune=0.5, rank=0.5, bits=8, distill_epochs=2)
@@ -59,14 +71,14 @@ class Plan:
             )
         if self.runtime not in RUNTIMES:
             raise ValueError(f"Plan.runtime must be one of {RUNTIMES}, got {self.runtime!r}")
-        if self.runtime == "torch" and self.bits != 32:
+        if not runtime_supports(self.runtime, self.bits):
             raise ValueError(
-                "Plan.runtime='torch' only supports bits=32: integer kernels run in onnxruntime"
+                f"Plan.runtime={self.runtime!r} runs bits in {RUNTIME_BITS[self.runtime]}, got bits={self.bits}"
             )
 
     @property
     def resolved_runtime(self) -> str:
-        """The runtime the artifact will need: ``"torch"`` or ``"onnxruntime"``."""
+        """The runtime the artifact will need: ``"torch"``, ``"onnxruntime"`` or ``"openvino"``."""
         if self.runtime != "auto":
             return self.runtime
         return "torch" if self.bits == 32 else "onnxruntime"
@@ -82,6 +94,8 @@ class Plan:
         parts.append("fp32" if self.bits == 32 else f"int{self.bits}")
         if self.bits == 32 and self.resolved_runtime == "onnxruntime":
             parts.append("ort")
+        if self.resolved_runtime == "openvino":
+            parts.append("ov")
         if self.distill_epochs:
             parts.append(f"kd{self.distill_epochs}")
         return "-".join(parts)

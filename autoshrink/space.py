@@ -6,12 +6,12 @@ from its parameters with ``optuna.trial.FixedTrial(params)``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from autoshrink.config import ConfigError, check_keys, load_yaml_mapping
-from autoshrink.plan import ALLOWED_BITS, Plan
+from autoshrink.plan import ALLOWED_BITS, RUNTIMES, Plan, runtime_supports
 
 OFF = "off"
 
@@ -24,6 +24,9 @@ class SearchSpace:
         prune: ``(low, high, step)`` for the structured-pruning ratio.
         rank: low-rank fractions to try; ``"off"`` means no factorization.
         bits: bit widths to try (32, 8, 4).
+        runtime: runtimes to try (``auto``, ``torch``, ``onnxruntime``, ``openvino``). The
+            runtime is drawn after the bit width, among those that run it (parameter
+            ``runtime_<bits>``), so the sampler never proposes a pair that cannot run.
         distill_epochs: distillation epochs to try.
 
     Example:
@@ -36,6 +39,7 @@ class SearchSpace:
     prune: tuple[float, float, float] = (0.0, 0.7, 0.1)
     rank: tuple[float | str, ...] = (OFF, 0.25, 0.5)
     bits: tuple[int, ...] = (32, 8, 4)
+    runtime: tuple[str, ...] = ("auto",)
     distill_epochs: tuple[int, ...] = (0, 2, 4)
 
     def __post_init__(self) -> None:
@@ -52,6 +56,13 @@ class SearchSpace:
         for b in self.bits:
             if b not in ALLOWED_BITS:
                 raise ConfigError(f"space.bits values must be in {ALLOWED_BITS}, got {b!r}")
+        _nonempty("runtime", self.runtime)
+        for r in self.runtime:
+            if r not in RUNTIMES:
+                raise ConfigError(f"space.runtime values must be in {RUNTIMES}, got {r!r}")
+        for b in self.bits:
+            if not self.runtimes_for(b):
+                raise ConfigError(f"space: no runtime of {list(self.runtime)} runs {b}-bit models")
         _nonempty("distill_epochs", self.distill_epochs)
         for e in self.distill_epochs:
             if isinstance(e, bool) or not isinstance(e, int) or e < 0:
@@ -64,12 +75,39 @@ class SearchSpace:
         rank = trial.suggest_categorical("rank", list(self.rank))
         bits = trial.suggest_categorical("bits", list(self.bits))
         epochs = trial.suggest_categorical("distill_epochs", list(self.distill_epochs))
+        runtimes = self.runtimes_for(int(bits))
+        runtime = trial.suggest_categorical(f"runtime_{bits}", runtimes) if len(runtimes) > 1 else runtimes[0]
         return Plan(
             prune=round(float(prune), 6),
             rank=None if rank == OFF else float(rank),
             bits=int(bits),
             distill_epochs=int(epochs),
+            runtime=str(runtime),
         )
+
+    def runtimes_for(self, bits: int) -> list[str]:
+        """The space's runtimes that run ``bits``-bit models, in the space's order."""
+        return [r for r in self.runtime if runtime_supports(r, bits)]
+
+    def restricted_to(self, allowed: tuple[str, ...] | None) -> SearchSpace:
+        """This space with only the runtimes a hardware profile has (``auto`` resolved per bit
+        width: it stays where what it picks is allowed).
+
+        Example:
+            >>> SearchSpace(runtime=("auto", "openvino"), bits=(32, 8)).restricted_to(("openvino",)).runtime
+            ('openvino',)
+        """
+        if allowed is None:
+            return self
+        from autoshrink.plan import Plan
+
+        kept = tuple(
+            r for r in self.runtime
+            if (r in allowed) or (r == "auto" and all(Plan(bits=b).resolved_runtime in allowed for b in self.bits))
+        )  # fmt: skip
+        if not kept:
+            raise ConfigError(f"the hardware profile runs only {list(allowed)}; the space offers {list(self.runtime)}")
+        return replace(self, runtime=kept)
 
     @classmethod
     def preset(cls, family: str | None = None) -> SearchSpace:
@@ -87,6 +125,8 @@ class SearchSpace:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        if self.runtime == ("auto",):
+            data.pop("runtime")  # the default, as before the knob existed: stored studies still match
         low, high, step = self.prune
         data["prune"] = {"low": low, "high": high, "step": step}
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in data.items()}
@@ -100,7 +140,7 @@ class SearchSpace:
             if not isinstance(p, dict) or set(p) - {"low", "high", "step"}:
                 raise ConfigError(f"space.prune must be a mapping with low, high, step; got {p!r}")
             kwargs["prune"] = (float(p.get("low", 0.0)), float(p.get("high", 0.0)), float(p.get("step", 0.1)))
-        for key in ("rank", "bits", "distill_epochs"):
+        for key in ("rank", "bits", "distill_epochs", "runtime"):
             if key in data:
                 values = data[key]
                 if isinstance(values, dict):

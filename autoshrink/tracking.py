@@ -17,6 +17,7 @@ import json
 import logging
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -158,42 +159,54 @@ class Tracker:
         """
         import mlflow
 
-        named = artifact.feed(example) if artifact.runtime == "onnxruntime" else None
+        named = artifact.feed(example) if artifact.runtime in ("onnxruntime", "openvino") else None
         onnx_example = next(iter(named.values())) if named is not None and len(named) == 1 else named
         torch_example = example.numpy() if hasattr(example, "numpy") else None  # pyfunc: one array in
 
         with tempfile.TemporaryDirectory() as tmp:
             path = artifact.save(Path(tmp) / f"{MODEL_NAME}{artifact.suffix}")
             self.log_file(run_id, path, MODEL_FILE_DIR)
-        with _active_run(self.tracking_uri, run_id):
-            if artifact.runtime == "onnxruntime":
-                import mlflow.onnx
-                import onnx
-                import onnxruntime
+            with _active_run(self.tracking_uri, run_id):
+                if artifact.runtime == "onnxruntime":
+                    import mlflow.onnx
+                    import onnx
+                    import onnxruntime
 
-                info = mlflow.onnx.log_model(
-                    artifact.onnx_model,
-                    name=MODEL_NAME,
-                    input_example=onnx_example,
-                    pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
-                    save_as_external_data=False,
-                    onnx_execution_providers=["CPUExecutionProvider"],
-                )
-            else:
-                import mlflow.pytorch
-                import torch
+                    info = mlflow.onnx.log_model(
+                        artifact.onnx_model,
+                        name=MODEL_NAME,
+                        input_example=onnx_example,
+                        pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
+                        save_as_external_data=False,
+                        onnx_execution_providers=["CPUExecutionProvider"],
+                    )
+                elif artifact.runtime == "openvino":
+                    import openvino
 
-                # MLflow warns that pickled models run code when loaded: true of every torch
-                # module; the README says to load stores you trust. Not for each Pareto model.
-                logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
+                    with warnings.catch_warnings():  # MLflow's advice on predict's type hints
+                        warnings.simplefilter("ignore", UserWarning)
+                        from autoshrink.serving import ArtifactModel
 
-                info = mlflow.pytorch.log_model(
-                    artifact.torch_module,
-                    name=MODEL_NAME,
-                    input_example=torch_example,
-                    serialization_format="pickle",
-                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "autoshrink"],
-                )
+                        info = mlflow.pyfunc.log_model(
+                            name=MODEL_NAME,
+                            python_model=ArtifactModel(),
+                            artifacts={"artifact": str(path)},
+                            pip_requirements=[f"openvino=={openvino.__version__.split('-')[0]}", "autoshrink"],
+                        )
+                else:
+                    import mlflow.pytorch
+                    import torch
+
+                    # MLflow warns that pickled models run code when loaded: true of every torch
+                    # module; the README says to load stores you trust. Not for each Pareto model.
+                    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
+                    info = mlflow.pytorch.log_model(
+                        artifact.torch_module,
+                        name=MODEL_NAME,
+                        input_example=torch_example,
+                        serialization_format="pickle",
+                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "autoshrink"],
+                    )
         return str(info.model_uri)
 
     def register_best(self, model_uri: str, run_id: str) -> tuple[str, str]:

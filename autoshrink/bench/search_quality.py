@@ -30,7 +30,7 @@ def hypervolume(points: Sequence[tuple[float, float]], budget: float) -> float:
 
     Example:
         >>> hypervolume([(0.9, 1.0), (0.5, 0.5)], budget=2.0)
-        1.1
+        1.15
     """
     area, best = 0.0, 0.0
     for acc, lat in sorted((p for p in points if p[1] <= budget), key=lambda p: (p[1], -p[0])):

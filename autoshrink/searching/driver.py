@@ -169,6 +169,7 @@ def search(
     hardware = hardware if hardware is not None else HardwareProfile()
     if not isinstance(hardware, HardwareProfile):
         raise ConfigError(f"hardware must be an autoshrink.HardwareProfile, got {type(hardware).__name__}")
+    space = space.restricted_to(hardware.runtimes)
     backend = backend if backend is not None else LocalBackend()
     study: optuna.Study | None = None
 

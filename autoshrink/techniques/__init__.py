@@ -78,6 +78,7 @@ class Stage:
     module: nn.Module
     reports: tuple[TechniqueReport, ...] = ()
     onnx_bytes: bytes | None = None
+    openvino_bytes: bytes | None = None
 
     def with_report(self, report: TechniqueReport, **changes: Any) -> Stage:
         return replace(self, reports=self.reports + (report,), **changes)

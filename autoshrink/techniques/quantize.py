@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from autoshrink._quiet import quiet_onnxruntime, root_logging_to_debug
+from autoshrink._quiet import output_to_debug, quiet_onnxruntime, root_logging_to_debug
 from autoshrink.data import stack_inputs
 from autoshrink.inputs import Inputs, InputSpec, batch_size, tensors
 from autoshrink.techniques import CompressionError, Context, Stage, TechniqueReport, register
@@ -60,14 +60,19 @@ class QuantizeConfig:
     bits: int
     runtime: str = "onnxruntime"
     scheme: str = "auto"
+    openvino_int8: str = "nncf"  # or "qdq": OpenVINO runs ONNX Runtime's QDQ model
 
     def __post_init__(self) -> None:
+        from autoshrink.plan import RUNTIME_BITS
+
         if self.bits not in (32, 8, 4):
             raise ValueError(f"QuantizeConfig.bits must be 32, 8 or 4, got {self.bits}")
-        if self.runtime not in ("torch", "onnxruntime"):
-            raise ValueError(f"QuantizeConfig.runtime must be torch or onnxruntime, got {self.runtime}")
-        if self.runtime == "torch" and self.bits != 32:
-            raise ValueError("QuantizeConfig: integer kernels need runtime='onnxruntime'")
+        if self.runtime not in RUNTIME_BITS:
+            raise ValueError(f"QuantizeConfig.runtime must be one of {tuple(RUNTIME_BITS)}, got {self.runtime}")
+        if self.bits not in RUNTIME_BITS[self.runtime]:
+            raise ValueError(f"QuantizeConfig: {self.runtime} runs bits in {RUNTIME_BITS[self.runtime]}, not {self.bits}")
+        if self.openvino_int8 not in ("nncf", "qdq"):
+            raise ValueError(f"QuantizeConfig.openvino_int8 must be nncf or qdq, got {self.openvino_int8!r}")
         if self.scheme not in SCHEMES:
             raise ValueError(f"QuantizeConfig.scheme must be one of {SCHEMES}, got {self.scheme!r}")
 
@@ -169,6 +174,39 @@ def lower(model: onnx.ModelProto, bits: int, scheme: str, context: Context, spec
     return quantize_static(model, calibration, spec)
 
 
+def lower_openvino(
+    exported: onnx.ModelProto, config: QuantizeConfig, scheme: str, context: Context, spec: InputSpec
+) -> tuple[Any, str]:
+    """The OpenVINO model at ``config.bits`` and how its int8 was made."""
+    from autoshrink.techniques import _openvino
+
+    if config.bits == 32:
+        return _openvino.from_onnx(exported.SerializeToString()), "fp32"
+    calibration = stack_inputs(context.train_data, CALIBRATION_SAMPLES)
+    if config.openvino_int8 == "qdq":
+        qdq = quantize_static(exported, calibration, spec)
+        return _openvino.from_onnx(qdq.SerializeToString()), "ONNX QDQ model (ONNX Runtime calibration)"
+    with root_logging_to_debug(), output_to_debug():
+        model = _openvino.quantize_nncf(
+            _openvino.from_onnx(exported.SerializeToString()), calibration, spec, transformer=scheme == "dynamic"
+        )
+    return model, "NNCF post-training quantization"
+
+
+def _check_openvino(payload: bytes, stage: Stage, context: Context, spec: InputSpec) -> None:
+    from autoshrink.inputs import call_model
+    from autoshrink.techniques import _openvino
+
+    compiled = _openvino.compile_model(payload, 1)
+    out = compiled({n: t.numpy() for n, t in zip(spec.names, tensors(context.example_input))})[0]
+    import torch
+
+    with torch.no_grad():
+        expected = call_model(stage.module, context.example_input)
+    if tuple(out.shape) != tuple(expected.shape):
+        raise CompressionError(f"the OpenVINO model returns shape {tuple(out.shape)}, torch {tuple(expected.shape)}")
+
+
 @register(QuantizeConfig)
 def quantize(stage: Stage, config: QuantizeConfig, context: Context) -> Stage:
     if config.runtime == "torch":
@@ -177,6 +215,24 @@ def quantize(stage: Stage, config: QuantizeConfig, context: Context) -> Stage:
     spec = InputSpec.of(context.example_input)
     exported = export_onnx(stage.module, context.example_input, spec)
     scheme = choose_scheme(exported) if config.scheme == "auto" else config.scheme
+    if config.runtime == "openvino":
+        from autoshrink.techniques import _openvino
+
+        errors: tuple[type[Exception], ...] = (RuntimeError, *onnx_errors())
+        try:
+            model, how = lower_openvino(exported, config, scheme, context, spec)
+            payload = _openvino.pack(model, {})
+            _check_openvino(payload, stage, context, spec)
+        except errors as exc:
+            raise CompressionError(f"{config.bits}-bit OpenVINO lowering failed: {exc}") from exc
+        counts = _openvino.precision(model)
+        if config.bits == 8 and counts["FakeQuantize"] == 0:
+            raise CompressionError("8-bit OpenVINO quantization changed no layer of this model")
+        report = TechniqueReport(
+            technique="quantize",
+            details={"bits": config.bits, "runtime": "openvino", "int8": how, "fake_quantize_ops": counts["FakeQuantize"]},
+        )
+        return stage.with_report(report, openvino_bytes=payload)
     try:
         model = lower(exported, config.bits, scheme, context, spec)
         check_runs(model, stage.module, context.example_input, spec)

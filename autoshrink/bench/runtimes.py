@@ -1,0 +1,154 @@
+"""``autoshrink bench runtimes``: the same model in every runtime, and the search with the runtime knob.
+
+Part 1: the digits student (prune 0.5 + rank 0.5, distilled) and the uncompressed model in
+torch, ONNX Runtime and OpenVINO, fp32 and int8 (OpenVINO's int8 two ways: NNCF, or its own run
+of ONNX Runtime's QDQ file), batch 1 and 32, all measured in one process, interleaved: every
+round times every artifact once, and the fastest round's median is kept.
+
+Part 2: the README's search (20 trials, 1 ms) without and with the runtime knob, and both
+registered models re-measured here side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from autoshrink.bench import environment
+from autoshrink.config import Budget, HardwareProfile
+from autoshrink.plan import Plan
+from autoshrink.space import SearchSpace
+
+ROUNDS = 4
+STUDENT = {"prune": 0.5, "rank": 0.5, "distill_epochs": 8}
+VARIANTS: tuple[tuple[str, dict[str, Any], dict[str, Any]], ...] = (
+    ("torch fp32", {"runtime": "torch"}, {}),
+    ("ONNX Runtime fp32", {"runtime": "onnxruntime"}, {}),
+    ("ONNX Runtime int8 (static QDQ)", {"bits": 8, "runtime": "onnxruntime"}, {}),
+    ("OpenVINO fp32", {"runtime": "openvino"}, {}),
+    ("OpenVINO int8 (NNCF)", {"bits": 8, "runtime": "openvino"}, {"openvino_int8": "nncf"}),
+    ("OpenVINO int8 (runs the QDQ file)", {"bits": 8, "runtime": "openvino"}, {"openvino_int8": "qdq"}),
+)
+
+
+def _build(workload: Any, plan: Plan, quantize_options: dict[str, Any], cache: dict[str, Any]) -> Any:
+    from autoshrink.inputs import InputSpec
+    from autoshrink.pipeline import prepare, run_techniques, technique_configs, to_artifact
+    from autoshrink.techniques import Stage
+    from autoshrink.techniques.quantize import QuantizeConfig
+
+    ctx = prepare(workload.model, train_data=workload.train, example_input=workload.example_input, cache=cache)
+    configs = technique_configs(plan)
+    configs[-1] = QuantizeConfig(bits=plan.bits, runtime=plan.resolved_runtime, **quantize_options)
+    import copy
+
+    stage = run_techniques(Stage(module=copy.deepcopy(ctx.teacher).eval()), configs, ctx)
+    return to_artifact(stage, plan, InputSpec.of(workload.example_input))
+
+
+def interleaved(artifacts: dict[str, Any], workload: Any, batches: tuple[int, ...] = (1, 32)) -> dict[str, dict[int, float]]:
+    """Median latency per artifact and batch size: ``ROUNDS`` rounds over all, fastest round kept."""
+    from autoshrink.measuring import timing_batch
+    from autoshrink.measuring.latency import measure_latency
+
+    best: dict[str, dict[int, float]] = {name: {} for name in artifacts}
+    for _ in range(ROUNDS):
+        for b in batches:
+            hardware = HardwareProfile(batch_size=b, repeats=30 if b > 1 else 50)
+            batch = timing_batch(workload.val, b)
+            for name, art in artifacts.items():
+                ms = measure_latency(art, batch, hardware).median_ms
+                best[name][b] = min(best[name].get(b, ms), ms)
+    return best
+
+
+def run_runtime_table(workload: Any, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    from autoshrink.measuring.accuracy import score
+
+    rows = []
+    cache: dict[str, Any] = {}
+    for model_name, base in (("student (prune 0.5 + rank 0.5 + KD 8)", STUDENT), ("uncompressed", {})):
+        artifacts = {}
+        for label, plan_options, q_options in VARIANTS:
+            plan = Plan(**base, **plan_options)  # type: ignore[arg-type]
+            artifacts[label] = _build(workload, plan, q_options, cache)
+            log(f"built {model_name}: {label}")
+        times = interleaved(artifacts, workload)
+        for label, art in artifacts.items():
+            rows.append({
+                "model": model_name, "artifact": label, "b1_ms": times[label][1], "b32_ms": times[label][32],
+                "bytes": art.size_bytes, "test_accuracy": score(art, workload.test),
+            })  # fmt: skip
+            log(f"{model_name:<40} {label:<36} {times[label][1]:7.3f} ms  {times[label][32]:8.2f} ms@32")
+    return rows
+
+
+def run_knob_comparison(workload: Any, *, trials: int = 20, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The README search without and with the runtime knob; the registered bests re-measured together."""
+    from autoshrink.artifact import load_artifact
+    from autoshrink.measuring.accuracy import score
+    from autoshrink.searching import search
+
+    out: dict[str, Any] = {}
+    artifacts = {}
+    for label, runtimes in (("without the knob", ("auto",)), ("with the knob", ("auto", "onnxruntime", "openvino"))):
+        space = SearchSpace.preset(workload.family)
+        space = SearchSpace(prune=space.prune, rank=space.rank, bits=space.bits, distill_epochs=space.distill_epochs,
+                            runtime=runtimes)  # fmt: skip
+        root = Path(tempfile.mkdtemp(prefix="autoshrink-bench-rt-"))
+        start = time.perf_counter()
+        result = search(workload, budget=Budget(latency_ms=1.0), space=space, trials=trials, experiment="rt",
+                        tracking_uri=f"sqlite:///{root}/mlflow.db", seed=0)  # fmt: skip
+        best = result.best
+        out[label] = {"message": result.message, "minutes": (time.perf_counter() - start) / 60,
+                      "plan": best.plan.label if best else None, "search_ms": best.measurement.latency_ms if best else None}  # fmt: skip
+        if best is not None and best.artifact_path:
+            artifacts[label] = load_artifact(best.artifact_path)
+        log(f"{label}: {result.message}")
+    times = interleaved(artifacts, workload)
+    for label, art in artifacts.items():
+        out[label] |= {"b1_ms": times[label][1], "b32_ms": times[label][32], "bytes": art.size_bytes,
+                       "test_accuracy": score(art, workload.test), "runtime": art.runtime}  # fmt: skip
+    return out
+
+
+def write_runtimes_report(rows: list[dict[str, Any]], knob: dict[str, Any], out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    env = environment(HardwareProfile())
+    (out / "runtimes.json").write_text(json.dumps({"environment": env, "rows": rows, "knob": knob}, indent=1))
+    lines = [
+        "# Runtimes: the same model in torch, ONNX Runtime and OpenVINO",
+        "",
+        f"Generated by `autoshrink bench runtimes` in one run ({env['machine']}, {env['cpu_count']} CPUs, 1 thread, "
+        f"{env['date']}; onnxruntime {env['onnxruntime']}). Latency: median of a block after warm-up, {ROUNDS} rounds "
+        "interleaved over all artifacts, fastest round kept; test accuracy on the digits test split.",
+        "",
+        "| model | artifact | batch 1 ms | batch 32 ms | bytes | test acc |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['artifact']} | {r['b1_ms']:.3f} | {r['b32_ms']:.2f} | {r['bytes']:,} | {r['test_accuracy']:.4f} |")
+    without, with_ = knob.get("without the knob", {}), knob.get("with the knob", {})
+    lines += [
+        "",
+        "## The README search (20 trials, 1 ms) without and with the runtime knob",
+        "",
+        "Both registered models re-measured here, side by side:",
+        "",
+        "| search | registered plan | runtime | batch 1 ms | batch 32 ms | bytes | test acc |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, r in (("without the knob", without), ("with the knob", with_)):
+        if "b1_ms" in r:
+            lines.append(f"| {label} | {r['plan']} | {r['runtime']} | {r['b1_ms']:.3f} | {r['b32_ms']:.2f} | {r['bytes']:,} | {r['test_accuracy']:.4f} |")
+    if "b1_ms" in without and "b1_ms" in with_:
+        lines += ["", f"With the knob the registered best is **{without['b1_ms'] / with_['b1_ms']:.2f}x** as fast at batch 1 "
+                  f"({without['b32_ms'] / with_['b32_ms']:.2f}x at batch 32), test accuracy "
+                  f"{100 * (with_['test_accuracy'] - without['test_accuracy']):+.2f} points (target: >= 1.25x at equal or better accuracy)."]  # fmt: skip
+    md = out / "runtimes.md"
+    md.write_text("\n".join(lines) + "\n")
+    return md

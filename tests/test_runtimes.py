@@ -1,0 +1,97 @@
+"""Runtimes as a knob: every runtime's artifact round-trips (file, MLflow) and agrees with torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from autoshrink.artifact import load_artifact
+from autoshrink.config import Budget, ConfigError, HardwareProfile
+from autoshrink.pipeline import compress
+from autoshrink.plan import Plan
+from autoshrink.space import SearchSpace
+from tests.conftest import agreement, make_case
+
+RUNTIMES = [
+    # plan, how close to torch: max abs difference for float, arg-max agreement for int8
+    (Plan(), ("exact", 1e-5)),
+    (Plan(runtime="onnxruntime"), ("exact", 1e-4)),
+    (Plan(runtime="openvino"), ("exact", 1e-4)),
+    (Plan(bits=8), ("agree", 0.9)),
+    (Plan(bits=8, runtime="openvino"), ("agree", 0.9)),
+]
+
+
+@pytest.mark.parametrize(("plan", "bound"), RUNTIMES, ids=[p.label for p, _ in RUNTIMES])
+def test_every_runtime_round_trips_and_agrees_with_torch(plan: Plan, bound, tmp_path: Path) -> None:
+    model, (x, y), example = make_case("rescnn")
+    art = compress(model, plan, train_data=(x, y), example_input=example)
+    assert art.runtime == plan.resolved_runtime
+    with torch.no_grad():
+        reference = model(x[:64])
+    out = art(x[:64])
+    kind, limit = bound
+    if kind == "exact":
+        assert float((out - reference).abs().max()) <= limit
+    else:
+        assert agreement(out, reference) >= limit
+    loaded = load_artifact(art.save(tmp_path / f"model{art.suffix}"))
+    assert loaded.runtime == art.runtime and loaded.plan == plan and loaded.size_bytes == art.size_bytes
+    torch.testing.assert_close(loaded(x[:64]), out)
+
+
+@pytest.mark.parametrize("plan", [Plan(runtime="openvino"), Plan(bits=8, runtime="openvino")], ids=lambda p: p.label)
+def test_openvino_artifacts_are_served_by_mlflow(plan: Plan, tmp_path: Path) -> None:
+    import mlflow
+
+    from autoshrink.tracking import Tracker
+
+    model, (x, y), example = make_case("rescnn")
+    art = compress(model, plan, train_data=(x, y), example_input=example)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = Tracker(uri, "serve")
+    run = tracker.client.create_run(tracker.experiment_id).info.run_id
+    model_uri = tracker.log_model(run, art, x[:2])
+    mlflow.set_tracking_uri(uri)
+    served = mlflow.pyfunc.load_model(model_uri)
+    torch.testing.assert_close(torch.from_numpy(served.predict(x[:8].numpy())), art(x[:8]))
+    assert tracker.download_artifact(run).size_bytes == art.size_bytes  # the measured file itself
+
+
+def test_runtimes_run_only_the_precisions_they_have() -> None:
+    with pytest.raises(ValueError, match=r"runtime='openvino' runs bits in \(32, 8\), got bits=4"):
+        Plan(bits=4, runtime="openvino")
+    with pytest.raises(ConfigError, match="no runtime of \\['torch'\\] runs 8-bit models"):
+        SearchSpace(runtime=("torch",), bits=(32, 8))
+
+
+def test_the_runtime_is_drawn_among_those_that_run_the_bit_width() -> None:
+    space = SearchSpace(bits=(32, 8, 4), runtime=("torch", "onnxruntime", "openvino"))
+    seen = set()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(60):
+        plan = space.sample(study.ask())
+        seen.add((plan.bits, plan.resolved_runtime))
+    assert seen == {(32, "torch"), (32, "onnxruntime"), (32, "openvino"), (8, "onnxruntime"), (8, "openvino"), (4, "onnxruntime")}
+    fixed = optuna.trial.FixedTrial({"prune": 0.0, "rank": "off", "bits": 8, "distill_epochs": 0, "runtime_8": "openvino"})
+    assert space.sample(fixed).runtime == "openvino"
+
+
+def test_a_profile_restricted_to_one_runtime_is_honoured(tmp_path: Path) -> None:
+    from autoshrink.searching import search
+    from tests.tiny import tiny_workload
+
+    space = SearchSpace(prune=(0.0, 0.3, 0.3), rank=("off",), bits=(32, 8), distill_epochs=(0,),
+                        runtime=("auto", "onnxruntime", "openvino"))  # fmt: skip
+    hardware = HardwareProfile(warmup_s=0.0, repeats=5, energy_s=0.05, runtimes=("openvino",))
+    result = search(tiny_workload(tmp_path), budget=Budget(latency_ms=1000.0), space=space, hardware=hardware,
+                    trials=4, experiment="ov", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")  # fmt: skip
+    study = optuna.load_study(study_name="ov", storage=f"sqlite:///{tmp_path}/optuna.db")
+    runtimes = {Plan.from_dict(t.user_attrs["plan"]).resolved_runtime for t in study.trials}
+    assert runtimes == {"openvino"} and result.n_complete == 4
+    assert result.best is not None and result.best.measurement.runtime == "openvino"
+    with pytest.raises(ConfigError, match="runs only \\['torch'\\]"):
+        space.restricted_to(("torch",))
