@@ -408,7 +408,7 @@ def _print_result(result: Any) -> None:
 
     from autoshrink.searching.report import COLUMNS, pareto_rows
 
-    console = Console()
+    console = Console(soft_wrap=True)  # long lines stay whole in a log file
     title = f"Pareto set of '{result.experiment}' ({result.n_complete} measured, {result.n_failed} failed)"
     if console.is_terminal:
         table = Table(title=title)

@@ -183,7 +183,10 @@ class Tracker:
                 elif artifact.runtime == "openvino":
                     import openvino
 
-                    with warnings.catch_warnings():  # MLflow's advice on predict's type hints
+                    # MLflow's advice on predict's type hints, and its warning that a python_model is
+                    # pickled (so is every torch model: load stores you trust).
+                    logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
+                    with warnings.catch_warnings():
                         warnings.simplefilter("ignore", UserWarning)
                         from autoshrink.serving import ArtifactModel
 

@@ -95,3 +95,18 @@ def test_a_profile_restricted_to_one_runtime_is_honoured(tmp_path: Path) -> None
     assert result.best is not None and result.best.measurement.runtime == "openvino"
     with pytest.raises(ConfigError, match="runs only \\['torch'\\]"):
         space.restricted_to(("torch",))
+
+
+def test_auto_picks_the_fastest_runtime_by_measurement(tmp_path: Path) -> None:
+    from autoshrink.searching.trial import TrialRunner
+    from tests.tiny import HW, tiny_workload
+
+    runner = TrialRunner(tiny_workload(tmp_path), HW, tmp_path / "a", runtimes=("onnxruntime", "openvino"))
+    assert runner.runtime_choices(Plan(bits=8)) == ["onnxruntime", "openvino"]
+    assert runner.runtime_choices(Plan(bits=4)) == ["onnxruntime"]
+    assert runner.runtime_choices(Plan(bits=8, runtime="openvino")) == ["openvino"]
+    outcome = runner(Plan(bits=8), name="t")
+    timed = {json_key: m.latency_ms for json_key, (m, _) in runner.cache["speed"].items()}
+    assert len(timed) == 2  # both runtimes were lowered and timed
+    assert outcome.measurement.latency_ms == min(timed.values())
+    assert outcome.measurement.runtime in ("onnxruntime", "openvino") and outcome.plan == Plan(bits=8)

@@ -213,7 +213,10 @@ def search(
             emit("start", f"resuming: {counted(study)} of {trials} trials already finished"
                  + (f", {interrupted} interrupted one(s) queued to run again" if interrupted else ""))  # fmt: skip
         recorder = Recorder(tracker, parent, budget, objectives)
-        runner = TrialRunner(wl, hardware, folder / "artifacts" / experiment, seed, budget=budget)
+        # With other runtimes in the space, an "auto" plan gets the fastest of them, measured.
+        alternatives = tuple(r for r in space.runtime if r != "auto") if "auto" in space.runtime else ()
+        runner = TrialRunner(wl, hardware, folder / "artifacts" / experiment, seed, budget=budget,
+                             runtimes=alternatives)  # fmt: skip
         try:
             emit("baseline", "measuring the uncompressed model (the baseline)")
             baseline, measured_on = _baseline(backend, runner, budget, wl)
@@ -271,7 +274,7 @@ def chance_warning(wl: Workload, m: Measurement) -> str | None:
 def _baseline(backend: Backend, runner: TrialRunner, budget: Budget, wl: Workload) -> tuple[Candidate, str]:
     """The uncompressed model measured like a candidate (and where it was measured); if that
     fails the workload is wrong."""
-    outcome = backend.evaluate(runner, Plan(), name="baseline")
+    outcome = backend.evaluate(runner, Plan(runtime="torch"), name="baseline")  # the reference: fp32 torch
     if outcome.failed or outcome.measurement is None or outcome.artifact_path is None:
         raise ConfigError(
             f"the uncompressed model of workload {wl.name!r} could not be measured, so no candidate "

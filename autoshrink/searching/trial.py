@@ -22,7 +22,7 @@ from autoshrink.artifact import Artifact
 from autoshrink.config import Budget, HardwareProfile
 from autoshrink.measuring import Measurement, measure
 from autoshrink.measuring.accuracy import score
-from autoshrink.plan import Plan
+from autoshrink.plan import Plan, runtime_supports
 from autoshrink.store import StoreError
 from autoshrink.workloads.base import Workload
 
@@ -151,6 +151,7 @@ class TrialRunner:
     seed: int = 0
     cache: dict[str, Any] = field(default_factory=dict, repr=False)
     budget: Budget | None = None
+    runtimes: tuple[str, ...] = ()
 
     def build(self, plan: Plan) -> Artifact:
         from autoshrink.pipeline import compress
@@ -184,17 +185,39 @@ class TrialRunner:
                 m = replace(m, latency_ms=slowest, latency_p95_ms=p95, latency_repeats=m.latency_repeats * 3)
             return m
 
-    def speed(self, plan: Plan, measure_with: Measurer | None) -> tuple[Measurement, str]:
-        """Latency, energy and size of ``plan``'s architecture, without distillation (cached)."""
-        key = json.dumps([plan.prune, plan.rank, plan.bits, plan.resolved_runtime])
+    def speed(self, plan: Plan, measure_with: Measurer | None) -> tuple[Measurement, str, Plan]:
+        """Latency, energy and size of ``plan``'s architecture, without distillation (cached),
+        and the plan with its runtime settled.
+
+        A plan whose runtime is ``auto`` while the runner has `runtimes` to compare is lowered
+        to each of them that runs its bit width, and the fastest measured one is kept: the
+        runtime is chosen by measurement, where the candidates are measured.
+        """
         cached = self.cache.setdefault("speed", {})
-        if key not in cached:
-            artifact = self.build(replace(plan, distill_epochs=0))
-            if measure_with is None:
-                cached[key] = (self.measure(artifact, accuracy=False), socket.gethostname())
-            else:
-                cached[key] = measure_with(artifact, False)
-        return cached[key]
+        choices = self.runtime_choices(plan)
+        best: tuple[Measurement, str, Plan] | None = None
+        for runtime in choices:
+            candidate = replace(plan, runtime=runtime, distill_epochs=0)
+            key = json.dumps([plan.prune, plan.rank, plan.bits, candidate.resolved_runtime])
+            if key not in cached:
+                artifact = self.build(candidate)
+                if measure_with is None:
+                    cached[key] = (self.measure(artifact, accuracy=False), socket.gethostname())
+                else:
+                    cached[key] = measure_with(artifact, False)
+            m, where = cached[key]
+            if best is None or m.latency_ms < best[0].latency_ms:
+                best = (m, where, replace(plan, runtime=runtime))
+        assert best is not None  # choices is never empty
+        return best
+
+    def runtime_choices(self, plan: Plan) -> list[str]:
+        """The runtimes to measure for ``plan``: its own, or for ``auto`` the runner's alternatives."""
+        if plan.runtime != "auto" or not self.runtimes:
+            return [plan.runtime]
+        found = [r for r in self.runtimes if runtime_supports(r, plan.bits)]
+        default = plan.resolved_runtime
+        return [default, *(r for r in found if r != default)]
 
     def __call__(self, plan: Plan, *, name: str, measure_with: Measurer | None = None) -> TrialOutcome:
         """Build, measure and save ``plan``'s artifact as ``<artifacts_dir>/<name>.<suffix>``.
@@ -205,14 +228,16 @@ class TrialRunner:
         start = time.perf_counter()
         built = start
         where = socket.gethostname()
-        screen = self.budget is not None and plan.distill_epochs > 0
+        choose = len(self.runtime_choices(plan)) > 1
+        screen = choose or (self.budget is not None and plan.distill_epochs > 0)
         try:
+            settled = plan
             if screen:
-                speed, where = self.speed(plan, measure_with)
+                speed, where, settled = self.speed(plan, measure_with)
                 if self._over_budget(speed):
                     now = time.perf_counter()
                     return TrialOutcome(plan, speed, compress_s=now - start, host=where, screened=True)
-            artifact = self.build(plan)
+            artifact = self.build(settled)
             built = time.perf_counter()
             if screen:
                 m = replace(
