@@ -179,13 +179,26 @@ def bench_transformers(
     typer.echo(f"wrote {run_all(out, trials=trials, log=typer.echo)}")
 
 
+@bench_app.command("trial-time")
+def bench_trial_time(
+    against: str = typer.Option(..., help="The older commit to compare with (e.g. eed81ee)."),
+    out: Path = typer.Option(Path("results"), help="Folder for trial-time.md/.json."),
+    trials: int = typer.Option(20, help="Trials of each search."),
+) -> None:
+    """The README's main search on an older commit, then on this checkout: time per trial."""
+    from autoshrink.bench.trial_time import run_trial_time, write_trial_time
+
+    results = run_trial_time(against, trials=trials, log=typer.echo)
+    typer.echo(f"wrote {write_trial_time(results, against, out)}")
+
+
 def _die(message: str, code: int = 2) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 
 
 WORKLOAD_HELP = (
-    "digits (built in), torchvision:<model>, package.module:function, path/to/file.py:function, "
+    "digits (built in), torchvision:<model>, hf:<path or cached id>, package.module:function, path/to/file.py:function, "
     "or an installed plug-in."
 )
 
