@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from autoshrink.plan import Plan
 from autoshrink.techniques import TechniqueReport, count_parameters
 
 FORMAT_VERSION = 2
+OPENVINO_SHAPES = 8  # fixed-shape compilations kept per thread count
 #: Artifacts written before input specs existed took one float tensor named "input".
 LEGACY_SPEC = InputSpec("tensor", ("input",), ("float32",), ((1,),))
 
@@ -48,7 +50,7 @@ class Artifact:
     reports: tuple[TechniqueReport, ...] = ()
     module: nn.Module | None = None
     spec: InputSpec = field(default_factory=lambda: LEGACY_SPEC)
-    _sessions: dict[int, Any] = field(default_factory=dict, repr=False)
+    _sessions: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @property
     def size_bytes(self) -> int:
@@ -88,14 +90,24 @@ class Artifact:
         xml, weights, _ = unpack(self.payload)
         return openvino().Core().read_model(model=xml, weights=weights)
 
-    def session(self, threads: int = 1) -> Any:
-        """An ONNX Runtime session, or a compiled OpenVINO model, using ``threads`` (cached)."""
+    def session(self, threads: int = 1, shapes: Mapping[str, tuple[int, ...]] | None = None) -> Any:
+        """An ONNX Runtime session, or a compiled OpenVINO model, using ``threads`` (cached).
+
+        OpenVINO compiles for fixed input ``shapes`` when they are given (it runs static shapes
+        faster: 0.23 vs 0.28 ms at batch 1 on the digits student here), for up to
+        `OPENVINO_SHAPES` different shapes, then for any shape.
+        """
         if self.runtime == "openvino":
-            if threads not in self._sessions:
+            fixed = tuple(sorted(shapes.items())) if shapes else None
+            if fixed is not None and (threads, fixed) not in self._sessions:
+                if sum(1 for t, f in self._sessions if t == threads and f is not None) >= OPENVINO_SHAPES:
+                    fixed = None
+            key = (threads, fixed)
+            if key not in self._sessions:
                 from autoshrink.techniques._openvino import compile_model
 
-                self._sessions[threads] = compile_model(self.payload, threads)
-            return self._sessions[threads]
+                self._sessions[key] = compile_model(self.payload, threads, dict(fixed) if fixed else None)
+            return self._sessions[key]
         if self.runtime != "onnxruntime":
             raise TypeError(f"a {self.runtime} artifact has no ONNX Runtime session")
         if threads not in self._sessions:
@@ -122,9 +134,14 @@ class Artifact:
             sess = self.session(threads)
             return lambda feed: sess.run(None, feed)[0]
         if self.runtime == "openvino":
-            request = self.session(threads).create_infer_request()
+            requests: dict[tuple[tuple[int, ...], ...], Any] = {}
 
             def infer(feed: dict[str, Any]) -> Any:
+                key = tuple(v.shape for v in feed.values())
+                if key not in requests:
+                    shapes = {k: tuple(v.shape) for k, v in feed.items()}
+                    requests[key] = self.session(threads, shapes).create_infer_request()
+                request = requests[key]
                 request.infer(feed)
                 return request.get_output_tensor(0).data
 

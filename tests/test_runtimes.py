@@ -43,6 +43,20 @@ def test_every_runtime_round_trips_and_agrees_with_torch(plan: Plan, bound, tmp_
     torch.testing.assert_close(loaded(x[:64]), out)
 
 
+def test_openvino_compiles_per_input_shape_up_to_a_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from autoshrink import artifact as artifact_module
+
+    model, (x, y), example = make_case("rescnn")
+    art = compress(model, Plan(runtime="openvino"), train_data=(x, y), example_input=example)
+    monkeypatch.setattr(artifact_module, "OPENVINO_SHAPES", 2)
+    for n in (1, 3, 5, 3):
+        with torch.no_grad():
+            torch.testing.assert_close(art(x[:n]), model(x[:n]), atol=1e-4, rtol=1e-4)
+    fixed = sorted(shapes[0][1][0] for (_, shapes) in art._sessions if shapes is not None)
+    assert fixed == [1, 3]  # batch 5 came after the limit: it ran on the any-shape compilation
+    assert (1, None) in art._sessions
+
+
 @pytest.mark.parametrize("plan", [Plan(runtime="openvino"), Plan(bits=8, runtime="openvino")], ids=lambda p: p.label)
 def test_openvino_artifacts_are_served_by_mlflow(plan: Plan, tmp_path: Path) -> None:
     import mlflow

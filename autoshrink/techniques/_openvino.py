@@ -91,12 +91,15 @@ def with_meta(payload: bytes, meta: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
-def compile_model(payload: bytes, threads: int) -> Any:
-    """Compiled for latency: ``threads`` inference threads, one stream, the latency hint."""
+def compile_model(payload: bytes, threads: int, shapes: dict[str, tuple[int, ...]] | None = None) -> Any:
+    """Compiled for latency: ``threads`` inference threads, one stream, the latency hint, and
+    fixed input ``shapes`` (by input name) when given."""
     ov = openvino()
     xml, weights, _ = unpack(payload)
     core = ov.Core()
     model = core.read_model(model=xml, weights=weights)
+    if shapes:
+        model.reshape({name: ov.PartialShape(list(shape)) for name, shape in shapes.items()})
     # f32 inference precision: on CPUs with bf16 support OpenVINO otherwise runs float layers in
     # bf16 (0.03 off torch on the small CNN here), which would change accuracy unasked.
     config = {
