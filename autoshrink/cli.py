@@ -145,12 +145,12 @@ def bench_runtimes(
     import torch
 
     from autoshrink import workloads
-    from autoshrink.bench.runtimes import run_knob_comparison, run_runtime_table, write_runtimes_report
+    from autoshrink.bench.runtimes import KNOB_SETTINGS, run_knob_comparison, run_runtime_table, write_runtimes_report
 
     torch.set_num_threads(os.cpu_count() or 1)
     wl = workloads.load("digits")
     rows = run_runtime_table(wl, log=typer.echo)
-    knob = run_knob_comparison(wl, trials=trials, log=typer.echo)
+    knob = [run_knob_comparison(wl, trials=trials, batch_size=b, budget_ms=ms, log=typer.echo) for b, ms in KNOB_SETTINGS]
     typer.echo(f"wrote {write_runtimes_report(rows, knob, out)}")
 
 
