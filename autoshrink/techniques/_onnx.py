@@ -92,20 +92,19 @@ def gemm_to_matmul(model: onnx.ModelProto) -> int:
     return rewritten
 
 
-def weight_shares(model: onnx.ModelProto) -> dict[str, int]:
-    """Constant weight elements feeding convolutions vs matrix products and embedding lookups."""
-    sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
-    shares = {"conv": 0, "matmul": 0}
+def weight_layers(model: onnx.ModelProto) -> dict[str, int]:
+    """How many layers with constant weights are convolutions, and how many are matrix
+    products or embedding lookups."""
+    constants = {t.name for t in model.graph.initializer}
+    counts = {"conv": 0, "matmul": 0}
     for node in model.graph.node:
-        for name in node.input[1:2]:
-            if name in sizes:
-                if node.op_type in ("Conv", "ConvTranspose"):
-                    shares["conv"] += sizes[name]
-                elif node.op_type in ("MatMul", "Gemm"):
-                    shares["matmul"] += sizes[name]
-        if node.op_type == "Gather" and node.input[0] in sizes:
-            shares["matmul"] += sizes[node.input[0]]
-    return shares
+        if node.op_type in ("Conv", "ConvTranspose") and node.input[1:2] and node.input[1] in constants:
+            counts["conv"] += 1
+        elif node.op_type in ("MatMul", "Gemm") and node.input[1:2] and node.input[1] in constants:
+            counts["matmul"] += 1
+        elif node.op_type == "Gather" and node.input[0] in constants:
+            counts["matmul"] += 1
+    return counts
 
 
 def layer_precision(model: onnx.ModelProto) -> dict[str, str]:

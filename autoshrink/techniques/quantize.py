@@ -1,14 +1,14 @@
 """Lowering to a runtime, with real integer kernels for 8 and 4 bits.
 
 * 32 bits: the torch module as it is, or (``runtime="onnxruntime"``) its fp32 ONNX export.
-* 8 bits, two recipes, chosen from where the model's weights are (``scheme="auto"``):
+* 8 bits, two recipes, chosen from the model's kind of layers (``scheme="auto"``):
 
   - **static** (convolutional models): ONNX Runtime static quantization in QDQ format, uint8
     activations and per-channel int8 weights with 7-bit range, calibrated on training data.
     ORT fuses the QDQ pairs into integer Conv/MatMul kernels; ../shared/DESIGN.md found it the
     fastest int8 path for convolutions on this kind of CPU (and dynamic int8 for convs slower
     than fp32).
-  - **dynamic** (models whose weights are mostly matrix products and embeddings:
+  - **dynamic** (models whose layers are mostly matrix products and embeddings:
     transformers, MLPs): per-channel int8 weights for every MatMul/Gemm and int8 embedding
     tables (Gather), activations quantized per call. Pretrained encoders have activation
     outliers that a calibrated static range clips: measured on a pretrained 6-layer sentence
@@ -45,7 +45,7 @@ from autoshrink.techniques._onnx import (
     gemm_to_matmul,
     layer_precision,
     onnx_errors,
-    weight_shares,
+    weight_layers,
     working_dir,
 )
 
@@ -78,9 +78,14 @@ class QuantizeConfig:
 
 
 def choose_scheme(model: onnx.ModelProto) -> str:
-    """``static`` when most weights feed convolutions, else ``dynamic``."""
-    shares = weight_shares(model)
-    return "static" if shares["conv"] > shares["matmul"] else "dynamic"
+    """``static`` when most weight layers are convolutions, else ``dynamic``.
+
+    Layers are counted, not weights: a CNN with a large classifier (EfficientNet-B0 with 1000
+    classes, its convolutions pruned and factorized) has most of its *weights* in one Linear,
+    and the dynamic recipe would leave all of its convolutions in fp32.
+    """
+    layers = weight_layers(model)
+    return "static" if layers["conv"] >= layers["matmul"] and layers["conv"] > 0 else "dynamic"
 
 
 def quantize_static(

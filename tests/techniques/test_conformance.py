@@ -69,6 +69,20 @@ def test_int8_changes_layers_to_integer(case) -> None:
     assert report.details["scheme"] == expected
 
 
+def test_a_cnn_with_a_large_classifier_still_gets_integer_convolutions() -> None:
+    # Most weights sit in the Linear head (as in EfficientNet-B0 with 1000 classes once its
+    # convolutions are pruned): the recipe follows the layers, so every conv is int8 too.
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1),
+        torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 8 * 8, 1000),
+    ).eval()  # fmt: skip
+    x = torch.randn(16, 3, 8, 8)
+    art = compress(model, Plan(bits=8), train_data=(x,), example_input=x[:1])
+    report = next(r for r in art.reports if r.technique == "quantize")
+    assert report.details["scheme"] == "static"
+    assert report.details["layers_by_precision"] == {"int8": 3}
+
+
 def test_int4_uses_matmulnbits_on_linear_layers() -> None:
     from tests.conftest import make_case
 
