@@ -205,8 +205,8 @@ def write_transformers_report(sections: dict[str, list[Row]], search: dict[str, 
         f"- Latency: batch 1, {hardware.threads} thread, sequence lengths {' and '.join(map(str, LENGTHS))} (all tokens "
         "real), fastest of 3 block medians. Size: bytes of the saved artifact.",
         f"- **trained**: BERT classifier (hidden {t['hidden']}, {t['layers']} layers, {t['heads']} heads, FFN {t['ffn']}, "
-        f"vocabulary {t['vocab']}) built from a config and fine-tuned here for {t['epochs']} epochs on "
-        f"{t['samples']} sequences of the keyword task (`synthetic_tokens`: find three keywords among filler tokens, "
+        f"vocabulary {t['vocab']}) built from a config and fine-tuned here for {t['epochs']} epochs on the training "
+        f"split (60%) of {t['samples']} sequences of the keyword task (`synthetic_tokens`: find three keywords among filler tokens, "
         "answer the majority class; up to 48 tokens). Quality = top-1 accuracy on its test split.",
         "- **tiny-random**: BERT embedding model (hidden 128, 2 layers) with random weights: speed and size only "
         "(fidelity on random weights hides error).",
