@@ -180,7 +180,7 @@ def write_models_report(
             "",
             "## One search with real accuracy, through the command line",
             "",
-            f"`{search['command']}` ({search['seconds'] / 60:.1f} min, fine-tuning included):",
+            f"`{search['command']}` ({search['seconds'] / 60:.1f} min, including the fine-tuning unless it was cached from an earlier run):",
             "",
             "| | val acc | test acc | p50 ms | kB |",
             "|---|---|---|---|---|",
