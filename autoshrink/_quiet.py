@@ -56,6 +56,11 @@ def quiet_mlflow() -> None:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
+def quiet_matplotlib() -> None:
+    """On a new machine matplotlib announces, at INFO, that it built its font cache."""
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+
+
 @contextmanager
 def stderr_to_debug() -> Iterator[None]:
     """Keep what a block prints on stderr (MLflow's registry prints its own receipts) for DEBUG."""

@@ -92,6 +92,9 @@ def pareto_plot(result: SearchResult, measured: list[Candidate], path: Path) -> 
 
 def new_figure(size: tuple[float, float] = (8, 5)) -> tuple[Any, Any]:
     """A figure and its axes drawn with Agg, without touching pyplot's global backend."""
+    from autoshrink._quiet import quiet_matplotlib
+
+    quiet_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
