@@ -276,7 +276,7 @@ class _StudySearcher:
 def _outcome(plan: Plan, result: dict[str, Any] | None, error: bool, artifacts_dir: Path) -> TrialOutcome:
     """The worker's report as a `TrialOutcome`; the artifact's bytes written where the driver keeps them."""
     if error or not result or "outcome" not in result:
-        return TrialOutcome(plan, error="the Ray worker running this trial failed (see Ray's logs)")
+        return TrialOutcome(plan, error="the Ray worker running this trial died (see Ray's logs)")
     outcome = TrialOutcome.from_dict(json.loads(result["outcome"]))
     if result.get("artifact") and outcome.artifact_path:
         path = artifacts_dir / Path(outcome.artifact_path).name
@@ -297,7 +297,12 @@ def _trial(
         tune.report({"outcome": config["reuse"]})
         return
     measure_with = _RemoteMeasure(runner_ref[0], measure_on) if measure_on else None
-    outcome = runner(Plan.from_dict(config["plan"]), name=config["name"], measure_with=measure_with)
+    plan = Plan.from_dict(config["plan"])
+    try:
+        outcome = runner(plan, name=config["name"], measure_with=measure_with)
+    except Exception as exc:  # Tune would record the trial failed without the message: keep it
+        where = socket.gethostname()
+        outcome = TrialOutcome(plan, error=f"{type(exc).__name__} on {where}: {exc}"[:2000], host=where)
     report: dict[str, Any] = {"outcome": json.dumps(outcome.to_dict())}
     if outcome.artifact_path and (send_artifacts or socket.gethostname() != driver):
         report["artifact"] = base64.b64encode(Path(outcome.artifact_path).read_bytes()).decode()

@@ -73,3 +73,20 @@ def test_settings_are_checked() -> None:
     with pytest.raises(ConfigError, match="max_concurrent_trials must be >= 1"):
         RayBackend(max_concurrent_trials=0)
     assert "measure_on='edge'" in repr(RayBackend(measure_on="edge"))
+
+
+def test_an_unexpected_worker_error_reaches_the_driver_with_its_message(tmp_path: Path, ray_session) -> None:
+    from autoshrink.config import Budget
+    from tests.searching.conftest import make_backend, run_search
+
+    def broken(artifact, data):
+        if artifact.plan.bits == 8:
+            raise KeyError("the evaluator lost its labels")  # not a candidate error: a bug in the user's code
+        from autoshrink.measuring.accuracy import top1_accuracy
+
+        return top1_accuracy(artifact, data)
+
+    result = run_search(tmp_path, Budget(latency_ms=1000.0), trials=6, experiment="worker-error", evaluate=broken,
+                        backend=make_backend("ray"))  # fmt: skip
+    assert result.n_failed >= 1
+    assert all("KeyError" in e and "the evaluator lost its labels" in e for e in result.failures.values())
