@@ -419,21 +419,19 @@ def _print_result(result: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from autoshrink.searching.report import COLUMNS, pareto_rows
+    from autoshrink.searching.report import COLUMNS, headers, markdown_table, pareto_rows
 
     console = Console(soft_wrap=True)  # long lines stay whole in a log file
     title = f"Pareto set of '{result.experiment}' ({result.n_complete} measured, {result.n_failed} failed)"
     if console.is_terminal:
         table = Table(title=title)
-        for col in COLUMNS:
+        for col in headers(result):
             table.add_column(col)
         for row in pareto_rows(result):
             table.add_row(*(row[c] for c in COLUMNS))
         console.print(table)
     else:  # a log file: a plain Markdown table, no box drawing
-        lines = [title, "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-        lines += ["| " + " | ".join(row[c] for c in COLUMNS) + " |" for row in pareto_rows(result)]
-        print("\n".join(lines), flush=True)
+        print("\n".join([title, "", *markdown_table(result)]), flush=True)
     style = "bold green" if result.met_budget else "bold red"
     console.print(result.message, style=style)
     if result.failures:

@@ -35,6 +35,21 @@ def pareto_rows(result: SearchResult) -> list[dict[str, str]]:
     return rows
 
 
+def headers(result: SearchResult) -> list[str]:
+    """`COLUMNS` as shown: the score columns named after the workload's metric (``val acc`` for
+    top-1, ``val fidelity`` for an embedding model, ...)."""
+    metric = result.baseline.measurement.metric
+    score = "acc" if metric in ("top1", "top1_accuracy") else metric
+    return [c.replace("acc", score) if c in ("val acc", "test acc") else c for c in COLUMNS]
+
+
+def markdown_table(result: SearchResult) -> list[str]:
+    """The baseline and the Pareto set as the lines of a Markdown table."""
+    names = headers(result)
+    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    return lines + ["| " + " | ".join(row[c] for c in COLUMNS) + " |" for row in pareto_rows(result)]
+
+
 def pareto_markdown(result: SearchResult) -> str:
     """A Markdown table of the baseline and the Pareto set, with the outcome on top."""
     lines = [
@@ -42,12 +57,10 @@ def pareto_markdown(result: SearchResult) -> str:
         "",
         result.message,
         "",
-        "Selection uses validation accuracy; `test acc` is measured once on the test split.",
+        f"Selection uses the validation split; `{headers(result)[4]}` is measured once on the test split.",
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
+        *markdown_table(result),
     ]
-    lines += ["| " + " | ".join(row[c] for c in COLUMNS) + " |" for row in pareto_rows(result)]
     lines += ["", f"Energy: {result.baseline.measurement.energy_method}."]
     return "\n".join(lines) + "\n"
 
