@@ -460,6 +460,7 @@ def best(
 
     from autoshrink.config import Budget, ConfigError
     from autoshrink.searching import best_run
+    from autoshrink.tracking import METRIC, RUNTIME
 
     try:
         budget = Budget(latency_budget_ms) if latency_budget_ms else None
@@ -473,15 +474,18 @@ def best(
         "plan": {k: v for k, v in run.data.params.items()},
         "metrics": run.data.metrics,
         "model_uri": run.data.tags.get("autoshrink.model_uri"),
-        "runtime": run.data.tags.get("runtime"),
+        "runtime": run.data.tags.get(RUNTIME),
+        "metric": run.data.tags.get(METRIC, "top1"),
     }
     if as_json:
         typer.echo(json.dumps(info, indent=2, sort_keys=True))
         return
-    m = info["metrics"]
+    from autoshrink.measuring import score_name
+
+    m, score = info["metrics"], score_name(info["metric"])
     typer.echo(
-        f"trial {info['trial']} ({info['runtime']}): val acc {m.get('accuracy', float('nan')):.4f}, "
-        f"test acc {m.get('test_accuracy', float('nan')):.4f}, {m.get('latency_ms', float('nan')):.3f} ms, "
+        f"trial {info['trial']} ({info['runtime']}): val {score} {m.get('accuracy', float('nan')):.4f}, "
+        f"test {score} {m.get('test_accuracy', float('nan')):.4f}, {m.get('latency_ms', float('nan')):.3f} ms, "
         f"{m.get('size_bytes', 0) / 1e3:.1f} kB, plan {info['plan']}\nmodel: {info['model_uri']}"
     )
 

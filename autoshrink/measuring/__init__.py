@@ -20,6 +20,11 @@ NOT_MEASURED = "not measured"
 METRICS = ("accuracy", "latency_ms", "latency_p95_ms", "energy_mj", "size_bytes", "num_parameters")
 
 
+def score_name(metric: str) -> str:
+    """``acc`` for top-1 accuracy (the default metric), else the metric's own name."""
+    return "acc" if metric in ("top1", "top1_accuracy") else metric
+
+
 @dataclass(frozen=True)
 class Measurement:
     """Everything measured about one artifact on one hardware profile.
@@ -43,6 +48,11 @@ class Measurement:
     latency_spread: float
     energy_method: str
     metric: str = "top1"
+
+    @property
+    def score_name(self) -> str:
+        """How reports name the score: ``acc`` for top-1 accuracy, else the metric's name."""
+        return score_name(self.metric)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

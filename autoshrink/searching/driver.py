@@ -227,7 +227,7 @@ def search(
                 {f"baseline_{k}": v for k, v in baseline.measurement.metrics().items()}
                 | {"baseline_test_accuracy": baseline.test_accuracy or float("nan")},
             )
-            emit("baseline", f"baseline: val acc {baseline.measurement.accuracy:.4f}, "
+            emit("baseline", f"baseline: val {baseline.measurement.score_name} {baseline.measurement.accuracy:.4f}, "
                  f"{baseline.measurement.latency_ms:.3f} ms, {baseline.measurement.size_bytes / 1e3:.1f} kB")  # fmt: skip
             warning = chance_warning(wl, baseline.measurement)
             if warning:

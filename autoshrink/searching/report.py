@@ -38,8 +38,7 @@ def pareto_rows(result: SearchResult) -> list[dict[str, str]]:
 def headers(result: SearchResult) -> list[str]:
     """`COLUMNS` as shown: the score columns named after the workload's metric (``val acc`` for
     top-1, ``val fidelity`` for an embedding model, ...)."""
-    metric = result.baseline.measurement.metric
-    score = "acc" if metric in ("top1", "top1_accuracy") else metric
+    score = result.baseline.measurement.score_name
     return [c.replace("acc", score) if c in ("val acc", "test acc") else c for c in COLUMNS]
 
 

@@ -262,7 +262,7 @@ def describe(trial: FrozenTrial) -> str:
             f"over budget, not distilled{dup}"
         )
     return (
-        f"trial {trial.number} {label}: val acc {m.accuracy:.4f}, {m.latency_ms:.3f} ms, "
+        f"trial {trial.number} {label}: val {m.score_name} {m.accuracy:.4f}, {m.latency_ms:.3f} ms, "
         f"{m.size_bytes / 1e3:.1f} kB, {'meets budget' if is_feasible(trial) else 'over budget'}{dup}"
     )
 

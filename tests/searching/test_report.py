@@ -32,3 +32,10 @@ def test_every_row_has_a_cell_per_column() -> None:
     assert len(lines) == 4  # header, rule, baseline, one Pareto candidate
     assert {line.count("|") for line in lines} == {lines[0].count("|")}
     assert lines[2].startswith("| baseline | fp32 |") and "| 6.0x |" in lines[3]
+
+
+def test_progress_lines_name_the_score() -> None:
+    from autoshrink.measuring import score_name
+
+    assert score_name("top1") == "acc" and score_name("fidelity") == "fidelity"
+    assert result_scored_by("fidelity").baseline.measurement.score_name == "fidelity"
