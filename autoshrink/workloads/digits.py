@@ -2,7 +2,7 @@
 
 Nothing is downloaded: the 1,797 8x8 images ship inside scikit-learn. They are upsampled to
 32x32 so that the network does realistic work (about 2-4 ms per image in fp32 torch eager on
-one thread), trained once (1-3 minutes on two cores, one line of progress per epoch) and cached on disk.
+one thread), trained once (45 s to 2 minutes on two cores, one line of progress per epoch) and cached on disk.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def _cache_key() -> str:
 def load_digits_workload(*, retrain: bool = False, verbose: bool = True) -> Workload:
     """Build the ``digits`` workload, training the model on first use and caching its weights.
 
-    Training (once per machine, 1-3 minutes on two cores) prints one line per epoch to stderr
+    Training (once per machine, 45 s to 2 minutes on two cores) prints one line per epoch to stderr
     unless ``verbose=False``.
     """
     train, val, test = digits_splits()
