@@ -66,12 +66,16 @@ def pack(model: Any, meta: dict[str, Any]) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         xml = Path(tmp) / "model.xml"
         ov.save_model(model, xml, compress_to_fp16=False)
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
-            archive.write(xml, "model.xml")
-            archive.write(xml.with_suffix(".bin"), "model.bin")
-            archive.writestr(META, json.dumps(meta))
-        return buffer.getvalue()
+        return _zip(xml.read_bytes(), xml.with_suffix(".bin").read_bytes(), meta)
+
+
+def _zip(xml: bytes, weights: bytes, meta: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        archive.writestr("model.xml", xml)
+        archive.writestr("model.bin", weights)
+        archive.writestr(META, json.dumps(meta))
+    return buffer.getvalue()
 
 
 def unpack(payload: bytes) -> tuple[bytes, bytes, dict[str, Any]]:
@@ -83,12 +87,7 @@ def unpack(payload: bytes) -> tuple[bytes, bytes, dict[str, Any]]:
 def with_meta(payload: bytes, meta: dict[str, Any]) -> bytes:
     """The same IR with new metadata."""
     xml, weights, _ = unpack(payload)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
-        archive.writestr("model.xml", xml)
-        archive.writestr("model.bin", weights)
-        archive.writestr(META, json.dumps(meta))
-    return buffer.getvalue()
+    return _zip(xml, weights, meta)
 
 
 def compile_model(payload: bytes, threads: int, shapes: dict[str, tuple[int, ...]] | None = None) -> Any:
