@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from autoshrink.workloads.base import Workload
+from autoshrink.workloads.training import accuracy
 
 SPLIT_SEED = 0
 TRAIN_SEED = 0
@@ -126,19 +127,12 @@ def train_digits(
         if log is not None:
             elapsed = time.perf_counter() - start
             left = elapsed / epoch * (epochs - epoch)
-            acc = f", val acc {100 * _accuracy(model, val):.1f}%" if val is not None else ""
+            acc = f", val acc {100 * accuracy(model, val):.1f}%" if val is not None else ""
             log(
                 f"  epoch {epoch}/{epochs}: loss {total / seen:.3f}{acc}, "
                 f"{elapsed / epoch:.1f} s/epoch, ~{left:.0f} s left"
             )
     return model.eval()
-
-
-def _accuracy(model: nn.Module, data: TensorDataset) -> float:
-    model.eval()
-    x, y = data.tensors
-    with torch.no_grad():
-        return float((model(x).argmax(1) == y).float().mean())
 
 
 def cache_dir() -> Path:
