@@ -94,7 +94,7 @@ class Artifact:
         """An ONNX Runtime session, or a compiled OpenVINO model, using ``threads`` (cached).
 
         OpenVINO compiles for fixed input ``shapes`` when they are given (it runs static shapes
-        faster: 0.23 vs 0.28 ms at batch 1 on the digits student here), for up to
+        faster: 0.23 vs 0.28 ms at batch 1 on the digits student, one development measurement), for up to
         `OPENVINO_SHAPES` different shapes, then for any shape.
         """
         if self.runtime == "openvino":
