@@ -111,10 +111,13 @@ def test_a_profile_restricted_to_one_runtime_is_honoured(tmp_path: Path) -> None
         space.restricted_to(("torch",))
 
 
-def test_auto_picks_the_fastest_runtime_by_measurement(tmp_path: Path) -> None:
+def test_auto_picks_the_fastest_runtime_by_measurement(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from autoshrink.searching.trial import TrialRunner
     from tests.tiny import HW, tiny_workload
 
+    builds: list[Plan] = []
+    original = TrialRunner.build
+    monkeypatch.setattr(TrialRunner, "build", lambda self, plan: builds.append(plan) or original(self, plan))
     runner = TrialRunner(tiny_workload(tmp_path), HW, tmp_path / "a", runtimes=("onnxruntime", "openvino"))
     assert runner.runtime_choices(Plan(bits=8)) == ["onnxruntime", "openvino"]
     assert runner.runtime_choices(Plan(bits=4)) == ["onnxruntime"]
@@ -124,3 +127,4 @@ def test_auto_picks_the_fastest_runtime_by_measurement(tmp_path: Path) -> None:
     assert len(timed) == 2  # both runtimes were lowered and timed
     assert outcome.measurement.latency_ms == min(timed.values())
     assert outcome.measurement.runtime in ("onnxruntime", "openvino") and outcome.plan == Plan(bits=8)
+    assert sorted(p.runtime for p in builds) == ["onnxruntime", "openvino"]  # the timed one is kept, not rebuilt

@@ -185,9 +185,11 @@ class TrialRunner:
                 m = replace(m, latency_ms=slowest, latency_p95_ms=p95, latency_repeats=m.latency_repeats * 3)
             return m
 
-    def speed(self, plan: Plan, measure_with: Measurer | None) -> tuple[Measurement, str, Plan]:
+    def speed(
+        self, plan: Plan, measure_with: Measurer | None, built: dict[Plan, Artifact] | None = None
+    ) -> tuple[Measurement, str, Plan]:
         """Latency, energy and size of ``plan``'s architecture, without distillation (cached),
-        and the plan with its runtime settled.
+        and the plan with its runtime settled. Artifacts built for it are left in ``built``.
 
         A plan whose runtime is ``auto`` while the runner has `runtimes` to compare is lowered
         to each of them that runs its bit width, and the fastest measured one is kept: the
@@ -201,6 +203,8 @@ class TrialRunner:
             key = json.dumps([plan.prune, plan.rank, plan.bits, candidate.resolved_runtime])
             if key not in cached:
                 artifact = self.build(candidate)
+                if built is not None:
+                    built[candidate] = artifact
                 if measure_with is None:
                     cached[key] = (self.measure(artifact, accuracy=False), socket.gethostname())
                 else:
@@ -232,12 +236,13 @@ class TrialRunner:
         screen = choose or (self.budget is not None and plan.distill_epochs > 0)
         try:
             settled = plan
+            timed: dict[Plan, Artifact] = {}  # without distillation, the timed artifact is the candidate
             if screen:
-                speed, where, settled = self.speed(plan, measure_with)
+                speed, where, settled = self.speed(plan, measure_with, timed)
                 if self._over_budget(speed):
                     now = time.perf_counter()
                     return TrialOutcome(plan, speed, compress_s=now - start, host=where, screened=True)
-            artifact = self.build(settled)
+            artifact = timed[settled] if settled in timed else self.build(settled)
             built = time.perf_counter()
             if screen:
                 m = replace(
