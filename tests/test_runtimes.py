@@ -43,6 +43,28 @@ def test_every_runtime_round_trips_and_agrees_with_torch(plan: Plan, bound, tmp_
     torch.testing.assert_close(loaded(x[:64]), out)
 
 
+def test_auto_passes_over_a_runtime_that_cannot_take_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from autoshrink.searching.trial import TrialRunner
+    from autoshrink.techniques import CompressionError
+    from tests.tiny import HW, tiny_workload
+
+    broken: set[str] = {"openvino"}
+    original = TrialRunner.build
+
+    def build(self: TrialRunner, plan: Plan):
+        if plan.runtime in broken:
+            raise CompressionError(f"{plan.runtime} cannot take this model")
+        return original(self, plan)
+
+    monkeypatch.setattr(TrialRunner, "build", build)
+    runner = TrialRunner(tiny_workload(tmp_path), HW, tmp_path / "a", runtimes=("onnxruntime", "openvino"))
+    outcome = runner(Plan(bits=8), name="t")
+    assert not outcome.failed and outcome.measurement.runtime == "onnxruntime"
+    broken.add("onnxruntime")
+    outcome = runner(Plan(prune=0.5, bits=8), name="u")  # no runtime can take it: the trial fails, with why
+    assert outcome.failed and "cannot take this model" in outcome.error
+
+
 def test_openvino_compiles_per_input_shape_up_to_a_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     from autoshrink import artifact as artifact_module
 

@@ -193,7 +193,8 @@ class TrialRunner:
 
         A plan whose runtime is ``auto`` while the runner has `runtimes` to compare is lowered
         to each of them that runs its bit width, and the fastest measured one is kept: the
-        runtime is chosen by measurement, where the candidates are measured.
+        runtime is chosen by measurement, where the candidates are measured. A runtime that
+        cannot take this model is passed over; if none can, the last error is raised.
         """
         cached = self.cache.setdefault("speed", {})
         choices = self.runtime_choices(plan)
@@ -202,17 +203,22 @@ class TrialRunner:
             candidate = replace(plan, runtime=runtime, distill_epochs=0)
             key = json.dumps([plan.prune, plan.rank, plan.bits, candidate.resolved_runtime])
             if key not in cached:
-                artifact = self.build(candidate)
+                try:
+                    artifact = self.build(candidate)
+                    if measure_with is None:
+                        cached[key] = (self.measure(artifact, accuracy=False), socket.gethostname())
+                    else:
+                        cached[key] = measure_with(artifact, False)
+                except candidate_errors():
+                    if len(choices) == 1 or runtime == choices[-1] and best is None:
+                        raise
+                    continue
                 if built is not None:
                     built[candidate] = artifact
-                if measure_with is None:
-                    cached[key] = (self.measure(artifact, accuracy=False), socket.gethostname())
-                else:
-                    cached[key] = measure_with(artifact, False)
             m, where = cached[key]
             if best is None or m.latency_ms < best[0].latency_ms:
                 best = (m, where, replace(plan, runtime=runtime))
-        assert best is not None  # choices is never empty
+        assert best is not None  # the last choice raised if no runtime could take the model
         return best
 
     def runtime_choices(self, plan: Plan) -> list[str]:
