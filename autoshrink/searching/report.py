@@ -56,7 +56,7 @@ def pareto_markdown(result: SearchResult) -> str:
         "",
         result.message,
         "",
-        f"Selection uses the validation split; `{headers(result)[4]}` is measured once on the test split.",
+        f"Selection uses the validation split; `{headers(result)[COLUMNS.index('test acc')]}` is measured once on the test split.",
         "",
         *markdown_table(result),
     ]
