@@ -5,9 +5,13 @@ Every number a benchmark writes was measured in that run; each report says how, 
 
 from __future__ import annotations
 
+import atexit
 import os
 import platform
+import shutil
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from autoshrink.config import HardwareProfile
@@ -28,3 +32,15 @@ def environment(hardware: HardwareProfile) -> dict[str, Any]:
         "hardware_profile": hardware.to_dict(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A fresh folder for one benchmark's stores and artifacts, removed when the process exits.
+
+    >>> path = scratch_dir("autoshrink-doctest-")
+    >>> path.is_dir()
+    True
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path

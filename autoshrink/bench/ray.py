@@ -8,13 +8,12 @@ Reported per run: wall time of the trial phase, trials per hour, and the per-tri
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from autoshrink.bench import environment
+from autoshrink.bench import environment, scratch_dir
 from autoshrink.config import Budget, HardwareProfile
 from autoshrink.space import SearchSpace
 
@@ -43,7 +42,7 @@ def run_ray_bench(workload: Any, *, trials: int = 8, log: Callable[[str], None] 
         ("ray, 1 concurrent trial", RayBackend(max_concurrent_trials=1)),
         ("ray, 2 concurrent trials", RayBackend(max_concurrent_trials=2)),
     ):
-        root = Path(tempfile.mkdtemp(prefix="autoshrink-bench-ray-"))
+        root = scratch_dir("autoshrink-bench-ray-")
         start = time.perf_counter()
         result = search(workload, budget=budget, space=SPACE, trials=trials, experiment="ray-bench", seed=0,
                         tracking_uri=f"sqlite:///{root}/mlflow.db", hardware=hardware, backend=backend)  # fmt: skip

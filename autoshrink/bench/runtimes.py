@@ -12,13 +12,12 @@ at batch 32 (10 ms per batch); both registered models of each pair re-measured s
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from autoshrink.bench import environment
+from autoshrink.bench import environment, scratch_dir
 from autoshrink.config import Budget, HardwareProfile
 from autoshrink.plan import Plan
 from autoshrink.space import SearchSpace
@@ -105,7 +104,7 @@ def run_knob_comparison(
         space = SearchSpace.preset(workload.family)
         space = SearchSpace(prune=space.prune, rank=space.rank, bits=space.bits, distill_epochs=space.distill_epochs,
                             runtime=runtimes)  # fmt: skip
-        root = Path(tempfile.mkdtemp(prefix="autoshrink-bench-rt-"))
+        root = scratch_dir("autoshrink-bench-rt-")
         start = time.perf_counter()
         result = search(workload, budget=Budget(latency_ms=budget_ms), space=space, trials=trials, experiment="rt",
                         tracking_uri=f"sqlite:///{root}/mlflow.db", seed=0,

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from autoshrink.bench import environment
+from autoshrink.bench import environment, scratch_dir
 from autoshrink.config import Budget, HardwareProfile
 from autoshrink.plan import Plan
 
@@ -250,13 +250,11 @@ def write_transformers_report(sections: dict[str, list[Row]], search: dict[str, 
 
 def run_all(out: Path, *, trials: int = 20, log: Callable[[str], None] = print) -> Path:
     """Every section; the trained model's fine-tuning is cached after the first run."""
-    import tempfile
-
     from autoshrink.artifact import load_artifact
 
     started = time.perf_counter()
     hardware = HardwareProfile()
-    root = Path(tempfile.mkdtemp(prefix="autoshrink-bench-"))
+    root = scratch_dir("autoshrink-bench-")
     sections: dict[str, list[Row]] = {}
     trained = trained_workload(root)
     sections["trained: per technique"] = run_plans("trained", trained, hardware, TRAINED["vocab"], log)

@@ -15,14 +15,13 @@ import statistics
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-from autoshrink.bench import environment
+from autoshrink.bench import environment, scratch_dir
 from autoshrink.config import HardwareProfile
 
 EXPERIMENT = "digits-demo"
@@ -68,7 +67,7 @@ def run_one(code: Path, folder: Path, *, trials: int, budget_ms: float) -> dict[
 
 def run_trial_time(against: str, *, trials: int = 20, budget_ms: float = 1.0, log: Callable[[str], None] = print) -> dict[str, Any]:
     """The search on commit ``against``, then on this checkout."""
-    root = Path(tempfile.mkdtemp(prefix="autoshrink-bench-trial-time-"))
+    root = scratch_dir("autoshrink-bench-trial-time-")
     here = Path(__file__).resolve().parents[2]
     results = {}
     for label, code in ((f"commit {against}", checkout(against, root / "old-code")), ("this checkout", here)):

@@ -21,6 +21,7 @@ import base64
 import json
 import logging
 import os
+import shutil
 import socket
 import tempfile
 from collections.abc import Sequence
@@ -89,6 +90,7 @@ class RayBackend(Backend):
         self.measure_on = measure_on
         self.send_artifacts = send_artifacts
         self._started = False
+        self._temp_dir: str | None = None
         self._runner_ref: Any = None
 
     def __repr__(self) -> str:
@@ -116,8 +118,8 @@ class RayBackend(Backend):
                                        "log_to_driver": False, "configure_logging": True}  # fmt: skip
             if self.address is None:
                 # Unix socket paths are limited to ~100 characters: keep Ray's files short-pathed.
-                options |= {"num_cpus": self.num_cpus or os.cpu_count() or 1,
-                            "_temp_dir": tempfile.mkdtemp(prefix="ray-", dir="/tmp" if os.path.isdir("/tmp") else None)}  # fmt: skip
+                self._temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
+                options |= {"num_cpus": self.num_cpus or os.cpu_count() or 1, "_temp_dir": self._temp_dir}
             else:
                 options["address"] = self.address
             try:
@@ -140,6 +142,9 @@ class RayBackend(Backend):
 
             ray.shutdown()
             self._started = False
+        if self._temp_dir is not None:  # the local Ray's session files (logs, sockets) go with it
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+            self._temp_dir = None
         self._runner_ref = None
 
     def _measurer(self, runner: TrialRunner) -> Measurer | None:
@@ -189,7 +194,8 @@ class RayBackend(Backend):
             ),
             {"cpu": self.trial_cpus, "gpu": self.trial_gpus},
         )  # fmt: skip
-        storage = Path(tempfile.gettempdir()) / "autoshrink-ray-results"
+        # Tune insists on a results folder; everything worth keeping is in the study and MLflow.
+        storage = Path(tempfile.mkdtemp(prefix="autoshrink-ray-results-"))
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -203,7 +209,10 @@ class RayBackend(Backend):
             ),
         )  # fmt: skip
         del ray
-        tuner.fit()
+        try:
+            tuner.fit()
+        finally:
+            shutil.rmtree(storage, ignore_errors=True)
         if searcher.bug is not None:
             raise searcher.bug
 
