@@ -79,6 +79,28 @@ def test_openvino_compiles_per_input_shape_up_to_a_limit(monkeypatch: pytest.Mon
     assert (1, None) in art._sessions
 
 
+def test_openvino_outputs_are_not_overwritten_by_the_next_call() -> None:
+    """The runner shares the request's output memory; what a call returns must still be its own."""
+    model, (x, y), example = make_case("rescnn")
+    art = compress(model, Plan(bits=8, runtime="openvino"), train_data=(x, y), example_input=example)
+    first = art(x[:1])
+    kept = first.clone()
+    second = art(x[1:2])
+    assert torch.equal(first, kept) and not torch.equal(first, second)
+
+
+def test_openvino_artifact_deflates_the_graph_but_stores_the_weights(tmp_path: Path) -> None:
+    import zipfile
+
+    model, (x, y), example = make_case("rescnn")
+    art = compress(model, Plan(bits=8, runtime="openvino"), train_data=(x, y), example_input=example)
+    with zipfile.ZipFile(art.save(tmp_path / "m.ovz")) as archive:
+        xml, weights = archive.getinfo("model.xml"), archive.getinfo("model.bin")
+    assert xml.compress_type == zipfile.ZIP_DEFLATED and xml.compress_size < xml.file_size / 2
+    assert weights.compress_type == zipfile.ZIP_STORED
+    assert art.size_bytes < xml.file_size + weights.file_size  # the size counted is the file's
+
+
 @pytest.mark.parametrize("plan", [Plan(runtime="openvino"), Plan(bits=8, runtime="openvino")], ids=lambda p: p.label)
 def test_openvino_artifacts_are_served_by_mlflow(plan: Plan, tmp_path: Path) -> None:
     import mlflow
