@@ -14,6 +14,12 @@ bench_app = typer.Typer(help="Benchmarks that write measured results to results/
 app.add_typer(bench_app, name="bench")
 
 
+@bench_app.callback()
+def _bench() -> None:
+    """Benchmarks print their own progress: Optuna's study lines are noise there too."""
+    _quiet_optuna()
+
+
 @bench_app.command("compression")
 def bench_compression(
     workload: str = typer.Option("digits", help="Built-in workload to compress."),
