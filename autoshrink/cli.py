@@ -144,6 +144,7 @@ def bench_noise(
 def bench_runtimes(
     out: Path = typer.Option(Path("results"), help="Folder for runtimes.md/.json."),
     trials: int = typer.Option(20, help="Trials of each of the two searches."),
+    seeds: int = typer.Option(3, help="Pairs of searches per batch size (seeds 0, 1, ...)."),
 ) -> None:
     """One model in torch / ONNX Runtime / OpenVINO, and the README search without and with the runtime knob."""
     import os
@@ -156,7 +157,8 @@ def bench_runtimes(
     torch.set_num_threads(os.cpu_count() or 1)
     wl = workloads.load("digits")
     rows = run_runtime_table(wl, log=typer.echo)
-    knob = [run_knob_comparison(wl, trials=trials, batch_size=b, budget_ms=ms, log=typer.echo) for b, ms in KNOB_SETTINGS]
+    knob = [run_knob_comparison(wl, trials=trials, batch_size=b, budget_ms=ms, seed=seed, log=typer.echo)
+            for b, ms in KNOB_SETTINGS for seed in range(seeds)]  # fmt: skip
     typer.echo(f"wrote {write_runtimes_report(rows, knob, out)}")
 
 

@@ -6,7 +6,8 @@ of ONNX Runtime's QDQ file), batch 1 and 32, all measured in one process, interl
 round times every artifact once, and the fastest round's median is kept.
 
 Part 2: the README's search (20 trials, 1 ms) without and with the runtime knob, and the same
-at batch 32 (10 ms per batch); both registered models of each pair re-measured side by side.
+at batch 32 (10 ms per batch), once per seed; both registered models of each pair re-measured
+side by side, and the speed-ups summarized over the seeds.
 """
 
 from __future__ import annotations
@@ -90,15 +91,16 @@ KNOB_SETTINGS = ((1, 1.0), (32, 10.0))  # (batch size, latency budget in ms): th
 
 
 def run_knob_comparison(
-    workload: Any, *, trials: int = 20, batch_size: int = 1, budget_ms: float = 1.0, log: Callable[[str], None] = print
+    workload: Any, *, trials: int = 20, batch_size: int = 1, budget_ms: float = 1.0, seed: int = 0,
+    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """The README search at ``batch_size`` without and with the runtime knob; the registered
-    bests re-measured together at batch 1 and 32."""
+    """The README search at ``batch_size`` without and with the runtime knob (both seeded with
+    ``seed``); the registered bests re-measured together at batch 1 and 32."""
     from autoshrink.artifact import load_artifact
     from autoshrink.measuring.accuracy import score
     from autoshrink.searching import search
 
-    out: dict[str, Any] = {"batch_size": batch_size, "budget_ms": budget_ms, "trials": trials}
+    out: dict[str, Any] = {"batch_size": batch_size, "budget_ms": budget_ms, "trials": trials, "seed": seed}
     artifacts = {}
     for label, runtimes in (("without the knob", ("auto",)), ("with the knob", ("auto", "onnxruntime", "openvino"))):
         space = SearchSpace.preset(workload.family)
@@ -107,14 +109,15 @@ def run_knob_comparison(
         root = scratch_dir("autoshrink-bench-rt-")
         start = time.perf_counter()
         result = search(workload, budget=Budget(latency_ms=budget_ms), space=space, trials=trials, experiment="rt",
-                        tracking_uri=f"sqlite:///{root}/mlflow.db", seed=0,
+                        tracking_uri=f"sqlite:///{root}/mlflow.db", seed=seed,
                         hardware=HardwareProfile(batch_size=batch_size))  # fmt: skip
         best = result.best
         out[label] = {"message": result.message, "minutes": (time.perf_counter() - start) / 60,
-                      "plan": best.plan.label if best else None, "search_ms": best.measurement.latency_ms if best else None}  # fmt: skip
+                      "plan": best.plan.label if best else None, "search_ms": best.measurement.latency_ms if best else None,
+                      "val_accuracy": best.measurement.accuracy if best else None}  # fmt: skip
         if best is not None and best.artifact_path:
             artifacts[label] = load_artifact(best.artifact_path)
-        log(f"batch {batch_size}, {label}: {result.message}")
+        log(f"batch {batch_size}, seed {seed}, {label}: {result.message}")
     times = interleaved(artifacts, workload)
     for label, art in artifacts.items():
         out[label] |= {"b1_ms": times[label][1], "b32_ms": times[label][32], "bytes": art.size_bytes,
@@ -138,6 +141,7 @@ def write_runtimes_report(rows: list[dict[str, Any]], knob: list[dict[str, Any]]
     ]
     for r in rows:
         lines.append(f"| {r['model']} | {r['artifact']} | {r['b1_ms']:.3f} | {r['b32_ms']:.2f} | {r['bytes']:,} | {r['test_accuracy']:.4f} |")
+    lines += _knob_summary(knob)
     for comparison in knob:
         lines += _knob_section(comparison)
     md = out / "runtimes.md"
@@ -146,26 +150,57 @@ def write_runtimes_report(rows: list[dict[str, Any]], knob: list[dict[str, Any]]
 
 
 def _knob_section(comparison: dict[str, Any]) -> list[str]:
-    b, budget = comparison["batch_size"], comparison["budget_ms"]
+    b, budget, seed = comparison["batch_size"], comparison["budget_ms"], comparison.get("seed", 0)
     without, with_ = comparison.get("without the knob", {}), comparison.get("with the knob", {})
     lines = [
         "",
-        f"## The search at batch {b} ({comparison['trials']} trials, {budget:g} ms per batch) without and with the runtime knob",
+        f"## The search at batch {b} ({comparison['trials']} trials, {budget:g} ms per batch, seed {seed}) without and with the runtime knob",
         "",
         "Without: `runtime: [auto]` (torch for fp32, ONNX Runtime for int8 / 4-bit). With: `runtime: [auto, "
         "onnxruntime, openvino]`. Both registered models re-measured here, side by side:",
         "",
-        "| search | registered plan | runtime | batch 1 ms | batch 32 ms | bytes | test acc |",
-        "|---|---|---|---|---|---|---|",
+        "| search | registered plan | runtime | val acc | batch 1 ms | batch 32 ms | bytes | test acc |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for label, r in (("without the knob", without), ("with the knob", with_)):
         if "b1_ms" in r:
-            lines.append(f"| {label} | {r['plan']} | {r['runtime']} | {r['b1_ms']:.3f} | {r['b32_ms']:.2f} | {r['bytes']:,} | {r['test_accuracy']:.4f} |")
+            lines.append(f"| {label} | {r['plan']} | {r['runtime']} | {r['val_accuracy']:.4f} | {r['b1_ms']:.3f} | {r['b32_ms']:.2f} "
+                         f"| {r['bytes']:,} | {r['test_accuracy']:.4f} |")  # fmt: skip
         else:
-            lines.append(f"| {label} | none registered: {r.get('message', '')} | | | | | |")
+            lines.append(f"| {label} | none registered: {r.get('message', '')} | | | | | | |")
     if "b1_ms" in without and "b1_ms" in with_:
         lines += ["", f"With the knob the registered best is **{without['b1_ms'] / with_['b1_ms']:.2f}x** as fast at batch 1 "
                   f"and **{without['b32_ms'] / with_['b32_ms']:.2f}x** at batch 32, test accuracy "
                   f"{100 * (with_['test_accuracy'] - without['test_accuracy']):+.2f} points"
                   + (" (the issue's target: >= 1.25x at batch 1 at equal or better accuracy)." if b == 1 else ".")]  # fmt: skip
+    return lines
+
+
+def _knob_summary(knob: list[dict[str, Any]]) -> list[str]:
+    """One row per search pair: the speed-ups of the knob's registered best, and their median per batch size."""
+    import statistics
+
+    pairs = [c for c in knob if "b1_ms" in c.get("without the knob", {}) and "b1_ms" in c.get("with the knob", {})]
+    if not pairs:
+        return []
+    lines = [
+        "", "## The runtime knob over seeds", "",
+        "Each row is one pair of searches (same seed, budget and batch size) without and with the knob; the "
+        "speed-up is the registered best's without / with, both re-measured side by side.", "",
+        "| search batch | seed | registered without | registered with | speed-up at batch 1 | speed-up at batch 32 "
+        "| test acc change (points) |",
+        "|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for c in pairs:
+        w, k = c["without the knob"], c["with the knob"]
+        lines.append(f"| {c['batch_size']} | {c.get('seed', 0)} | {w['plan']} ({w['runtime']}) | {k['plan']} ({k['runtime']}) "
+                     f"| {w['b1_ms'] / k['b1_ms']:.2f}x | {w['b32_ms'] / k['b32_ms']:.2f}x "
+                     f"| {100 * (k['test_accuracy'] - w['test_accuracy']):+.2f} |")  # fmt: skip
+    for b in sorted({c["batch_size"] for c in pairs}):
+        group = [c for c in pairs if c["batch_size"] == b]
+        at = "b1_ms" if b == 1 else "b32_ms"
+        ratios = [c["without the knob"][at] / c["with the knob"][at] for c in group]
+        target = " (the issue's target: >= 1.25x at batch 1 at equal or better test accuracy)" if b == 1 else ""
+        lines += ["", f"Searches at batch {b}: median speed-up at batch {b} **{statistics.median(ratios):.2f}x** over "
+                  f"{len(group)} seed(s) (min {min(ratios):.2f}x, max {max(ratios):.2f}x){target}."]  # fmt: skip
     return lines
