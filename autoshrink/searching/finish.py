@@ -35,9 +35,12 @@ log = logging.getLogger("autoshrink")
 def candidate(trial: FrozenTrial, budget: Budget) -> Candidate:
     o = outcome(trial)
     assert o.measurement is not None
+    plan = o.plan
+    if plan.runtime == "auto" and o.measurement.runtime != plan.resolved_runtime:
+        plan = replace(plan, runtime=o.measurement.runtime)  # the runtime the measurement chose, named
     return Candidate(
         trial=trial.number,
-        plan=o.plan,
+        plan=plan,
         measurement=o.measurement,
         violations=budget.violations(o.measurement.metrics()),
         run_id=trial.user_attrs.get("run_id"),

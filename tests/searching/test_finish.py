@@ -63,3 +63,19 @@ def test_the_pareto_set_leaves_out_candidates_far_below_the_baseline() -> None:
     assert above_floor([useful, useless], baseline, 0.05) == [useful]
     assert above_floor([useful, useless], baseline, 0.0) == [useful, useless]  # 0 turns it off
     assert above_floor([useless], baseline, 0.05) == [useless]  # never empty-handed
+
+
+@pytest.mark.parametrize(("measured", "label"), [("openvino", "prune0.3-int8-ov-kd4"), ("onnxruntime", "prune0.3-int8-kd4")])
+def test_a_candidate_names_the_runtime_an_auto_plan_was_measured_in(measured: str, label: str) -> None:
+    import optuna
+
+    from autoshrink.config import Budget
+    from autoshrink.searching.finish import candidate
+    from autoshrink.searching.study import OUTCOME
+    from autoshrink.searching.trial import TrialOutcome
+
+    m = Measurement(0.99, 0.2, 0.2, 0.1, 100, 10, measured, 1, 1, 150, 1.0, "-")
+    asked = Plan(prune=0.3, bits=8, distill_epochs=4)  # runtime "auto", settled by measurement
+    trial = optuna.trial.create_trial(values=[0.99, 0.2, 0.1], user_attrs={OUTCOME: TrialOutcome(asked, m).to_dict()})
+    c = candidate(trial, Budget(latency_ms=1.0))
+    assert c.plan.label == label and c.plan.resolved_runtime == measured
