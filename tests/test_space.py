@@ -49,3 +49,11 @@ def test_space_yaml_errors_are_one_line(tmp_path: Path) -> None:
     bad.write_text("bitz: [8]\n")
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['bitz'\]"):
         SearchSpace.from_yaml(bad)
+
+
+def test_the_runtimes_space_file_is_the_default_with_the_runtime_knob() -> None:
+    space = SearchSpace.from_yaml(ROOT / "search_spaces" / "runtimes.yaml")
+    default = SearchSpace.preset("default")
+    assert space.runtime == ("auto", "onnxruntime", "openvino")
+    assert (space.prune, space.rank, space.bits, space.distill_epochs) == (
+        default.prune, default.rank, default.bits, default.distill_epochs)  # fmt: skip
