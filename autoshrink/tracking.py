@@ -183,8 +183,9 @@ class Tracker:
                 elif artifact.runtime == "openvino":
                     import openvino
 
-                    # MLflow's advice on predict's type hints, and its warning that a python_model is
-                    # pickled (so is every torch model: load stores you trust).
+                    # MLflow warns that a python_model is pickled (so is every torch model: load stores
+                    # you trust) and that an ndarray hint gives no signature (on purpose: see serving);
+                    # importing mlflow.pyfunc warns about Any hints in MLflow's own agent types.
                     logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", UserWarning)
