@@ -86,7 +86,36 @@ def test_an_unexpected_worker_error_reaches_the_driver_with_its_message(tmp_path
 
         return top1_accuracy(artifact, data)
 
+    import tempfile
+
+    def tune_folders() -> set[Path]:  # Tune's results folders and the runs inside them
+        root = Path(tempfile.gettempdir())
+        return set(root.glob("autoshrink-ray-results*")) | set(root.glob("autoshrink-ray-results*/*"))
+
+    before = tune_folders()
     result = run_search(tmp_path, Budget(latency_ms=1000.0), trials=6, experiment="worker-error", evaluate=broken,
                         backend=make_backend("ray"))  # fmt: skip
+    assert tune_folders() == before  # Tune's folder removed
     assert result.n_failed >= 1
     assert all("KeyError" in e and "the evaluator lost its labels" in e for e in result.failures.values())
+
+
+OWN_RAY = """
+import os
+from autoshrink.searching.ray import RayBackend
+backend = RayBackend(num_cpus=1)
+backend._ensure_ray()
+folder = backend._temp_dir
+assert folder and os.path.isdir(folder), folder
+backend.close()
+print(os.path.exists(folder))
+"""
+
+
+@pytest.mark.slow
+def test_a_local_ray_started_by_the_backend_leaves_no_session_files() -> None:
+    pytest.importorskip("ray")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+    out = subprocess.run([sys.executable, "-c", OWN_RAY], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"
