@@ -49,9 +49,11 @@ def test_auto_passes_over_a_runtime_that_cannot_take_the_model(tmp_path: Path, m
     from tests.tiny import HW, tiny_workload
 
     broken: set[str] = {"openvino"}
+    tried: list[str] = []
     original = TrialRunner.build
 
     def build(self: TrialRunner, plan: Plan):
+        tried.append(plan.runtime)
         if plan.runtime in broken:
             raise CompressionError(f"{plan.runtime} cannot take this model")
         return original(self, plan)
@@ -60,6 +62,8 @@ def test_auto_passes_over_a_runtime_that_cannot_take_the_model(tmp_path: Path, m
     runner = TrialRunner(tiny_workload(tmp_path), HW, tmp_path / "a", runtimes=("onnxruntime", "openvino"))
     outcome = runner(Plan(bits=8), name="t")
     assert not outcome.failed and outcome.measurement.runtime == "onnxruntime"
+    outcome = runner(Plan(bits=8, distill_epochs=1), name="t2")  # the same architecture again
+    assert not outcome.failed and tried.count("openvino") == 1  # not retried on a runtime that failed it
     broken.add("onnxruntime")
     outcome = runner(Plan(prune=0.5, bits=8), name="u")  # no runtime can take it: the trial fails, with why
     assert outcome.failed and "cannot take this model" in outcome.error

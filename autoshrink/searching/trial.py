@@ -194,14 +194,19 @@ class TrialRunner:
         A plan whose runtime is ``auto`` while the runner has `runtimes` to compare is lowered
         to each of them that runs its bit width, and the fastest measured one is kept: the
         runtime is chosen by measurement, where the candidates are measured. A runtime that
-        cannot take this model is passed over; if none can, the last error is raised.
+        cannot take this architecture is passed over (and not tried again for it); if none can,
+        the last error is raised.
         """
         cached = self.cache.setdefault("speed", {})
+        failed = self.cache.setdefault("runtime_failed", set())  # architectures a runtime could not take
         choices = self.runtime_choices(plan)
         best: tuple[Measurement, str, Plan] | None = None
         for runtime in choices:
+            last_chance = len(choices) == 1 or runtime == choices[-1] and best is None
             candidate = replace(plan, runtime=runtime, distill_epochs=0)
             key = json.dumps([plan.prune, plan.rank, plan.bits, candidate.resolved_runtime])
+            if key in failed and not last_chance:
+                continue
             if key not in cached:
                 try:
                     artifact = self.build(candidate)
@@ -210,7 +215,8 @@ class TrialRunner:
                     else:
                         cached[key] = measure_with(artifact, False)
                 except candidate_errors():
-                    if len(choices) == 1 or runtime == choices[-1] and best is None:
+                    failed.add(key)
+                    if last_chance:
                         raise
                     continue
                 if built is not None:
