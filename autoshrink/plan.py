@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 ALLOWED_BITS = (32, 8, 4)
@@ -82,6 +82,19 @@ class Plan:
         if self.runtime != "auto":
             return self.runtime
         return "torch" if self.bits == 32 else "onnxruntime"
+
+    def measured_in(self, runtime: str) -> Plan:
+        """This plan as it ran: an ``auto`` runtime that a search settled by measurement named.
+
+        Example:
+            >>> Plan(prune=0.3, bits=8).measured_in("openvino").label
+            'prune0.3-int8-ov'
+            >>> Plan(prune=0.3, bits=8).measured_in("onnxruntime") == Plan(prune=0.3, bits=8)
+            True
+        """
+        if self.runtime == "auto" and runtime != self.resolved_runtime:
+            return replace(self, runtime=runtime)
+        return self
 
     @property
     def label(self) -> str:

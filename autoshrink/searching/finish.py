@@ -35,12 +35,9 @@ log = logging.getLogger("autoshrink")
 def candidate(trial: FrozenTrial, budget: Budget) -> Candidate:
     o = outcome(trial)
     assert o.measurement is not None
-    plan = o.plan
-    if plan.runtime == "auto" and o.measurement.runtime != plan.resolved_runtime:
-        plan = replace(plan, runtime=o.measurement.runtime)  # the runtime the measurement chose, named
     return Candidate(
         trial=trial.number,
-        plan=plan,
+        plan=o.plan.measured_in(o.measurement.runtime),
         measurement=o.measurement,
         violations=budget.violations(o.measurement.metrics()),
         run_id=trial.user_attrs.get("run_id"),

@@ -98,6 +98,9 @@ class Recorder:
             tags[SCREENED] = "over the budget before distillation: not distilled, accuracy not measured"
         self.tracker.log_metrics(run_id, metrics)
         tags |= {FEASIBLE: Budget.met(violations), RUNTIME: m.runtime, ENERGY_METHOD: m.energy_method, METRIC: m.metric}
+        ran = outcome.plan.measured_in(m.runtime)
+        if ran != outcome.plan:  # an "auto" runtime settled by measurement: the run is named after it
+            tags["mlflow.runName"] = f"trial-{trial.number:03d}-{ran.label}"
         self.tracker.set_tags(run_id, tags)
         self.tracker.finish(run_id)
         trial.set_user_attr(OUTCOME, outcome.to_dict())

@@ -255,6 +255,7 @@ def describe(trial: FrozenTrial) -> str:
     o = outcome(trial)
     m = o.measurement
     assert m is not None
+    label = o.plan.measured_in(m.runtime).label
     dup = f" (same plan as trial {o.duplicate_of})" if o.duplicate_of is not None else ""
     if o.screened:
         return (

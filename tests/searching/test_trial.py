@@ -76,3 +76,27 @@ def test_a_latency_near_the_budget_is_timed_three_times_and_the_slowest_kept(tmp
     m = near(Plan(bits=8), name="near").measurement
     assert len(calls) == 3  # the measurement itself and two more
     assert m.latency_ms == max(first.latency_ms * 1.05, first.latency_ms * 1.15)
+
+
+def test_an_auto_trial_is_named_after_the_runtime_it_ran_in(tmp_path) -> None:
+    import optuna
+
+    from autoshrink.config import Budget
+    from autoshrink.measuring import Measurement
+    from autoshrink.plan import Plan
+    from autoshrink.searching.recorder import Recorder
+    from autoshrink.searching.study import describe
+    from autoshrink.searching.trial import OBJECTIVES, TrialOutcome
+    from autoshrink.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "names")
+    recorder = Recorder(tracker, tracker.start_parent(None, {}), Budget(latency_ms=1.0), OBJECTIVES)
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    trial = study.ask()
+    asked = Plan(prune=0.3, bits=8, distill_epochs=4)  # runtime "auto": settled by measurement
+    run_id = recorder.start(trial, asked)
+    m = Measurement(0.99, 0.2, 0.2, 0.1, 100, 10, "openvino", 1, 1, 150, 1.0, "-")
+    values = recorder.record(trial, run_id, TrialOutcome(asked, m))
+    frozen = study.tell(trial, list(values))
+    assert tracker.client.get_run(run_id).info.run_name == "trial-000-prune0.3-int8-ov-kd4"
+    assert describe(frozen).startswith("trial 0 prune0.3-int8-ov-kd4: ")
