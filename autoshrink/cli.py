@@ -145,6 +145,7 @@ def bench_runtimes(
     out: Path = typer.Option(Path("results"), help="Folder for runtimes.md/.json."),
     trials: int = typer.Option(20, help="Trials of each of the two searches."),
     seeds: int = typer.Option(3, help="Pairs of searches per batch size (seeds 0, 1, ...)."),
+    knob: str = typer.Option("measured", help="measured: auto times every runtime a profile names; sampled: the sampler draws it."),
 ) -> None:
     """One model in torch / ONNX Runtime / OpenVINO, and the README search without and with the runtime knob."""
     import os
@@ -152,14 +153,22 @@ def bench_runtimes(
     import torch
 
     from autoshrink import workloads
-    from autoshrink.bench.runtimes import KNOB_SETTINGS, run_knob_comparison, run_runtime_table, write_runtimes_report
+    from autoshrink.bench.runtimes import (
+        KNOB_SETTINGS,
+        KNOBS,
+        run_knob_comparison,
+        run_runtime_table,
+        write_runtimes_report,
+    )
 
     torch.set_num_threads(os.cpu_count() or 1)
     wl = workloads.load("digits")
     rows = run_runtime_table(wl, log=typer.echo)
-    knob = [run_knob_comparison(wl, trials=trials, batch_size=b, budget_ms=ms, seed=seed, log=typer.echo)
-            for b, ms in KNOB_SETTINGS for seed in range(seeds)]  # fmt: skip
-    typer.echo(f"wrote {write_runtimes_report(rows, knob, out)}")
+    if knob not in KNOBS:
+        raise typer.BadParameter(f"--knob must be one of {list(KNOBS)}")
+    pairs = [run_knob_comparison(wl, trials=trials, batch_size=b, budget_ms=ms, seed=seed, knob=knob, log=typer.echo)
+             for b, ms in KNOB_SETTINGS for seed in range(seeds)]  # fmt: skip
+    typer.echo(f"wrote {write_runtimes_report(rows, pairs, out)}")
 
 
 @bench_app.command("ray")

@@ -118,7 +118,9 @@ class HardwareProfile:
         energy_s: seconds of back-to-back inference measured by CodeCarbon for energy.
         country_iso_code: country for CodeCarbon's carbon intensity (offline mode).
         runtimes: the runtimes this target has (e.g. ``["onnxruntime"]``); ``None``: any.
-            A search only proposes plans for these.
+            A search only proposes plans for these, and a plan with ``runtime: auto`` is timed
+            in each of them that runs its bit width, the fastest kept (with ``None``, ``auto``
+            is torch for fp32 and ONNX Runtime for int8 / 4-bit, unless the space lists others).
 
     Example:
         >>> HardwareProfile().threads

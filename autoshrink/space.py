@@ -90,24 +90,46 @@ class SearchSpace:
         return [r for r in self.runtime if runtime_supports(r, bits)]
 
     def restricted_to(self, allowed: tuple[str, ...] | None) -> SearchSpace:
-        """This space with only the runtimes a hardware profile has (``auto`` resolved per bit
-        width: it stays where what it picks is allowed).
+        """This space with only the runtimes a hardware profile has. ``auto`` (which then picks
+        among them) stays where they run every bit width of the space, unless it could only be
+        the one runtime the space already lists.
 
         Example:
             >>> SearchSpace(runtime=("auto", "openvino"), bits=(32, 8)).restricted_to(("openvino",)).runtime
             ('openvino',)
+            >>> SearchSpace(bits=(32, 8)).restricted_to(("onnxruntime", "openvino")).runtime
+            ('auto',)
         """
         if allowed is None:
             return self
-        from autoshrink.plan import Plan
-
-        kept = tuple(
-            r for r in self.runtime
-            if (r in allowed) or (r == "auto" and all(Plan(bits=b).resolved_runtime in allowed for b in self.bits))
-        )  # fmt: skip
+        others = tuple(r for r in self.runtime if r != "auto" and r in allowed)
+        covered = all(any(runtime_supports(a, b) for a in allowed) for b in self.bits)
+        auto = "auto" in self.runtime and covered and (not others or len(set(allowed)) > 1)
+        kept = ("auto",) * auto + others
         if not kept:
             raise ConfigError(f"the hardware profile runs only {list(allowed)}; the space offers {list(self.runtime)}")
         return replace(self, runtime=kept)
+
+    def compared_by_auto(self, allowed: tuple[str, ...] | None) -> tuple[str, ...]:
+        """The runtimes an ``auto`` plan is lowered to and timed in, the fastest kept: those the
+        space lists besides ``auto`` and those the hardware profile names (``allowed``), plus
+        the default ones (torch, ONNX Runtime) where the profile names none. Empty when neither
+        lists a runtime: ``auto`` is then torch for fp32 and ONNX Runtime for int8 and 4-bit,
+        measured once (the default; it needs no OpenVINO).
+
+        Example:
+            >>> SearchSpace().compared_by_auto(None)
+            ()
+            >>> SearchSpace(runtime=("auto", "openvino")).compared_by_auto(None)
+            ('torch', 'onnxruntime', 'openvino')
+            >>> SearchSpace().compared_by_auto(("onnxruntime", "openvino"))
+            ('onnxruntime', 'openvino')
+        """
+        named = [r for r in self.runtime if r != "auto"] + list(allowed or ())
+        if "auto" not in self.runtime or not named:
+            return ()
+        pool = named if allowed is not None else ["torch", "onnxruntime", *named]
+        return tuple(r for r in dict.fromkeys(pool) if allowed is None or r in allowed)
 
     @classmethod
     def preset(cls, family: str | None = None) -> SearchSpace:

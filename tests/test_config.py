@@ -34,3 +34,14 @@ def test_hardware_yaml(tmp_path: Path) -> None:
         HardwareProfile.from_yaml(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="threads"):
         HardwareProfile(threads=0)
+
+
+def test_each_hardware_profile_file_loads_and_the_any_runtime_one_is_local_cpu_with_every_runtime() -> None:
+    from dataclasses import replace
+
+    folder = Path(__file__).resolve().parents[1] / "search_spaces" / "hardware"
+    profiles = {p.stem: HardwareProfile.from_yaml(p) for p in sorted(folder.glob("*.yaml"))}
+    assert {"local-cpu", "local-cpu-any-runtime"} <= set(profiles)
+    anyrt = profiles["local-cpu-any-runtime"]
+    assert anyrt.runtimes == ("torch", "onnxruntime", "openvino")
+    assert replace(anyrt, runtimes=None, name="local-cpu") == profiles["local-cpu"]

@@ -176,3 +176,38 @@ def test_auto_picks_the_fastest_runtime_by_measurement(tmp_path: Path, monkeypat
     assert outcome.measurement.latency_ms == min(timed.values())
     assert outcome.measurement.runtime in ("onnxruntime", "openvino") and outcome.plan == Plan(bits=8)
     assert sorted(p.runtime for p in builds) == ["onnxruntime", "openvino"]  # the timed one is kept, not rebuilt
+
+
+def test_a_profile_that_names_runtimes_makes_auto_compare_them_with_no_sampled_knob(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autoshrink.searching import search
+    from autoshrink.searching.trial import TrialRunner
+    from tests.tiny import tiny_workload
+
+    built: list[Plan] = []
+    original = TrialRunner.build
+    monkeypatch.setattr(TrialRunner, "build", lambda self, plan: built.append(plan) or original(self, plan))
+    space = SearchSpace(prune=(0.0, 0.3, 0.3), rank=("off",), bits=(32, 8), distill_epochs=(0,))  # runtime: [auto]
+    hardware = HardwareProfile(warmup_s=0.0, repeats=5, energy_s=0.05, runtimes=("onnxruntime", "openvino"))
+    result = search(tiny_workload(tmp_path), budget=Budget(latency_ms=1000.0), space=space, hardware=hardware,
+                    trials=3, experiment="auto", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")  # fmt: skip
+    study = optuna.load_study(study_name="auto", storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert result.n_complete == 3
+    assert not [p for t in study.trials for p in t.params if p.startswith("runtime")]  # nothing left to the sampler
+    for t in study.trials:  # every architecture was lowered to both runtimes, and never to torch
+        plan = Plan.from_dict(t.user_attrs["plan"])
+        ran = {p.runtime for p in built if (p.prune, p.bits) == (plan.prune, plan.bits)}
+        assert ran == {"onnxruntime", "openvino"}
+    assert {c.measurement.runtime for c in result.pareto} <= {"onnxruntime", "openvino"}
+
+
+def test_auto_with_one_runtime_left_runs_in_it(tmp_path: Path) -> None:
+    from autoshrink.searching.trial import TrialRunner
+    from tests.tiny import HW, tiny_workload
+
+    space = SearchSpace(bits=(32, 8)).restricted_to(("openvino",))
+    assert space.runtime == ("auto",) and space.compared_by_auto(("openvino",)) == ("openvino",)
+    runner = TrialRunner(tiny_workload(tmp_path), HW, tmp_path / "a", runtimes=("openvino",))
+    outcome = runner(Plan(bits=8), name="t")
+    assert not outcome.failed and outcome.measurement.runtime == "openvino"

@@ -213,8 +213,10 @@ def search(
             emit("start", f"resuming: {counted(study)} of {trials} trials already finished"
                  + (f", {interrupted} interrupted one(s) queued to run again" if interrupted else ""))  # fmt: skip
         recorder = Recorder(tracker, parent, budget, objectives)
-        # With other runtimes in the space, an "auto" plan gets the fastest of them, measured.
-        alternatives = tuple(r for r in space.runtime if r != "auto") if "auto" in space.runtime else ()
+        # With other runtimes in the space or the profile, an "auto" plan gets the fastest of them, measured.
+        alternatives = space.compared_by_auto(hardware.runtimes)
+        if alternatives:
+            emit("start", f"runtime auto: each architecture is timed in {', '.join(alternatives)} and the fastest kept")
         runner = TrialRunner(wl, hardware, folder / "artifacts" / experiment, seed, budget=budget,
                              runtimes=alternatives)  # fmt: skip
         try:

@@ -232,8 +232,7 @@ class TrialRunner:
         if plan.runtime != "auto" or not self.runtimes:
             return [plan.runtime]
         found = [r for r in self.runtimes if runtime_supports(r, plan.bits)]
-        default = plan.resolved_runtime
-        return [default, *(r for r in found if r != default)]
+        return sorted(found, key=lambda r: r != plan.resolved_runtime) or [plan.runtime]  # the default first
 
     def __call__(self, plan: Plan, *, name: str, measure_with: Measurer | None = None) -> TrialOutcome:
         """Build, measure and save ``plan``'s artifact as ``<artifacts_dir>/<name>.<suffix>``.
@@ -247,7 +246,8 @@ class TrialRunner:
         choose = len(self.runtime_choices(plan)) > 1
         screen = choose or (self.budget is not None and plan.distill_epochs > 0)
         try:
-            settled = plan
+            only = self.runtime_choices(plan)[0]
+            settled = plan.measured_in(only) if not choose and only != "auto" else plan
             timed: dict[Plan, Artifact] = {}  # without distillation, the timed artifact is the candidate
             if screen:
                 speed, where, settled = self.speed(plan, measure_with, timed)
