@@ -15,11 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from autoshrink.config import HardwareProfile
-
-# Instruction sets that decide which int8 kernels a CPU runtime can use: without VNNI (or AMX)
-# u8 x s8 products accumulate through int16, with VNNI in one instruction; results measured
-# on one kind of CPU do not carry over to the other.
-INT8_ISA = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+from autoshrink.measuring.host import INT8_ISA, cpu
 
 
 def environment(hardware: HardwareProfile) -> dict[str, Any]:
@@ -50,24 +46,6 @@ def machine(env: dict[str, Any]) -> str:
     isa = info["int8_isa"]
     listed = ", ".join(isa) if isinstance(isa, list) else isa
     return f"{env['machine']} {info['model']}, {env['cpu_count']} CPUs (int8 ISA: {listed or 'none of ' + ', '.join(INT8_ISA)})"
-
-
-def cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
-    """The CPU's model name and which of `INT8_ISA` it has (read from ``cpuinfo`` on Linux;
-    ``unknown`` where there is none).
-
-    >>> info = cpu()
-    >>> set(info["int8_isa"]) <= set(INT8_ISA) and isinstance(info["model"], str)
-    True
-    """
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return {"model": platform.processor() or "unknown", "int8_isa": "unknown"}
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    flags = set(fields.get("flags", "").split())
-    return {"model": fields.get("model name", "unknown"), "int8_isa": [f for f in INT8_ISA if f in flags]}
 
 
 def scratch_dir(prefix: str) -> Path:

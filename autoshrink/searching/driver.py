@@ -223,7 +223,7 @@ def search(
             emit("baseline", "measuring the uncompressed model (the baseline)")
             baseline, measured_on = _baseline(backend, runner, budget, wl)
             recorder.baseline = baseline.measurement
-            tracker.set_tags(parent, {"baseline_host": measured_on})
+            tracker.set_tags(parent, {"baseline_host": measured_on} | _cpu_tags(measured_on))
             tracker.log_metrics(
                 parent,
                 {f"baseline_{k}": v for k, v in baseline.measurement.metrics().items()}
@@ -287,3 +287,16 @@ def _baseline(backend: Backend, runner: TrialRunner, budget: Budget, wl: Workloa
     candidate = Candidate(None, Plan(), m, budget.violations(m.metrics()), test_accuracy, artifact_path=outcome.artifact_path)
     return candidate, outcome.host
 
+
+def _cpu_tags(measured_on: str) -> dict[str, str]:
+    """The CPU and its int8 instruction sets, where the baseline was measured on this machine
+    (a Ray target node's CPU is not known here, so nothing is said of it)."""
+    import socket
+
+    from autoshrink.measuring.host import cpu
+
+    if measured_on != socket.gethostname():
+        return {}
+    info = cpu()
+    isa = info["int8_isa"]
+    return {"cpu": info["model"], "cpu_int8_isa": (", ".join(isa) or "none") if isinstance(isa, list) else isa}

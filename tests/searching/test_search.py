@@ -54,6 +54,7 @@ def test_mlflow_layout(finished) -> None:
     parents = [r for r in runs if r.data.tags.get("autoshrink.role") == "search"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == result.parent_run_id]
     assert len(parents) == 1 and len(children) == 8
+    assert parents[0].data.tags["cpu"] and "cpu_int8_isa" in parents[0].data.tags  # latency depends on them
     assert all(r.info.status == "FINISHED" for r in runs)
     assert all({"prune", "rank", "bits", "distill_epochs"} <= set(r.data.params) for r in children)
     measured = [r for r in children if "screened" not in r.data.tags]
