@@ -104,8 +104,8 @@ class SearchSpace:
             return self
         others = tuple(r for r in self.runtime if r != "auto" and r in allowed)
         covered = all(any(runtime_supports(a, b) for a in allowed) for b in self.bits)
-        auto = "auto" in self.runtime and covered and (not others or len(set(allowed)) > 1)
-        kept = ("auto",) * auto + others
+        auto = covered and (not others or len(set(allowed)) > 1)
+        kept = tuple(r for r in self.runtime if r in others or (r == "auto" and auto))
         if not kept:
             raise ConfigError(f"the hardware profile runs only {list(allowed)}; the space offers {list(self.runtime)}")
         return replace(self, runtime=kept)

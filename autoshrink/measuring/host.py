@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 # Instruction sets that decide which int8 kernels a CPU runtime can use: without VNNI (or AMX)
-# u8 x s8 products accumulate through int16, with VNNI in one instruction; results measured
-# on one kind of CPU do not carry over to the other.
+# u8 x s8 products accumulate through int16, with VNNI in one instruction; latency measured on
+# one kind of CPU need not carry over to the other, so reports and runs say which it was.
 INT8_ISA = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
 
 

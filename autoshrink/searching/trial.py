@@ -243,11 +243,11 @@ class TrialRunner:
         start = time.perf_counter()
         built = start
         where = socket.gethostname()
-        choose = len(self.runtime_choices(plan)) > 1
+        choices = self.runtime_choices(plan)
+        choose = len(choices) > 1
         screen = choose or (self.budget is not None and plan.distill_epochs > 0)
         try:
-            only = self.runtime_choices(plan)[0]
-            settled = plan.measured_in(only) if not choose and only != "auto" else plan
+            settled = plan if choose else plan.measured_in(choices[0])  # an "auto" left with one runtime runs in it
             timed: dict[Plan, Artifact] = {}  # without distillation, the timed artifact is the candidate
             if screen:
                 speed, where, settled = self.speed(plan, measure_with, timed)
