@@ -212,3 +212,20 @@ def test_auto_with_one_runtime_left_runs_in_it(tmp_path: Path) -> None:
     runner = TrialRunner(tiny_workload(tmp_path), HW, tmp_path / "a", runtimes=("openvino",))
     outcome = runner(Plan(bits=8), name="t")
     assert not outcome.failed and outcome.measurement.runtime == "openvino"
+
+
+def test_a_runtime_that_is_not_installed_is_a_clear_error_before_anything_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    from autoshrink.searching import search
+    from tests.tiny import tiny_workload
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
+    hardware = HardwareProfile(warmup_s=0.0, repeats=5, energy_s=0.05, runtimes=("onnxruntime", "openvino"))
+    with pytest.raises(ConfigError, match=r"names openvino, which is not installed here: pip install 'autoshrink\[openvino\]'"):
+        search(tiny_workload(tmp_path), budget=Budget(latency_ms=1000.0), hardware=hardware, trials=2,
+               experiment="ov", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")  # fmt: skip
+    assert not (tmp_path / "mlflow.db").exists()  # refused before the store was opened

@@ -170,6 +170,9 @@ def search(
     if not isinstance(hardware, HardwareProfile):
         raise ConfigError(f"hardware must be an autoshrink.HardwareProfile, got {type(hardware).__name__}")
     space = space.restricted_to(hardware.runtimes)
+    # With other runtimes in the space or the profile, an "auto" plan gets the fastest of them, measured.
+    alternatives = space.compared_by_auto(hardware.runtimes)
+    check_installed({*space.runtime, *alternatives})
     backend = backend if backend is not None else LocalBackend()
     study: optuna.Study | None = None
 
@@ -213,8 +216,6 @@ def search(
             emit("start", f"resuming: {counted(study)} of {trials} trials already finished"
                  + (f", {interrupted} interrupted one(s) queued to run again" if interrupted else ""))  # fmt: skip
         recorder = Recorder(tracker, parent, budget, objectives)
-        # With other runtimes in the space or the profile, an "auto" plan gets the fastest of them, measured.
-        alternatives = space.compared_by_auto(hardware.runtimes)
         if alternatives:
             emit("start", f"runtime auto: each architecture is timed in {', '.join(alternatives)} and the fastest kept")
         runner = TrialRunner(wl, hardware, folder / "artifacts" / experiment, seed, budget=budget,
@@ -286,6 +287,26 @@ def _baseline(backend: Backend, runner: TrialRunner, budget: Budget, wl: Workloa
     test_accuracy = score(load_artifact(outcome.artifact_path), wl.test, wl.evaluate)
     candidate = Candidate(None, Plan(), m, budget.violations(m.metrics()), test_accuracy, artifact_path=outcome.artifact_path)
     return candidate, outcome.host
+
+
+#: Runtimes that come with an optional extra, and the modules that extra installs.
+EXTRAS = {"openvino": ("openvino", "nncf")}
+
+
+def check_installed(runtimes: set[str]) -> None:
+    """Refuse, before anything runs, a search that would use a runtime this machine lacks
+    (``auto`` would otherwise pass over it in silence).
+
+    >>> check_installed({"auto", "onnxruntime"})
+    """
+    import importlib.util
+
+    for runtime, modules in EXTRAS.items():
+        if runtime in runtimes and any(importlib.util.find_spec(m) is None for m in modules):
+            raise ConfigError(
+                f"the space or hardware profile names {runtime}, which is not installed here: "
+                f"pip install 'autoshrink[{runtime}]'"
+            )
 
 
 def _cpu_tags(measured_on: str) -> dict[str, str]:
