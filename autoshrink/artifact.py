@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,15 @@ class Artifact:
     def skipped(self) -> dict[str, str]:
         """Layers some technique left as they were, ``"technique: layer" -> reason``."""
         return {f"{r.technique}: {k}": v for r in self.reports for k, v in r.skipped.items()}
+
+    @property
+    def int8_weight_range(self) -> str | None:
+        """``"full"`` or ``"reduced"``: the int8 weight range it was built with (None when it
+        has no int8 layers, or was saved before the range was recorded)."""
+        for report in self.reports:
+            if report.technique == "quantize" and "int8_weight_range" in report.details:
+                return str(report.details["int8_weight_range"])
+        return None
 
     @property
     def openvino_model(self) -> Any:
@@ -237,8 +247,52 @@ def openvino_payload(
 
 
 def load_artifact(path: str | Path) -> Artifact:
-    """Load an artifact written by `Artifact.save` (``.onnx``, ``.ovz`` or ``.pt``)."""
-    p = Path(path)
+    """Load an artifact written by `Artifact.save` (``.onnx``, ``.ovz`` or ``.pt``).
+
+    Warns (`SaturationWarning`) when its int8 weights use the full range and this CPU has no
+    VNNI: its int16 sums may saturate here and change answers.
+    """
+    artifact = _load(Path(path))
+    warn_if_saturates(artifact)
+    return artifact
+
+
+class SaturationWarning(UserWarning):
+    """A full-range int8 artifact loaded on a CPU whose int8 kernels may saturate."""
+
+
+def warn_if_saturates(artifact: Artifact, info: dict[str, Any] | None = None) -> bool:
+    """Warn, and return True, when ``artifact`` has full-range int8 weights and the CPU
+    (``info``, by default this one) lacks VNNI.
+
+    Example:
+        >>> art = Artifact(Plan(bits=8), "onnxruntime", b"", 0,
+        ...     (TechniqueReport("quantize", details={"int8_weight_range": "full"}),))
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as seen:
+        ...     warnings.simplefilter("always")
+        ...     warn_if_saturates(art, {"model": "AMD EPYC", "int8_isa": ["avx2"]})
+        True
+    """
+    from autoshrink.host import cpu, saturates
+
+    if artifact.int8_weight_range != "full":
+        return False
+    info = info if info is not None else cpu()
+    if not saturates(info):
+        return False
+    warnings.warn(
+        f"{artifact.plan.label}: its int8 weights use the full range, built for a CPU with VNNI; "
+        f"this CPU ({info.get('model', 'unknown')}, int8 ISA {info.get('int8_isa')}) adds int8 products in "
+        "int16, which may saturate and change its answers. Rebuild it with int8_range='reduced' "
+        "(hardware profile: int8_range: reduced) for this CPU.",
+        SaturationWarning,
+        stacklevel=3,
+    )
+    return True
+
+
+def _load(p: Path) -> Artifact:
     payload = p.read_bytes()
     if p.suffix == ".ovz":
         from autoshrink.techniques._openvino import unpack

@@ -121,6 +121,9 @@ class HardwareProfile:
             A search only proposes plans for these, and a plan with ``runtime: auto`` is timed
             in each of them that runs its bit width, the fastest kept (with ``None``, ``auto``
             is torch for fp32 and ONNX Runtime for int8 / 4-bit, unless the space lists others).
+        int8_range: int8 weights over their ``full`` range, or a ``reduced`` (7-bit) one that
+            cannot saturate the int16 sums of x86 CPUs without VNNI; ``auto`` (default) chooses
+            for the CPU that builds the model. Force it when the target is another kind of CPU.
 
     Example:
         >>> HardwareProfile().threads
@@ -136,8 +139,11 @@ class HardwareProfile:
     energy_s: float = 1.0
     country_iso_code: str = "USA"
     runtimes: tuple[str, ...] | None = None
+    int8_range: str = "auto"
 
     def __post_init__(self) -> None:
+        from autoshrink.host import INT8_RANGES
+
         if self.device != "cpu":
             raise ConfigError(f"HardwareProfile.device must be 'cpu', got {self.device!r}")
         for name in ("threads", "batch_size", "repeats"):
@@ -148,6 +154,8 @@ class HardwareProfile:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"HardwareProfile.{name} must be a number >= 0, got {value!r}")
+        if self.int8_range not in INT8_RANGES:
+            raise ConfigError(f"HardwareProfile.int8_range must be one of {INT8_RANGES}, got {self.int8_range!r}")
         if self.runtimes is not None:
             from autoshrink.plan import RUNTIMES
 
@@ -164,6 +172,8 @@ class HardwareProfile:
             data.pop("runtimes")  # as before runtimes existed: stored studies still match
         else:
             data["runtimes"] = list(self.runtimes)
+        if self.int8_range == "auto":
+            data.pop("int8_range")  # the default, as before it existed: stored studies still match
         return data
 
     @classmethod

@@ -20,8 +20,9 @@ from autoshrink.techniques.prune import PruneConfig
 from autoshrink.techniques.quantize import QuantizeConfig
 
 
-def technique_configs(plan: Plan) -> list[Any]:
-    """The technique configs a plan stands for, in the order they are applied.
+def technique_configs(plan: Plan, *, int8_range: str = "auto") -> list[Any]:
+    """The technique configs a plan stands for, in the order they are applied (``int8_range``:
+    see `QuantizeConfig`).
 
     Example:
         >>> [type(c).__name__ for c in technique_configs(Plan(prune=0.5, bits=8))]
@@ -34,7 +35,7 @@ def technique_configs(plan: Plan) -> list[Any]:
         configs.append(LowRankConfig(fraction=plan.rank))
     if plan.distill_epochs > 0:
         configs.append(DistillConfig(epochs=plan.distill_epochs))
-    configs.append(QuantizeConfig(bits=plan.bits, runtime=plan.resolved_runtime))
+    configs.append(QuantizeConfig(bits=plan.bits, runtime=plan.resolved_runtime, int8_range=int8_range))
     return configs
 
 
@@ -48,6 +49,7 @@ def compress(
     cache: dict[str, Any] | None = None,
     task: str | None = None,
     output: OutputKey = None,
+    int8_range: str = "auto",
 ) -> Artifact:
     """Build the artifact ``plan`` describes; ``model`` itself is never modified.
 
@@ -65,6 +67,9 @@ def compress(
             ``"embedding"`` or ``"regression"``; by default read from the training labels.
         output: which output to keep when the model returns several (a key of a dict /
             ``ModelOutput`` or an index of a tuple); by default ``logits`` or the first.
+        int8_range: int8 weights over their ``"full"`` range or a ``"reduced"`` 7-bit one,
+            which CPUs without VNNI need (they saturate otherwise); ``"auto"`` chooses for the
+            CPU this runs on. Set it when the artifact will run on another kind of CPU.
 
     Example:
         >>> import torch
@@ -93,7 +98,7 @@ def compress(
             torch.manual_seed(seed)
             context = prepare(model, train_data=train_data, example_input=example_input, seed=seed,
                               cache=cache, task=task, output=output)  # fmt: skip
-            stage = run_techniques(Stage(module=copy.deepcopy(context.teacher).eval()), technique_configs(plan), context)
+            stage = run_techniques(Stage(module=copy.deepcopy(context.teacher).eval()), technique_configs(plan, int8_range=int8_range), context)
     finally:
         model.train(was_training)
     return to_artifact(stage, plan, InputSpec.of(example_input))

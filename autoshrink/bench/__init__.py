@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from autoshrink.config import HardwareProfile
-from autoshrink.measuring.host import INT8_ISA, cpu
+from autoshrink.host import INT8_ISA, cpu
 
 
 def environment(hardware: HardwareProfile) -> dict[str, Any]:

@@ -314,7 +314,7 @@ def _cpu_tags(measured_on: str) -> dict[str, str]:
     (a Ray target node's CPU is not known here, so nothing is said of it)."""
     import socket
 
-    from autoshrink.measuring.host import cpu
+    from autoshrink.host import cpu
 
     if measured_on != socket.gethostname():
         return {}

@@ -159,7 +159,7 @@ class TrialRunner:
         wl = self.workload
         return compress(
             wl.model, plan, train_data=wl.train, example_input=wl.example_input, seed=self.seed,
-            cache=self.cache, task=wl.task, output=wl.output,
+            cache=self.cache, task=wl.task, output=wl.output, int8_range=self.hardware.int8_range,
         )  # fmt: skip
 
     def measure(self, artifact: Artifact, accuracy: bool = True) -> Measurement:

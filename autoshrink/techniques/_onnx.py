@@ -57,6 +57,28 @@ def export_onnx(module: nn.Module, example: Inputs, spec: InputSpec) -> onnx.Mod
         return program.model_proto  # type: ignore[union-attr]
 
 
+def opset(model: onnx.ModelProto) -> int:
+    """The version of the default ONNX domain the model imports."""
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def at_least_opset(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
+    """The model converted to ``version`` of the default domain if it is older (nodes rewritten
+    to that opset's form: e.g. the Reduce ops' ``axes`` becomes an input at 18), else itself.
+
+    A pass that needs a newer opset (4-bit tables need 21's int4 type) must not just raise the
+    declared version: ONNX Runtime then refuses nodes still in the old form.
+    """
+    if opset(model) >= version:
+        return model
+    from onnx import version_converter
+
+    converted = version_converter.convert_version(model, version)
+    if converted.ir_version < 10 and version >= 21:
+        converted.ir_version = 10  # int4 tensors need IR 10, as opset 21 does
+    return converted
+
+
 def gemm_to_matmul(model: onnx.ModelProto) -> int:
     """Rewrite ``Gemm(A, W, b)`` with a constant ``W`` as ``MatMul(A, W^T) + b`` in place.
 
@@ -147,8 +169,11 @@ def onnx_errors() -> tuple[type[Exception], ...]:
 
 
 def check_runs(model: onnx.ModelProto, module: nn.Module, example: Inputs, spec: InputSpec) -> None:
-    """Load the model in ONNX Runtime and run the example: output shape and dtype must match torch."""
+    """ONNX's checker must accept the model, and ONNX Runtime load it and run the example with
+    the output shape and dtype of torch."""
     import onnxruntime as ort
+
+    onnx.checker.check_model(model)
 
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     feed = {n: t.numpy() for n, t in zip(spec.names, tensors(example))}

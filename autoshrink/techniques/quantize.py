@@ -4,7 +4,7 @@
 * 8 bits, two recipes, chosen from the model's kind of layers (``scheme="auto"``):
 
   - **static** (convolutional models): ONNX Runtime static quantization in QDQ format, uint8
-    activations and per-channel int8 weights with 7-bit range, calibrated on training data.
+    activations and per-channel int8 weights, calibrated on training data.
     ORT fuses the QDQ pairs into integer Conv/MatMul kernels; ../shared/DESIGN.md found it the
     fastest int8 path for convolutions on this kind of CPU (and dynamic int8 for convs slower
     than fp32).
@@ -16,8 +16,16 @@
     the fp32 embeddings was 0.53 for static QDQ, 0.95 for static on MatMul only, 0.966 for
     dynamic per tensor and 0.992 for dynamic per channel, the last two at the same speed.
 
-* 4 bits: MatMul weights become ONNX Runtime ``MatMulNBits`` (4-bit blocks of 32, int8
-  compute); with the dynamic recipe embedding tables become 4-bit ``GatherBlockQuantized``
+* The int8 weight range (``int8_range``): x86 CPUs without VNNI add pairs of u8 x s8 products
+  in int16, which saturates with full-range weights, so there every int8 product (static,
+  dynamic, the convolutions of 4-bit plans, OpenVINO) gets 7-bit weights; CPUs with VNNI or
+  AMX get the full range. ``auto`` decides from the CPU the model is built on
+  (`autoshrink.host.int8_weight_range`); a hardware profile can force either for another
+  target. Embedding tables are looked up, never multiplied in int8, and keep the full range.
+  ``results/int8-range.md`` measures both ranges on both kinds of CPU.
+
+* 4 bits: MatMul weights become ONNX Runtime ``MatMulNBits`` (asymmetric 4-bit blocks of 32,
+  int8 compute); with the dynamic recipe embedding tables become 4-bit ``GatherBlockQuantized``
   too; convolutions get the static 8-bit path. The report lists every layer's precision.
 """
 
@@ -36,10 +44,12 @@ import onnx
 
 from autoshrink._quiet import output_to_debug, quiet_onnxruntime, root_logging_to_debug
 from autoshrink.data import stack_inputs
+from autoshrink.host import INT8_RANGES, int8_weight_range
 from autoshrink.inputs import Inputs, InputSpec, batch_size, tensors
 from autoshrink.techniques import CompressionError, Context, Stage, TechniqueReport, register
 from autoshrink.techniques._onnx import (
     WEIGHT_OPS,
+    at_least_opset,
     check_runs,
     export_onnx,
     gemm_to_matmul,
@@ -50,6 +60,9 @@ from autoshrink.techniques._onnx import (
 )
 
 CALIBRATION_SAMPLES = 256
+#: The report detail (and artifact metadata) that says which int8 weight range a model was built with.
+INT8_RANGE_KEY = "int8_weight_range"
+INT4_OPSET = 21  # the first opset with an int4 tensor type
 SCHEMES = ("auto", "static", "dynamic")
 
 
@@ -61,6 +74,7 @@ class QuantizeConfig:
     runtime: str = "onnxruntime"
     scheme: str = "auto"
     openvino_int8: str = "nncf"  # or "qdq": OpenVINO runs ONNX Runtime's QDQ model
+    int8_range: str = "auto"  # "full", "reduced" (7-bit weights) or "auto" (from this CPU)
 
     def __post_init__(self) -> None:
         from autoshrink.plan import RUNTIME_BITS
@@ -73,6 +87,8 @@ class QuantizeConfig:
             raise ValueError(f"QuantizeConfig: {self.runtime} runs bits in {RUNTIME_BITS[self.runtime]}, not {self.bits}")
         if self.openvino_int8 not in ("nncf", "qdq"):
             raise ValueError(f"QuantizeConfig.openvino_int8 must be nncf or qdq, got {self.openvino_int8!r}")
+        if self.int8_range not in INT8_RANGES:
+            raise ValueError(f"QuantizeConfig.int8_range must be one of {INT8_RANGES}, got {self.int8_range!r}")
         if self.scheme not in SCHEMES:
             raise ValueError(f"QuantizeConfig.scheme must be one of {SCHEMES}, got {self.scheme!r}")
 
@@ -89,9 +105,15 @@ def choose_scheme(model: onnx.ModelProto) -> str:
 
 
 def quantize_static(
-    model: onnx.ModelProto, calibration: Inputs, spec: InputSpec, op_types: list[str] | None = None
+    model: onnx.ModelProto,
+    calibration: Inputs,
+    spec: InputSpec,
+    op_types: list[str] | None = None,
+    *,
+    reduce_range: bool = True,
 ) -> onnx.ModelProto:
-    """Static QDQ int8 (uint8 activations, per-channel int8 weights) calibrated on ``calibration``."""
+    """Static QDQ int8 (uint8 activations, per-channel int8 weights, 7-bit with ``reduce_range``)
+    calibrated on ``calibration``."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -118,26 +140,32 @@ def quantize_static(
         quantize_static(
             str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=op_types,
             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            # 7-bit weights: x86 CPUs without VNNI accumulate u8 x s8 products in int16,
-            # which saturates with full-range weights (a one-off development measurement on
-            # digits, prune 0.5 + KD3: 99.2% -> 95.6% without this; not in the benchmark).
-            reduce_range=True,
+            reduce_range=reduce_range,
         )  # fmt: skip
         return onnx.load(str(dst))
 
 
 def quantize_dynamic(
-    model: onnx.ModelProto, *, per_channel: bool = True, op_types: tuple[str, ...] = ("MatMul", "Gemm", "Gather")
+    model: onnx.ModelProto,
+    *,
+    per_channel: bool = True,
+    op_types: tuple[str, ...] = ("MatMul", "Gemm", "Gather"),
+    reduce_range: bool = True,
 ) -> onnx.ModelProto:
-    """Dynamic int8: int8 MatMul/Gemm weights (per channel by default) and int8 embedding tables."""
+    """Dynamic int8: int8 MatMul/Gemm weights (per channel by default; 7-bit with
+    ``reduce_range``) and int8 embedding tables (full range: a lookup multiplies nothing)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    constants = {t.name for t in model.graph.initializer}
+    tables = {n.input[0] for n in model.graph.node if n.op_type == "Gather" and n.input[0] in constants}
+    overrides = {name: [{"reduce_range": False}] for name in sorted(tables)}
     with tempfile.TemporaryDirectory() as tmp, working_dir(Path(tmp)), root_logging_to_debug():
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, src)
         quantize_dynamic(
             str(src), str(dst), op_types_to_quantize=list(op_types), per_channel=per_channel,
-            weight_type=QuantType.QInt8,
+            reduce_range=reduce_range, weight_type=QuantType.QInt8,
+            extra_options={"TensorQuantOverrides": overrides} if overrides else None,
         )  # fmt: skip
         return onnx.load(str(dst))
 
@@ -148,15 +176,19 @@ def has_embedding_tables(model: onnx.ModelProto) -> bool:
     return any(n.op_type == "Gather" and n.input[0] in tables for n in model.graph.node)
 
 
-def quantize_4bit(model: onnx.ModelProto, *, embeddings: bool) -> onnx.ModelProto:
+def quantize_4bit(model: onnx.ModelProto, *, embeddings: bool, matmuls: bool = True) -> onnx.ModelProto:
     """MatMul weights (and, with ``embeddings``, Gather tables) to 4-bit blocks of 32."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     gemm_to_matmul(model)
+    if embeddings:  # int4 tables need opset 21; the quantizer would only raise the declared version
+        model = at_least_opset(model, INT4_OPSET)
+    ops = (("MatMul",) if matmuls else ()) + (("Gather",) if embeddings else ())
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-    ops = ("MatMul", "Gather") if embeddings else ("MatMul",)
+    # Asymmetric blocks (a zero point each): on pretrained all-MiniLM-L6-v2 they kept 0.974 mean
+    # cosine where symmetric ones kept 0.965, for 2% more bytes (results/minilm.md).
     quantizer = MatMulNBitsQuantizer(
-        model, bits=4, block_size=32, is_symmetric=True, accuracy_level=4, op_types_to_quantize=ops
+        model, bits=4, block_size=32, is_symmetric=False, accuracy_level=4, op_types_to_quantize=ops
     )
     with warnings.catch_warnings(), root_logging_to_debug():
         warnings.simplefilter("ignore")
@@ -164,23 +196,33 @@ def quantize_4bit(model: onnx.ModelProto, *, embeddings: bool) -> onnx.ModelProt
     return quantizer.model.model
 
 
-def lower(model: onnx.ModelProto, bits: int, scheme: str, context: Context, spec: InputSpec) -> onnx.ModelProto:
-    """The exported fp32 model at ``bits`` with the given int8 ``scheme``."""
+def lower(
+    model: onnx.ModelProto, bits: int, scheme: str, context: Context, spec: InputSpec, *, reduce_range: bool = True
+) -> onnx.ModelProto:
+    """The exported fp32 model at ``bits`` with the given int8 ``scheme`` (7-bit int8 weights
+    with ``reduce_range``; 4-bit blocks multiply within int16's range either way)."""
     if bits == 32:
         return model
     if scheme == "dynamic":
         if bits == 4:
             return quantize_4bit(model, embeddings=has_embedding_tables(model))
-        return quantize_dynamic(model)
+        return quantize_dynamic(model, reduce_range=reduce_range)
     calibration = stack_inputs(context.train_data, CALIBRATION_SAMPLES)
     if bits == 4:
         model = quantize_4bit(model, embeddings=False)
-        return quantize_static(model, calibration, spec, [op for op in WEIGHT_OPS if op not in ("MatMul", "Gemm")])
-    return quantize_static(model, calibration, spec)
+        convs = [op for op in WEIGHT_OPS if op not in ("MatMul", "Gemm")]
+        return quantize_static(model, calibration, spec, convs, reduce_range=reduce_range)
+    return quantize_static(model, calibration, spec, reduce_range=reduce_range)
 
 
 def lower_openvino(
-    exported: onnx.ModelProto, config: QuantizeConfig, scheme: str, context: Context, spec: InputSpec
+    exported: onnx.ModelProto,
+    config: QuantizeConfig,
+    scheme: str,
+    context: Context,
+    spec: InputSpec,
+    *,
+    reduce_range: bool = True,
 ) -> tuple[Any, str]:
     """The OpenVINO model at ``config.bits`` and how its int8 was made."""
     from autoshrink.techniques import _openvino
@@ -189,12 +231,13 @@ def lower_openvino(
         return _openvino.from_onnx(exported.SerializeToString()), "fp32"
     calibration = stack_inputs(context.train_data, CALIBRATION_SAMPLES)
     if config.openvino_int8 == "qdq":
-        qdq = quantize_static(exported, calibration, spec)
+        qdq = quantize_static(exported, calibration, spec, reduce_range=reduce_range)
         return _openvino.from_onnx(qdq.SerializeToString()), "ONNX QDQ model (ONNX Runtime calibration)"
     with root_logging_to_debug(), output_to_debug():
         model = _openvino.quantize_nncf(
-            _openvino.from_onnx(exported.SerializeToString()), calibration, spec, transformer=scheme == "dynamic"
-        )
+            _openvino.from_onnx(exported.SerializeToString()), calibration, spec,
+            transformer=scheme == "dynamic", reduce_range=reduce_range,
+        )  # fmt: skip
     return model, "NNCF post-training quantization"
 
 
@@ -220,12 +263,14 @@ def quantize(stage: Stage, config: QuantizeConfig, context: Context) -> Stage:
     spec = InputSpec.of(context.example_input)
     exported = export_onnx(stage.module, context.example_input, spec)
     scheme = choose_scheme(exported) if config.scheme == "auto" else config.scheme
+    weight_range = int8_weight_range(config.int8_range)
+    reduce_range = weight_range == "reduced"
     if config.runtime == "openvino":
         from autoshrink.techniques import _openvino
 
         errors: tuple[type[Exception], ...] = (RuntimeError, *onnx_errors())
         try:
-            model, how = lower_openvino(exported, config, scheme, context, spec)
+            model, how = lower_openvino(exported, config, scheme, context, spec, reduce_range=reduce_range)
             payload = _openvino.pack(model, {})
             _check_openvino(payload, stage, context, spec)
         except errors as exc:
@@ -235,11 +280,12 @@ def quantize(stage: Stage, config: QuantizeConfig, context: Context) -> Stage:
             raise CompressionError("8-bit OpenVINO quantization changed no layer of this model")
         report = TechniqueReport(
             technique="quantize",
-            details={"bits": config.bits, "runtime": "openvino", "int8": how, "fake_quantize_ops": counts["FakeQuantize"]},
+            details={"bits": config.bits, "runtime": "openvino", "int8": how, "fake_quantize_ops": counts["FakeQuantize"]}
+            | ({INT8_RANGE_KEY: weight_range} if config.bits != 32 else {}),
         )
         return stage.with_report(report, openvino_bytes=payload)
     try:
-        model = lower(exported, config.bits, scheme, context, spec)
+        model = lower(exported, config.bits, scheme, context, spec, reduce_range=reduce_range)
         check_runs(model, stage.module, context.example_input, spec)
     except onnx_errors() as exc:
         raise CompressionError(f"{config.bits}-bit ONNX Runtime lowering failed: {exc}") from exc
@@ -252,6 +298,7 @@ def quantize(stage: Stage, config: QuantizeConfig, context: Context) -> Stage:
     details: dict[str, Any] = {"bits": config.bits, "runtime": "onnxruntime", "layers_by_precision": dict(counts)}
     if config.bits != 32:
         details["scheme"] = scheme
+        details[INT8_RANGE_KEY] = weight_range
     report = TechniqueReport(
         technique="quantize", changed=changed, skipped=skipped if config.bits != 32 else {}, details=details
     )

@@ -6,7 +6,8 @@ Hugging Face cache. Two tasks:
 
 * ``classification``: ``AutoModelForSequenceClassification``, logits out, top-1 accuracy;
 * ``embedding`` (feature extraction): ``AutoModel`` mean-pooled over the attention mask into
-  one vector per input, scored by fidelity (mean cosine similarity to the original model's
+  one vector per input (L2-normalised where the folder is a sentence-transformers model whose
+  ``modules.json`` ends in ``Normalize``, as all-MiniLM-L6-v2's does), scored by fidelity (mean cosine similarity to the original model's
   vectors; no labels needed).
 
 The model is called as ``model(input_ids=..., attention_mask=...)`` (int64, dynamic batch and
@@ -42,16 +43,32 @@ TASKS = ("classification", "embedding")
 
 
 class MeanPooled(nn.Module):
-    """An encoder's last hidden states averaged over the attention mask: one vector per input."""
+    """An encoder's last hidden states averaged over the attention mask: one vector per input,
+    scaled to unit length with ``normalize`` (as sentence-transformers serves such models)."""
 
-    def __init__(self, encoder: nn.Module) -> None:
+    def __init__(self, encoder: nn.Module, normalize: bool = False) -> None:
         super().__init__()
         self.encoder = encoder
+        self.normalize = normalize
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return nn.functional.normalize(pooled, p=2, dim=-1) if self.normalize else pooled
+
+
+def normalizes(path: str | Path) -> bool:
+    """Whether the sentence-transformers pipeline saved in ``path`` (its ``modules.json``) ends
+    in a ``Normalize`` module, i.e. serves unit-length embeddings."""
+    modules = Path(path) / "modules.json"
+    try:
+        listed = json.loads(modules.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(listed, list) and any(
+        isinstance(m, dict) and str(m.get("type", "")).endswith(".Normalize") for m in listed
+    )
 
 
 class Logits(nn.Module):
@@ -105,7 +122,8 @@ def huggingface_workload(
             )
             model: nn.Module = Logits(hf)
         else:
-            model = MeanPooled(transformers.AutoModel.from_pretrained(path, local_files_only=True))
+            encoder = transformers.AutoModel.from_pretrained(path, local_files_only=True)
+            model = MeanPooled(encoder, normalize=normalizes(path))
     train, val, test = _split(inputs, y, split, seed)
     if finetune_epochs:
         if task != "classification":

@@ -34,6 +34,22 @@ def test_classifier_and_embedding_workloads(folders) -> None:
     assert {k: v.dtype for k, v in emb.example_input.items()} == {"input_ids": torch.int64, "attention_mask": torch.int64}
 
 
+def test_a_sentence_transformers_folder_that_normalizes_serves_unit_vectors(folders, tmp_path: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "st"
+    shutil.copytree(folders["emb"], folder)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]  # fmt: skip
+    (folder / "modules.json").write_text(json.dumps(modules))
+    plain = load(f"hf:{folder}", max_length=SEQ, samples=100)
+    assert not torch.allclose(plain.model(**plain.example_input).norm(dim=-1), torch.ones(1))
+    modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    (folder / "modules.json").write_text(json.dumps(modules))
+    unit = load(f"hf:{folder}", max_length=SEQ, samples=100)
+    assert torch.allclose(unit.model(**unit.example_input).norm(dim=-1), torch.ones(1), atol=1e-5)
+
+
 def test_text_and_jsonl_data_through_the_models_tokenizer(folders, tmp_path: Path) -> None:
     from transformers import BertTokenizerFast
 

@@ -1,0 +1,115 @@
+"""The int8 weight range follows the CPU: checked on the built graphs, not on a flag."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from autoshrink import host
+from autoshrink.artifact import SaturationWarning, load_artifact
+from autoshrink.data import NamedTensorDataset
+from autoshrink.pipeline import compress
+from autoshrink.plan import Plan
+from tests.transformer_models import SEQ, VOCAB, TokenTransformer
+
+AVX2 = {"model": "AMD EPYC (test)", "int8_isa": ["avx2"]}
+VNNI = {"model": "AMD EPYC (test)", "int8_isa": ["avx2", "avx512f", "avx512_vnni"]}
+
+
+def _cnn() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4),
+    ).eval()  # fmt: skip
+    return model, torch.randn(64, 3, 8, 8)
+
+
+def _encoder() -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    torch.manual_seed(0)
+    ids = torch.randint(0, VOCAB, (64, SEQ))
+    return TokenTransformer().eval(), {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def _build(kind: str, cpu: dict, monkeypatch: pytest.MonkeyPatch, **options: str):
+    monkeypatch.setattr(host, "cpu", lambda *a, **k: cpu)
+    if kind == "cnn":
+        model, x = _cnn()
+        return compress(model, Plan(bits=8), train_data=(x,), example_input=x[:1], **options)
+    model, tokens = _encoder()
+    return compress(
+        model, Plan(bits=8), train_data=NamedTensorDataset(**tokens), example_input={k: v[:1] for k, v in tokens.items()},
+        task="embedding", **options,
+    )  # fmt: skip
+
+
+def _int8_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The int8 weights multiplied by activations (Conv / MatMul inputs, through their
+    DequantizeLinear where the graph is QDQ); embedding tables are left out."""
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    dq_source = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    out = {}
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "MatMul", "Gemm") and len(node.input) > 1:
+            name = dq_source.get(node.input[1], node.input[1])
+        elif node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul"):
+            name = node.input[1]
+        else:
+            continue
+        if name in inits and inits[name].dtype == np.int8:
+            out[node.name] = inits[name]
+    return out
+
+
+@pytest.mark.parametrize("kind", ["cnn", "encoder"])
+def test_a_cpu_without_vnni_gets_7_bit_weights_and_one_with_vnni_the_full_range(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reduced = _int8_weights(_build(kind, AVX2, monkeypatch).onnx_model)
+    full = _int8_weights(_build(kind, VNNI, monkeypatch).onnx_model)
+    assert reduced and full.keys() == reduced.keys()
+    assert max(int(np.abs(w).max()) for w in reduced.values()) <= 64  # 7 bits: int16 sums cannot saturate
+    assert min(int(np.abs(w).max()) for w in full.values()) >= 120  # every layer uses the 8th bit
+
+
+def test_embedding_tables_keep_the_full_range_on_any_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _build("encoder", AVX2, monkeypatch).onnx_model
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    tables = [inits[n.input[0]] for n in model.graph.node if n.op_type == "Gather" and n.input[0] in inits]
+    int8_tables = [t for t in tables if t.dtype in (np.int8, np.uint8) and t.ndim == 2]
+    assert int8_tables, "the embedding table was not quantized"
+    assert all(int(t.max()) - int(t.min()) > 200 for t in int8_tables)
+
+
+def test_a_forced_range_overrides_the_cpu_and_travels_with_the_artifact(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    art = _build("cnn", AVX2, monkeypatch, int8_range="full")
+    assert min(int(np.abs(w).max()) for w in _int8_weights(art.onnx_model).values()) >= 120
+    assert art.int8_weight_range == "full"
+    path = art.save(tmp_path / f"model{art.suffix}")
+    with warnings.catch_warnings(record=True) as seen:  # loaded on a CPU that saturates
+        warnings.simplefilter("always")
+        loaded = load_artifact(path)
+    assert loaded.int8_weight_range == "full"
+    assert [w for w in seen if issubclass(w.category, SaturationWarning)]
+    monkeypatch.setattr(host, "cpu", lambda *a, **k: VNNI)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SaturationWarning)
+        load_artifact(path)  # and no warning where it cannot saturate
+
+
+def test_a_hardware_profile_forces_the_range() -> None:
+    from autoshrink.config import ConfigError, HardwareProfile
+
+    assert HardwareProfile(int8_range="reduced").to_dict()["int8_range"] == "reduced"
+    assert "int8_range" not in HardwareProfile().to_dict()  # the default keeps stored studies matching
+    with pytest.raises(ConfigError, match="int8_range"):
+        HardwareProfile(int8_range="7bit")
