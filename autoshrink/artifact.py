@@ -17,6 +17,7 @@ from torch import nn
 
 from autoshrink.inputs import Inputs, InputSpec, call_model
 from autoshrink.plan import Plan
+from autoshrink.runtimes import OPENVINO, TORCH, Runtime, from_suffix, get
 from autoshrink.techniques import TechniqueReport, count_parameters
 
 FORMAT_VERSION = 2
@@ -60,7 +61,11 @@ class Artifact:
     @property
     def suffix(self) -> str:
         """File suffix for `save`: ``.onnx``, ``.ovz`` (OpenVINO IR in one file) or ``.pt``."""
-        return {"onnxruntime": ".onnx", "openvino": ".ovz"}.get(self.runtime, ".pt")
+        return self._runtime.suffix
+
+    @property
+    def _runtime(self) -> Runtime:
+        return get(self.runtime)
 
     @property
     def torch_module(self) -> nn.Module | None:
@@ -171,20 +176,20 @@ class Artifact:
 
     def feed(self, inputs: Inputs) -> Any:
         """``inputs`` (in the model's form) as `runner` takes them."""
-        if self.runtime in ("onnxruntime", "openvino"):
+        if self._runtime.feed == "numpy":
             named = self.spec.bind((inputs,), {}) if not isinstance(inputs, dict) else self.spec.bind((), inputs)
-            return {k: v.detach().cpu().numpy() for k, v in named.items()}
+            return _numpy(named)
         return inputs
 
     def __call__(self, *args: Any, threads: int = 1, **kwargs: Any) -> torch.Tensor:
         named = self.spec.bind(args, kwargs)
-        if self.runtime in ("onnxruntime", "openvino"):
-            feed = {k: v.detach().cpu().numpy() for k, v in named.items()}
-            return torch.from_numpy(np.array(self.runner(threads)(feed)))
+        if self._runtime.feed == "numpy":
+            return torch.from_numpy(np.array(self.runner(threads)(_numpy(named))))
         return self.runner(threads)(self.spec.structure(named))
 
     def save(self, path: str | Path) -> Path:
-        """Write the deployable bytes (``.onnx`` or ``.pt``) and return the path."""
+        """Write the deployable bytes and return the path (name it with `suffix`, which
+        `load_artifact` reads the runtime from)."""
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(self.payload)
@@ -294,26 +299,12 @@ def warn_if_saturates(artifact: Artifact, info: dict[str, Any] | None = None) ->
 
 def _load(p: Path) -> Artifact:
     payload = p.read_bytes()
-    if p.suffix == ".ovz":
-        from autoshrink.techniques._openvino import unpack
-
-        _, _, meta = unpack(payload)
+    runtime = from_suffix(p.suffix)
+    if runtime is not TORCH:
+        meta = _openvino_meta(payload) if runtime is OPENVINO else _onnx_meta(payload)
         return Artifact(
             plan=Plan.from_dict(meta.get("plan", {})),
-            runtime="openvino",
-            payload=payload,
-            num_parameters=int(meta.get("num_parameters", 0)),
-            reports=tuple(TechniqueReport.from_dict(r) for r in meta.get("reports", [])),
-            spec=_spec(meta),
-        )
-    if p.suffix == ".onnx":
-        import onnx
-
-        model = onnx.load_from_string(payload)
-        meta = json.loads({m.key: m.value for m in model.metadata_props}.get("autoshrink", "{}"))
-        return Artifact(
-            plan=Plan.from_dict(meta.get("plan", {})),
-            runtime="onnxruntime",
+            runtime=runtime.name,
             payload=payload,
             num_parameters=int(meta.get("num_parameters", 0)),
             reports=tuple(TechniqueReport.from_dict(r) for r in meta.get("reports", [])),
@@ -324,13 +315,32 @@ def _load(p: Path) -> Artifact:
     module = data["module"].eval()
     return Artifact(
         plan=Plan.from_dict(meta["plan"]),
-        runtime="torch",
+        runtime=TORCH.name,
         payload=payload,
         num_parameters=count_parameters(module),
         reports=tuple(TechniqueReport.from_dict(r) for r in meta["reports"]),
         module=module,
         spec=_spec(meta),
     )
+
+
+def _openvino_meta(payload: bytes) -> dict[str, Any]:
+    from autoshrink.techniques._openvino import unpack
+
+    return unpack(payload)[2]
+
+
+def _onnx_meta(payload: bytes) -> dict[str, Any]:
+    import onnx
+
+    model = onnx.load_from_string(payload)
+    meta: dict[str, Any] = json.loads({m.key: m.value for m in model.metadata_props}.get("autoshrink", "{}"))
+    return meta
+
+
+def _numpy(named: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Named tensors as the named numpy arrays a numpy-fed runtime takes."""
+    return {k: v.detach().cpu().numpy() for k, v in named.items()}
 
 
 def _spec(meta: dict[str, Any]) -> InputSpec:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from autoshrink.runtimes import AUTO, RUNTIMES, not_installed
 
 
 class ConfigError(ValueError):
@@ -23,6 +26,20 @@ def check_search_settings(trials: object, sampler: object) -> None:
         raise ConfigError(f"trials must be an integer >= 1, got {trials!r}")
     if sampler not in SAMPLERS:
         raise ConfigError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+
+
+def check_installed(runtimes: set[str]) -> None:
+    """Refuse, before anything runs, a search that would use a runtime this machine lacks
+    (``auto`` would otherwise pass over it in silence).
+
+    >>> check_installed({"auto", "onnxruntime"})
+    """
+    missing = not_installed(runtimes)
+    if missing:
+        raise ConfigError(
+            f"the space or hardware profile names {missing[0].name}, which is not installed here: "
+            f"pip install 'autoshrink[{missing[0].extra}]'"
+        )
 
 
 def _positive_or_none(owner: str, name: str, value: Any) -> None:
@@ -79,9 +96,22 @@ class Budget:
         return out
 
     @staticmethod
-    def met(violations: dict[str, float]) -> bool:
-        """True when every constraint value is <= 0 (the one definition of "feasible")."""
-        return all(v <= 0 for v in violations.values())
+    def met(violations: Mapping[str, float], ignore: Collection[str] = ()) -> bool:
+        """True when every constraint value is <= 0 (the one definition of "feasible").
+
+        A value that is not a number (NaN: a figure that could not be measured) meets no limit.
+        ``ignore`` names constraints left out, e.g. ``("min_accuracy",)`` to screen a candidate
+        on its speed before its accuracy is measured.
+
+        Example:
+            >>> Budget.met({"latency_ms": 0.0, "min_accuracy": 0.02})
+            False
+            >>> Budget.met({"latency_ms": 0.0, "min_accuracy": 0.02}, ignore=("min_accuracy",))
+            True
+            >>> Budget.met({"energy_mj": float("nan")})
+            False
+        """
+        return all(v <= 0 for k, v in violations.items() if k not in ignore)
 
     def relative_violation(self, violations: dict[str, float]) -> float:
         """How far over the budget, each excess divided by its limit, summed (0 when met).
@@ -157,10 +187,8 @@ class HardwareProfile:
         if self.int8_range not in INT8_RANGES:
             raise ConfigError(f"HardwareProfile.int8_range must be one of {INT8_RANGES}, got {self.int8_range!r}")
         if self.runtimes is not None:
-            from autoshrink.plan import RUNTIMES
-
             object.__setattr__(self, "runtimes", tuple(self.runtimes))
-            unknown = [r for r in self.runtimes if r not in RUNTIMES or r == "auto"]
+            unknown = [r for r in self.runtimes if r not in RUNTIMES or r == AUTO]
             if unknown or not self.runtimes:
                 raise ConfigError(
                     f"HardwareProfile.runtimes must list runtimes of {RUNTIMES[1:]}, got {list(self.runtimes)}"

@@ -6,20 +6,19 @@ import json
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-ALLOWED_BITS = (32, 8, 4)
-RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
-#: The precisions each runtime really runs (integer kernels for 8/4 bits).
-RUNTIME_BITS = {"torch": (32,), "onnxruntime": (32, 8, 4), "openvino": (32, 8)}
+from autoshrink.config import build_checked
 
-
-def runtime_supports(runtime: str, bits: int) -> bool:
-    """Whether ``runtime`` (``"auto"`` included) runs ``bits``-bit models.
-
-    Example:
-        >>> runtime_supports("openvino", 8), runtime_supports("torch", 8), runtime_supports("auto", 4)
-        (True, False, True)
-    """
-    return runtime == "auto" or bits in RUNTIME_BITS.get(runtime, ())
+# The runtime vocabulary lives in `autoshrink.runtimes`; these names stay importable from here.
+from autoshrink.runtimes import (
+    ALLOWED_BITS,
+    AUTO,
+    RUNTIME_BITS,
+    RUNTIMES,
+    default_runtime,
+    get,
+    resolve,
+    runtime_supports,
+)
 
 
 @dataclass(frozen=True)
@@ -79,9 +78,7 @@ class Plan:
     @property
     def resolved_runtime(self) -> str:
         """The runtime the artifact will need: ``"torch"``, ``"onnxruntime"`` or ``"openvino"``."""
-        if self.runtime != "auto":
-            return self.runtime
-        return "torch" if self.bits == 32 else "onnxruntime"
+        return resolve(self.runtime, self.bits)
 
     def measured_in(self, runtime: str) -> Plan:
         """This plan as it ran: an ``auto`` runtime that a search settled by measurement named.
@@ -92,7 +89,7 @@ class Plan:
             >>> Plan(prune=0.3, bits=8).measured_in("onnxruntime") == Plan(prune=0.3, bits=8)
             True
         """
-        if self.runtime == "auto" and runtime != self.resolved_runtime:
+        if self.runtime == AUTO and runtime != self.resolved_runtime:
             return replace(self, runtime=runtime)
         return self
 
@@ -105,10 +102,8 @@ class Plan:
         if self.rank is not None:
             parts.append(f"rank{self.rank:g}")
         parts.append("fp32" if self.bits == 32 else f"int{self.bits}")
-        if self.bits == 32 and self.resolved_runtime == "onnxruntime":
-            parts.append("ort")
-        if self.resolved_runtime == "openvino":
-            parts.append("ov")
+        if self.resolved_runtime != default_runtime(self.bits):  # e.g. -ort for fp32, -ov
+            parts.append(get(self.resolved_runtime).tag)
         if self.distill_epochs:
             parts.append(f"kd{self.distill_epochs}")
         return "-".join(parts)
@@ -118,8 +113,6 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Plan:
-        from autoshrink.config import build_checked
-
         return build_checked(cls, data, "Plan")
 
     def to_json(self) -> str:

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from autoshrink.config import ConfigError, check_keys, load_yaml_mapping
-from autoshrink.plan import ALLOWED_BITS, RUNTIMES, Plan, runtime_supports
+from autoshrink.plan import Plan
+from autoshrink.runtimes import ALLOWED_BITS, AUTO, DEFAULT_RUNTIMES, RUNTIMES, runtime_supports
 
 OFF = "off"
 
@@ -39,7 +40,7 @@ class SearchSpace:
     prune: tuple[float, float, float] = (0.0, 0.7, 0.1)
     rank: tuple[float | str, ...] = (OFF, 0.25, 0.5)
     bits: tuple[int, ...] = (32, 8, 4)
-    runtime: tuple[str, ...] = ("auto",)
+    runtime: tuple[str, ...] = (AUTO,)
     distill_epochs: tuple[int, ...] = (0, 2, 4)
 
     def __post_init__(self) -> None:
@@ -102,10 +103,10 @@ class SearchSpace:
         """
         if allowed is None:
             return self
-        others = tuple(r for r in self.runtime if r != "auto" and r in allowed)
+        others = tuple(r for r in self.runtime if r != AUTO and r in allowed)
         covered = all(any(runtime_supports(a, b) for a in allowed) for b in self.bits)
         auto = covered and (not others or len(set(allowed)) > 1)
-        kept = tuple(r for r in self.runtime if r in others or (r == "auto" and auto))
+        kept = tuple(r for r in self.runtime if r in others or (r == AUTO and auto))
         if not kept:
             raise ConfigError(f"the hardware profile runs only {list(allowed)}; the space offers {list(self.runtime)}")
         return replace(self, runtime=kept)
@@ -125,10 +126,10 @@ class SearchSpace:
             >>> SearchSpace().compared_by_auto(("onnxruntime", "openvino"))
             ('onnxruntime', 'openvino')
         """
-        named = [r for r in self.runtime if r != "auto"] + list(allowed or ())
-        if "auto" not in self.runtime or not named:
+        named = [r for r in self.runtime if r != AUTO] + list(allowed or ())
+        if AUTO not in self.runtime or not named:
             return ()
-        pool = named if allowed is not None else ["torch", "onnxruntime", *named]
+        pool = named if allowed is not None else [*DEFAULT_RUNTIMES, *named]
         return tuple(r for r in dict.fromkeys(pool) if allowed is None or r in allowed)
 
     @classmethod
@@ -147,7 +148,7 @@ class SearchSpace:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        if self.runtime == ("auto",):
+        if self.runtime == (AUTO,):
             data.pop("runtime")  # the default, as before the knob existed: stored studies still match
         low, high, step = self.prune
         data["prune"] = {"low": low, "high": high, "step": step}

@@ -12,7 +12,7 @@
     transformers, MLPs): per-channel int8 weights for every MatMul/Gemm and int8 embedding
     tables (Gather), activations quantized per call. Pretrained encoders have activation
     outliers that a calibrated static range clips. On pretrained all-MiniLM-L6-v2
-    (``results/transformers.md``, from ``autoshrink bench transformers``) the mean cosine to
+    (``results/transformers.md``, from ``python -m benchmarks transformers``) the mean cosine to
     the fp32 embeddings was 0.53 for static QDQ, 0.95 for static on MatMul only, 0.966 for
     dynamic per tensor and 0.992 for dynamic per channel, the last two at the same speed.
 
@@ -46,6 +46,7 @@ from autoshrink._quiet import output_to_debug, quiet_onnxruntime, root_logging_t
 from autoshrink.data import stack_inputs
 from autoshrink.host import INT8_RANGES, int8_weight_range
 from autoshrink.inputs import Inputs, InputSpec, batch_size, tensors
+from autoshrink.runtimes import RUNTIME_BITS
 from autoshrink.techniques import CompressionError, Context, Stage, TechniqueReport, register
 from autoshrink.techniques._onnx import (
     WEIGHT_OPS,
@@ -77,8 +78,6 @@ class QuantizeConfig:
     int8_range: str = "auto"  # "full", "reduced" (7-bit weights) or "auto" (from this CPU)
 
     def __post_init__(self) -> None:
-        from autoshrink.plan import RUNTIME_BITS
-
         if self.bits not in (32, 8, 4):
             raise ValueError(f"QuantizeConfig.bits must be 32, 8 or 4, got {self.bits}")
         if self.runtime not in RUNTIME_BITS:
