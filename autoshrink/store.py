@@ -1,9 +1,10 @@
 """Where a search keeps its files: the MLflow store, the Optuna study, artifacts, locks.
 
 By default everything lives in ``./.autoshrink`` (or ``$AUTOSHRINK_HOME``): ``mlflow.db``,
-``optuna.db``, ``mlartifacts/`` and ``artifacts/<experiment>/``. Nothing here creates a folder
-unless its name says so (`prepare`), so read-only callers (``load_best``, ``autoshrink ui``)
-never leave files behind.
+``optuna.db``, ``mlartifacts/`` and ``artifacts/<experiment>/``. Trained and fine-tuned model
+weights, which every store on the machine shares, are cached apart, in `cache_dir`. Nothing here
+creates a folder unless its name says so (`prepare`), so read-only callers (``load_best``,
+``autoshrink ui``) never leave files behind.
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ class StoreError(ConfigError):
 def default_store_dir() -> Path:
     """``$AUTOSHRINK_HOME`` or ``./.autoshrink``: where the MLflow and Optuna sqlite files live."""
     return Path(os.environ.get("AUTOSHRINK_HOME") or Path.cwd() / ".autoshrink").resolve()
+
+
+def cache_dir() -> Path:
+    """``$AUTOSHRINK_CACHE`` or ``~/.cache/autoshrink``: trained and fine-tuned weights, per machine."""
+    root = os.environ.get("AUTOSHRINK_CACHE") or Path.home() / ".cache" / "autoshrink"
+    return Path(root)
 
 
 def resolve_tracking_uri(tracking_uri: str | None) -> str:

@@ -15,17 +15,16 @@ Only training data is used: never the data candidates are scored on.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from autoshrink.data import batches, split_batch
 from autoshrink.inputs import Inputs, batch_size, call_model, tree_cat, tree_index
 from autoshrink.techniques import CompressionError, Context, Stage, TechniqueReport, register
+from autoshrink.training import fit, recalibrate_batchnorm
 
 
 @dataclass(frozen=True)
@@ -96,54 +95,20 @@ def distill_loss(
     return F.mse_loss(out, target) + (1 - cosine)
 
 
-def recalibrate_batchnorm(model: nn.Module, inputs: Iterable[Inputs]) -> int:
-    """Recompute every BatchNorm's running statistics as the plain average over ``inputs``.
+class _Shuffled:
+    """Index batches over ``n`` samples in a fresh random order each epoch; ``order`` is the last one."""
 
-    Training only moves them by ``momentum`` per step; with few steps, or a small momentum
-    (torchvision's MobileNetV3 uses 0.01), they stay near their old values and the model is
-    wrong in eval mode (a fine-tuned MobileNetV3 scored chance until this). Returns the number
-    of BatchNorm layers recalibrated.
-    """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return 0
-    momenta = [m.momentum for m in norms]
-    model.eval()
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over every batch seen
-        m.train()
-    with torch.no_grad():
-        for x in inputs:
-            call_model(model, x)
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-    model.eval()
-    return len(norms)
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+        self.order = torch.arange(n)
 
+    def __len__(self) -> int:
+        return max(1, -(-self.n // self.batch_size))
 
-def warmup_cosine(total_steps: int, warmup: float = 0.2, floor: float = 0.04) -> Callable[[int], float]:
-    """Learning-rate factor per step: linear warm-up, then cosine decay to ``floor``.
-
-    Unlike ``OneCycleLR`` it is defined for any number of steps, one included.
-
-    Example:
-        >>> f = warmup_cosine(10)
-        >>> [round(f(s), 2) for s in (0, 1, 2, 9)]
-        [0.5, 1.0, 1.0, 0.04]
-        >>> warmup_cosine(1)(0)
-        1.0
-    """
-    warm = int(warmup * total_steps) if total_steps >= 5 else 0
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        span = max(1, total_steps - warm - 1)
-        progress = min(1.0, (step - warm) / span)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        self.order = torch.randperm(self.n, generator=self.generator)
+        for start in range(0, self.n, self.batch_size):
+            yield self.order[start : start + self.batch_size]
 
 
 @register(DistillConfig)
@@ -155,28 +120,16 @@ def distill(stage: Stage, config: DistillConfig, context: Context) -> Stage:
         p.requires_grad_(True)  # a stage that was lowered before may have been frozen
     x_all, t_all, y_all = _teacher_outputs(context)
     n = batch_size(x_all)
-    gen = torch.Generator().manual_seed(context.seed)
-    steps_per_epoch = max(1, -(-n // config.batch_size))
-    opt = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(config.epochs * steps_per_epoch))
-    student.train()
-    losses: list[float] = []
-    for _ in range(config.epochs):
-        order = torch.randperm(n, generator=gen)
-        total = 0.0
-        for start in range(0, len(order), config.batch_size):
-            idx = order[start : start + config.batch_size]
-            out = call_model(student, tree_index(x_all, idx))
-            labels = y_all[idx] if y_all is not None else None
-            loss = distill_loss(out, t_all[idx], labels, context.task, config)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-        losses.append(total / len(order))
+    shuffled = _Shuffled(n, config.batch_size, torch.Generator().manual_seed(context.seed))
+
+    def loss(idx: torch.Tensor) -> tuple[torch.Tensor, int]:
+        out = call_model(student, tree_index(x_all, idx))
+        labels = y_all[idx] if y_all is not None else None
+        return distill_loss(out, t_all[idx], labels, context.task, config), len(idx)
+
+    losses = fit(student, shuffled, loss, epochs=config.epochs, lr=config.lr)
+    order = shuffled.order
     recalibrate_batchnorm(student, (tree_index(x_all, order[i : i + 64]) for i in range(0, min(n, 2048), 64)))
-    student.eval()
     report = TechniqueReport(
         technique="distill",
         details={"epochs": config.epochs, "samples": n, "task": context.task, "loss_per_epoch": losses},

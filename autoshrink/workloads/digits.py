@@ -7,20 +7,20 @@ one thread), trained once (45 s to 2 minutes on two cores, one line of progress 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from autoshrink.measuring.latency import torch_threads
+from autoshrink.store import cache_dir  # also re-exported: benchmarks/transformers.py imports it from here
+from autoshrink.training import cached_weights, fit, one_cycle_lr, recipe_key
 from autoshrink.workloads.base import Workload
-from autoshrink.workloads.training import accuracy
 
 SPLIT_SEED = 0
 TRAIN_SEED = 0
@@ -106,39 +106,16 @@ def train_digits(
     seconds per epoch and the estimated time left.
     """
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # shuffles and augments: one stream, in that order
     model = DigitsResNet()
     loader = torch.utils.data.DataLoader(train, batch_size=64, shuffle=True, generator=gen)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=3e-3, total_steps=epochs * len(loader)
-    )
-    start = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        model.train()
-        total, seen = 0.0, 0
-        for xb, yb in loader:
-            opt.zero_grad()
-            loss = F.cross_entropy(model(_augment(xb, gen)), yb, label_smoothing=0.05)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total, seen = total + loss.item() * len(yb), seen + len(yb)
-        if log is not None:
-            elapsed = time.perf_counter() - start
-            left = elapsed / epoch * (epochs - epoch)
-            acc = f", val acc {100 * accuracy(model, val):.1f}%" if val is not None else ""
-            log(
-                f"  epoch {epoch}/{epochs}: loss {total / seen:.3f}{acc}, "
-                f"{elapsed / epoch:.1f} s/epoch, ~{left:.0f} s left"
-            )
-    return model.eval()
 
+    def loss(batch: list[torch.Tensor]) -> tuple[torch.Tensor, int]:
+        xb, yb = batch
+        return F.cross_entropy(model(_augment(xb, gen)), yb, label_smoothing=0.05), len(yb)
 
-def cache_dir() -> Path:
-    """``$AUTOSHRINK_CACHE`` or ``~/.cache/autoshrink``."""
-    root = os.environ.get("AUTOSHRINK_CACHE") or Path.home() / ".cache" / "autoshrink"
-    return Path(root)
+    fit(model, loader, loss, epochs=epochs, lr=3e-3, weight_decay=5e-4, schedule=one_cycle_lr, val=val, log=log)
+    return model
 
 
 def _stderr(line: str) -> None:
@@ -146,8 +123,7 @@ def _stderr(line: str) -> None:
 
 
 def _cache_key() -> str:
-    recipe = f"digits-v1|{WIDTHS}|{EPOCHS}|{TRAIN_SEED}|{SPLIT_SEED}|{IMAGE_SIZE}|{torch.__version__}"
-    return hashlib.sha256(recipe.encode()).hexdigest()[:12]
+    return recipe_key(f"digits-v1|{WIDTHS}|{EPOCHS}|{TRAIN_SEED}|{SPLIT_SEED}|{IMAGE_SIZE}|{torch.__version__}")
 
 
 def load_digits_workload(*, retrain: bool = False, verbose: bool = True) -> Workload:
@@ -158,27 +134,19 @@ def load_digits_workload(*, retrain: bool = False, verbose: bool = True) -> Work
     """
     train, val, test = digits_splits()
     path = cache_dir() / f"digits-resnet-{_cache_key()}.pt"
-    model: nn.Module = DigitsResNet()
-    if path.is_file() and not retrain:
-        model.load_state_dict(torch.load(path, weights_only=True))
-        model.eval()
-    else:
+
+    def train_once() -> nn.Module:
         say = _stderr if verbose else None
         if say:
             say(f"training the built-in digits model once ({EPOCHS} epochs; cached in {path.parent})")
         start = time.perf_counter()
-        threads = torch.get_num_threads()
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
-        try:
+        with torch_threads(max(1, os.cpu_count() or 1)):
             model = train_digits(train, val=val, log=say)
-        finally:
-            torch.set_num_threads(threads)
         if say:
             say(f"trained digits model in {time.perf_counter() - start:.1f} s -> {path}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(path)
+        return model
+
+    model = cached_weights(DigitsResNet(), path, train_once, retrain=retrain)
     return Workload(
         name="digits",
         model=model,

@@ -19,15 +19,43 @@ def test_splits_are_fixed_and_disjoint() -> None:
 
 @pytest.mark.slow
 def test_digits_workload_is_accurate_and_cached(tmp_path, monkeypatch) -> None:
-    wl = workloads.load("digits")  # trains once per machine (about a minute), then cached
+    # Trains (about a minute) into a temporary cache, never the user's, then loads it again.
+    from autoshrink.workloads import digits
+
+    monkeypatch.setenv("AUTOSHRINK_CACHE", str(tmp_path))
+    trained: list[int] = []
+    real_train = digits.train_digits
+    monkeypatch.setattr(digits, "train_digits", lambda *a, **k: trained.append(1) or real_train(*a, **k))
+    wl = workloads.load("digits", verbose=False)
     x, y = wl.test.tensors
     with torch.no_grad():
         acc = (wl.model(x).argmax(1) == y).float().mean().item()
     assert acc >= 0.97
     assert wl.example_input.shape == (1, 1, 32, 32)
-    cached = workloads.load("digits")
+    assert [p.name for p in tmp_path.iterdir()] == [f"digits-resnet-{digits._cache_key()}.pt"]
+    saved = tmp_path / f"digits-resnet-{digits._cache_key()}.pt"
+    written = saved.stat().st_mtime_ns
+    cached = workloads.load("digits", verbose=False)
+    assert trained == [1] and saved.stat().st_mtime_ns == written  # loaded: neither trained nor written
     for a, b in zip(wl.model.state_dict().values(), cached.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_cache_key_is_unchanged(monkeypatch) -> None:
+    # The key names every user's cached digits model: a change would retrain it on each machine.
+    # The value is what the code before `autoshrink.training` computed, with torch's version pinned.
+    from autoshrink.workloads import digits
+
+    monkeypatch.setattr(torch, "__version__", "2.5.1+cpu")
+    assert digits._cache_key() == "7a95cea72acf"
+
+
+def test_cache_dir_is_the_stores_and_still_importable_from_digits(tmp_path, monkeypatch) -> None:
+    from autoshrink import store
+    from autoshrink.workloads.digits import cache_dir
+
+    monkeypatch.setenv("AUTOSHRINK_CACHE", str(tmp_path))
+    assert cache_dir is store.cache_dir and cache_dir() == tmp_path
 
 
 def test_unknown_workload() -> None:
