@@ -72,6 +72,16 @@ class Measurement:
         """
         return {name: float(getattr(self, name)) for name in METRICS}
 
+    def speedup_over(self, base: Measurement) -> float:
+        """How many times faster than ``base`` (the baseline): its latency over this one's.
+
+        Example:
+            >>> def m(ms): return Measurement(0.9, ms, ms, 0.5, 1000, 10, "torch", 1, 1, 150, 1.1, "-")
+            >>> m(0.5).speedup_over(m(3.0))
+            6.0
+        """
+        return base.latency_ms / self.latency_ms
+
 
 def timing_batch(data: DataLike, batch_size: int) -> Inputs:
     """A real input batch of ``batch_size`` samples from ``data`` (repeated if it is short)."""

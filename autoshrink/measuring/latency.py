@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -18,6 +18,10 @@ from autoshrink.inputs import Inputs, batch_size
 BLOCKS = 3
 MIN_WARMUP_ITERS = 10
 UNSTABLE_SPREAD = 1.5
+#: Timings of a latency that decides something (`worst_of`); the slowest is kept.
+WORST_OF = 3
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,32 @@ def _block(run: Callable[[Any], Any], feed: Any, repeats: int) -> list[float]:
         run(feed)
         times.append((time.perf_counter() - start) * 1e3)
     return sorted(times)
+
+
+def _as_ms(timing: Any) -> float:
+    return float(timing)
+
+
+def worst_of(
+    time_once: Callable[[], T], n: int = WORST_OF, *, key: Callable[[T], float] = _as_ms, taken: Sequence[T] = ()
+) -> T:
+    """The slowest of ``n`` timings: how a latency that decides something is timed (a candidate
+    near the latency budget, the best before it is registered), so that one lucky run on a
+    noisy machine does not decide it.
+
+    ``time_once()`` times once and returns milliseconds, or a timing that ``key`` turns into
+    them (the slowest timing is returned whole). Timings in ``taken`` were made already and
+    count towards ``n``.
+
+    Example:
+        >>> timings = iter([1.0, 3.0, 2.0])
+        >>> worst_of(lambda: next(timings))
+        3.0
+    """
+    if n < 1:
+        raise ValueError(f"worst_of needs at least one timing, got n={n}")
+    timings = [*taken, *(time_once() for _ in range(n - len(taken)))]
+    return max(timings, key=key)
 
 
 def measure_latency(artifact: Artifact, batch: Inputs, hardware: HardwareProfile) -> Latency:

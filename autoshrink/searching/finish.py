@@ -15,8 +15,9 @@ from autoshrink.config import Budget, ConfigError, HardwareProfile
 from autoshrink.data import dataset_size
 from autoshrink.inputs import Inputs
 from autoshrink.measuring.accuracy import EvaluationError, score
+from autoshrink.measuring.latency import worst_of
 from autoshrink.searching.recorder import Recorder
-from autoshrink.searching.result import Candidate, SearchResult
+from autoshrink.searching.result import Candidate, SearchResult, ordered
 from autoshrink.searching.study import complete, failures, outcome, pareto_trials
 from autoshrink.tracking import MODEL_URI, PARETO, Tracker
 from autoshrink.workloads.base import Workload
@@ -27,7 +28,10 @@ if TYPE_CHECKING:
 
     from autoshrink.searching.backend import Backend
 
-RECHECKS = 3  # timings of the chosen best before it is registered
+#: Parent-run metric: the accuracy tolerance the search's best was chosen with (`ordered`).
+TOLERANCE = "accuracy_tolerance"
+#: Trial-run metric: the slowest of the timings of a candidate re-checked before registration.
+RECHECK_LATENCY = "recheck_latency_ms"
 
 log = logging.getLogger("autoshrink")
 
@@ -66,10 +70,9 @@ def select(
 ) -> tuple[Candidate | None, Candidate | None]:
     """(best, closest) among feasible candidates.
 
-    Candidates within ``tolerance`` of the best validation accuracy are equally good (the
-    difference is noise): among them the fastest (then the smallest) comes first; the others
-    follow in accuracy order. The best is the first that passes ``recheck`` (it is timed
-    again); if none passes, there is no best and the first one is the closest.
+    The best is the first candidate in `ordered` (the fastest within ``tolerance`` of the best
+    validation accuracy) that passes ``recheck`` (it is timed again); if none passes, there is
+    no best and the first one is the closest.
 
     Example:
         >>> from autoshrink.measuring import Measurement
@@ -87,23 +90,18 @@ def select(
         >>> select([c(1, 0.99, 1.9)], lambda x: False)[1].trial
         1
     """
-    ranked = sorted(feasible, key=lambda c: c.rank)
-    if not ranked:
+    order = ordered(feasible, tolerance)
+    if not order:
         return None, None
-    top = ranked[0].measurement.accuracy
-    equal = sorted(
-        (c for c in ranked if c.measurement.accuracy >= top - tolerance - 1e-12),
-        key=lambda c: (c.measurement.latency_ms, c.measurement.size_bytes),
-    )
-    ordered = equal + [c for c in ranked if c not in equal]
-    best = next((c for c in ordered if recheck(c)), None)
-    return best, (ordered[0] if best is None else None)
+    best = next((c for c in order if recheck(c)), None)
+    return best, (order[0] if best is None else None)
 
 
 @dataclass(frozen=True)
 class Recheck:
-    """The re-timing policy: time the artifact `RECHECKS` more times where trials are measured;
-    the slowest must still meet the latency budget. The figure is logged on the trial's run."""
+    """The re-timing policy: time the artifact again where trials are measured, `worst_of` its
+    timings (the slowest) must still meet the latency budget. The figure is logged on the
+    trial's run (`RECHECK_LATENCY`)."""
 
     backend: Backend
     budget: Budget
@@ -114,9 +112,10 @@ class Recheck:
     def __call__(self, c: Candidate) -> bool:
         if not c.artifact_path or not Path(c.artifact_path).is_file():
             return True  # nothing to re-time locally (store moved): keep the search's figure
-        worst = max(self.backend.retime(c.artifact_path, self.batch, self.hardware) for _ in range(RECHECKS))
+        path = c.artifact_path
+        worst = worst_of(lambda: self.backend.retime(path, self.batch, self.hardware))
         if c.run_id:
-            self.tracker.log_metrics(c.run_id, {"recheck_latency_ms": worst})
+            self.tracker.log_metrics(c.run_id, {RECHECK_LATENCY: worst})
         ok = worst <= self.budget.latency_ms
         if not ok:
             log.warning(
@@ -239,6 +238,7 @@ def finish(
     top = max((c.measurement.accuracy for c in feasible), default=0.0)
     tolerance = selection.resolved_tolerance(samples, top)
     tracker.set_tags(recorder.parent_run_id, {"selection_rule": selection.describe(tolerance, samples)})
+    tracker.log_metrics(recorder.parent_run_id, {TOLERANCE: tolerance})
     best, closest = select(feasible, recheck, tolerance)
     measured = [candidate(t, budget) for t in complete(study)]
     if best is None and closest is None:

@@ -6,7 +6,8 @@ from typing import Any
 
 from autoshrink.artifact import Artifact
 from autoshrink.config import Budget
-from autoshrink.searching.result import rank_key
+from autoshrink.searching.finish import RECHECK_LATENCY, TOLERANCE
+from autoshrink.searching.result import Figures, ordered
 from autoshrink.store import resolve_tracking_uri
 from autoshrink.tracking import MODEL_URI, PARETO, ROLE, Tracker, registered_name
 
@@ -15,8 +16,10 @@ def best_run(experiment: str, *, tracking_uri: str | None = None, budget: Budget
     """The MLflow run holding the best model.
 
     Without ``budget``: the run behind the registered model's ``best`` alias. With
-    ``budget``: among the logged Pareto models of the latest search, the highest validation
-    accuracy that meets ``budget`` (ties: lower latency).
+    ``budget``: the first, in the search's own order (`ordered`, with the accuracy tolerance
+    the search logged on its parent run), of the latest search's logged Pareto models that
+    meet ``budget``; a model re-timed before registration must meet it with that slowest
+    timing too. With the search's own budget that is the registered model.
     """
     return _best_run(_open(experiment, tracking_uri), budget)
 
@@ -53,13 +56,20 @@ def _best_run(tracker: Tracker, budget: Budget | None) -> Any:
     ok = []
     for run in runs:
         metrics = run.data.metrics
-        if MODEL_URI not in run.data.tags or "latency_ms" not in metrics:
+        if MODEL_URI not in run.data.tags or not {"accuracy", "latency_ms"} <= metrics.keys():
             continue
-        if budget.met(budget.violations(metrics)):
+        slowest = max(metrics["latency_ms"], metrics.get(RECHECK_LATENCY, 0.0))
+        if budget.met(budget.violations(metrics | {"latency_ms": slowest})):
             ok.append(run)
     if not ok:
         raise LookupError(f"no logged Pareto model of {experiment!r} meets {budget}")
-    return min(ok, key=lambda r: rank_key(r.data.metrics["accuracy"], r.data.metrics["latency_ms"]))
+    tolerance = parents[0].data.metrics.get(TOLERANCE, 0.0)  # 0 for searches logged before it was
+    return ordered(ok, tolerance, _figures)[0]
+
+
+def _figures(run: Any) -> Figures:
+    metrics = run.data.metrics
+    return metrics["accuracy"], metrics["latency_ms"], metrics.get("size_bytes", 0.0)
 
 
 def load_best(experiment: str, *, tracking_uri: str | None = None, budget: Budget | None = None) -> Artifact:

@@ -88,7 +88,7 @@ class Recorder:
         metrics = m.metrics()
         if self.baseline is not None:
             metrics |= {
-                "speedup": self.baseline.latency_ms / m.latency_ms,
+                "speedup": m.speedup_over(self.baseline),
                 "size_ratio": self.baseline.size_bytes / m.size_bytes,
             }
         if outcome.duplicate_of is None:

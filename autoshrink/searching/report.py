@@ -26,7 +26,7 @@ def pareto_rows(result: SearchResult) -> list[dict[str, str]]:
                 "test acc": "-" if test is None else f"{test:.4f}",
                 "p50 ms": f"{m.latency_ms:.3f}",
                 "p95 ms": f"{m.latency_p95_ms:.3f}",
-                "speed-up": f"{base.latency_ms / m.latency_ms:.1f}x",
+                "speed-up": f"{m.speedup_over(base):.1f}x",
                 "kB": f"{m.size_bytes / 1e3:.1f}",
                 "mJ/inf": f"{m.energy_mj:.3f}",
                 "budget": "met" if c.feasible else "over",

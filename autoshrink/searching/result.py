@@ -1,23 +1,54 @@
-"""What a search returns and reports: `Candidate`, `SearchResult`, `Progress`, the ranking rule."""
+"""What a search returns and reports: `Candidate`, `SearchResult`, `Progress`, and `ordered`,
+the one definition of "best"."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from autoshrink.config import Budget
 from autoshrink.measuring import Measurement
 from autoshrink.plan import Plan
 
+T = TypeVar("T")
 
-def rank_key(accuracy: float, latency_ms: float) -> tuple[float, float]:
-    """Sort key for "best": highest accuracy first, ties to the lower latency.
+#: What the order of "best" reads off a candidate: validation accuracy, latency (ms), size (bytes).
+Figures = tuple[float, float, float]
+
+
+def ordered(candidates: Iterable[T], tolerance: float, figures: Callable[[Any], Figures] | None = None) -> list[T]:
+    """``candidates`` (the feasible ones), best first: the one definition of "best".
+
+    Validation accuracies within ``tolerance`` of the highest are equally good (the difference
+    is noise): those candidates come first, the fastest first (ties: the smaller artifact,
+    then the more accurate). The others follow by accuracy (ties: the faster). ``figures``
+    reads ``(accuracy, latency_ms, size_bytes)`` off a candidate: by default a `Candidate`'s
+    measurement; the search's progress orders Optuna trials and `load_best` MLflow runs with it.
 
     Example:
-        >>> sorted([(0.9, 2.0), (0.95, 3.0), (0.95, 1.0)], key=lambda c: rank_key(*c))
-        [(0.95, 1.0), (0.95, 3.0), (0.9, 2.0)]
+        >>> runs = [(0.99, 1.9, 100), (0.985, 0.5, 100), (0.9, 0.1, 100)]  # accuracy, ms, bytes
+        >>> ordered(runs, 0.01, figures=lambda r: r)
+        [(0.985, 0.5, 100), (0.99, 1.9, 100), (0.9, 0.1, 100)]
+        >>> ordered(runs, 0.0, figures=lambda r: r)[0]  # no tolerance: the highest accuracy
+        (0.99, 1.9, 100)
     """
-    return (-accuracy, latency_ms)
+    read: Callable[[Any], Figures] = figures or candidate_figures
+    items = list(candidates)
+    top = max((read(c)[0] for c in items), default=0.0)
+
+    def key(c: T) -> tuple[int, float, float, float]:
+        accuracy, latency_ms, size = read(c)
+        if accuracy >= top - tolerance - 1e-12:
+            return (0, latency_ms, size, -accuracy)
+        return (1, -accuracy, latency_ms, size)
+
+    return sorted(items, key=key)
+
+
+def candidate_figures(c: Candidate) -> Figures:
+    m = c.measurement
+    return m.accuracy, m.latency_ms, m.size_bytes
 
 
 @dataclass(frozen=True)
@@ -40,10 +71,6 @@ class Candidate:
     @property
     def feasible(self) -> bool:
         return Budget.met(self.violations)
-
-    @property
-    def rank(self) -> tuple[float, float]:
-        return rank_key(self.measurement.accuracy, self.measurement.latency_ms)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -81,7 +108,9 @@ class SearchResult:
         experiment: the MLflow experiment (and Optuna study) name.
         baseline: the uncompressed model, measured in the same run.
         pareto: Pareto-optimal candidates (feasible ones if any met the budget, else all).
-        best: the highest-accuracy feasible candidate (ties: lower latency), or None.
+        best: the registered candidate, or None: the first in `ordered` (the fastest feasible
+            Pareto candidate within the selection's accuracy tolerance of the best validation
+            accuracy) that still meets the latency budget when timed again (`finish.Recheck`).
         closest: when nothing met the budget, the candidate with the smallest relative
             violation (or the feasible one that went over the latency budget when re-timed
             before registration); otherwise None.
@@ -109,7 +138,7 @@ class SearchResult:
         """One sentence on the outcome, for people."""
         if self.best is not None:
             m = self.best.measurement
-            speedup = self.baseline.measurement.latency_ms / m.latency_ms
+            speedup = m.speedup_over(self.baseline.measurement)
             return (
                 f"best under budget: trial {self.best.trial} {self.best.plan.label}: "
                 f"val {m.accuracy:.4f}, {m.latency_ms:.3f} ms ({speedup:.1f}x faster), "

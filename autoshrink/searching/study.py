@@ -12,9 +12,9 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
-from autoshrink.config import SAMPLERS, ConfigError
+from autoshrink.config import SAMPLERS, Budget, ConfigError
 from autoshrink.searching.recorder import OUTCOME
-from autoshrink.searching.result import Progress, rank_key
+from autoshrink.searching.result import Figures, Progress, ordered
 from autoshrink.searching.trial import OBJECTIVES, TrialOutcome
 from autoshrink.space import SearchSpace
 from autoshrink.tracking import Tracker
@@ -162,14 +162,12 @@ def finished_outcomes(study: optuna.Study) -> dict[int, TrialOutcome]:
     return {t.number: outcome(t) for t in complete(study) if OUTCOME in t.user_attrs}
 
 
-def constraint_values(trial: FrozenTrial) -> list[float]:
-    """Constraint values of a finished trial (Optuna 5 stores them by name)."""
-    constraints = trial.constraints or {}
-    return list(constraints.values()) if isinstance(constraints, dict) else list(constraints)
-
-
 def is_feasible(trial: FrozenTrial) -> bool:
-    return all(v <= 0 for v in constraint_values(trial))
+    """Whether a finished trial met its budget: `Budget.met` on the constraints it was recorded
+    with (Optuna 5 stores them by name)."""
+    constraints = trial.constraints or {}
+    named = constraints if isinstance(constraints, dict) else {str(i): v for i, v in enumerate(constraints)}
+    return Budget.met(named)
 
 
 def recover_interrupted(study: optuna.Study, tracker: Tracker, parent_run_id: str) -> int:
@@ -276,24 +274,43 @@ def _plan_label(trial: FrozenTrial) -> str:
 
 
 def progress_callback(
-    progress: Callable[[Progress], None], total: int, clock: Callable[[], float]
+    progress: Callable[[Progress], None],
+    total: int,
+    clock: Callable[[], float],
+    *,
+    tolerance: Callable[[float], float] | None = None,
 ) -> Callable[[optuna.Study, FrozenTrial], None]:
-    """An Optuna callback that sends a `Progress` after every trial; works on any study."""
+    """An Optuna callback that sends a `Progress` after every trial; works on any study.
+    ``tolerance`` is as for `snapshot`."""
 
     def callback(study: optuna.Study, trial: FrozenTrial) -> None:
         if is_interrupted(trial):
             return
-        progress(snapshot(study, total, "trial", describe(trial), clock()))
+        progress(snapshot(study, total, "trial", describe(trial), clock(), tolerance=tolerance))
 
     return callback
 
 
-def snapshot(study: optuna.Study | None, total: int, stage: str, last: str, elapsed_s: float) -> Progress:
+def snapshot(
+    study: optuna.Study | None,
+    total: int,
+    stage: str,
+    last: str,
+    elapsed_s: float,
+    *,
+    tolerance: Callable[[float], float] | None = None,
+) -> Progress:
+    """Where the search stands. Its best so far is chosen as the final one is (`ordered`) among
+    the feasible trials measured so far; ``tolerance(top)`` gives the accuracy tolerance for the
+    highest feasible accuracy ``top`` (the search's own: ``partial(selection.resolved_tolerance,
+    validation_samples)``; without it, 0: the highest accuracy)."""
     if study is None:  # not opened yet
         return Progress(stage, 0, total, 0, 0, last, None, elapsed_s)
     done = complete(study)
     feasible = [t for t in done if is_feasible(t)]
-    best = min(feasible, key=lambda t: rank_key(t.values[0], t.values[1]), default=None)
+    distinct = [t for t in feasible if OUTCOME in t.user_attrs and outcome(t).duplicate_of is None]
+    top = max((t.values[0] for t in distinct), default=0.0)
+    best = next(iter(ordered(distinct, tolerance(top) if tolerance else 0.0, _figures)), None)
     return Progress(
         stage=stage,
         done=counted(study),
@@ -301,7 +318,18 @@ def snapshot(study: optuna.Study | None, total: int, stage: str, last: str, elap
         feasible=len(feasible),
         failed=len(failures(study)),
         last=last,
-        best=f"trial {best.number}: acc {best.values[0]:.4f}, {best.values[1]:.3f} ms" if best else None,
+        best=_best_line(best) if best else None,
         elapsed_s=elapsed_s,
     )
 
+
+def _figures(trial: FrozenTrial) -> Figures:
+    m = outcome(trial).measurement
+    assert m is not None  # a complete trial
+    return m.accuracy, m.latency_ms, m.size_bytes
+
+
+def _best_line(trial: FrozenTrial) -> str:
+    m = outcome(trial).measurement
+    assert m is not None
+    return f"trial {trial.number}: {m.score_name} {m.accuracy:.4f}, {m.latency_ms:.3f} ms"

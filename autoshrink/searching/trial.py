@@ -22,7 +22,8 @@ from autoshrink.artifact import Artifact
 from autoshrink.config import Budget, HardwareProfile
 from autoshrink.measuring import Measurement, measure
 from autoshrink.measuring.accuracy import score
-from autoshrink.plan import Plan, runtime_supports
+from autoshrink.plan import Plan
+from autoshrink.runtimes import AUTO, runtime_supports
 from autoshrink.store import StoreError
 from autoshrink.workloads.base import Workload
 
@@ -166,8 +167,9 @@ class TrialRunner:
         """Measure on this machine, never at the same time as another measurement on it.
 
         A latency within `NEAR_BUDGET` of the latency budget decides feasibility on a noisy
-        machine: it is timed twice more and the slowest of the three is kept, the same rule
-        the best is re-checked with before it is registered, so the decision does not flip.
+        machine: it is timed again and the slowest timing is kept (`worst_of`, counting this
+        one), the rule the best is re-checked with before it is registered, so the decision
+        does not flip.
         """
         with measurement_lock():
             m = measure(
@@ -175,14 +177,19 @@ class TrialRunner:
                 accuracy=accuracy,
             )  # fmt: skip
             if self.budget is not None and abs(m.latency_ms / self.budget.latency_ms - 1) < NEAR_BUDGET:
-                from autoshrink.measuring import timing_batch
-                from autoshrink.measuring.latency import measure_latency
+                from autoshrink.measuring import latency, timing_batch
 
                 batch = timing_batch(self.workload.val, self.hardware.batch_size)
-                again = [measure_latency(artifact, batch, self.hardware) for _ in range(2)]
-                slowest = max([m.latency_ms, *(a.median_ms for a in again)])
-                p95 = max([m.latency_p95_ms, *(a.p95_ms for a in again)])
-                m = replace(m, latency_ms=slowest, latency_p95_ms=p95, latency_repeats=m.latency_repeats * 3)
+                first = latency.Latency(
+                    m.latency_ms, m.latency_p95_ms, m.latency_repeats, m.threads, m.batch_size, m.latency_spread
+                )
+                slowest = latency.worst_of(
+                    lambda: latency.measure_latency(artifact, batch, self.hardware), key=lambda t: t.median_ms, taken=[first]
+                )
+                m = replace(
+                    m, latency_ms=slowest.median_ms, latency_p95_ms=slowest.p95_ms, latency_spread=slowest.spread,
+                    latency_repeats=m.latency_repeats * latency.WORST_OF,
+                )  # fmt: skip
             return m
 
     def speed(
@@ -229,7 +236,7 @@ class TrialRunner:
 
     def runtime_choices(self, plan: Plan) -> list[str]:
         """The runtimes to measure for ``plan``: its own, or for ``auto`` the runner's alternatives."""
-        if plan.runtime != "auto" or not self.runtimes:
+        if plan.runtime != AUTO or not self.runtimes:
             return [plan.runtime]
         found = [r for r in self.runtimes if runtime_supports(r, plan.bits)]
         return sorted(found, key=lambda r: r != plan.resolved_runtime) or [plan.runtime]  # the default first
@@ -288,10 +295,10 @@ class TrialRunner:
         )
 
     def _over_budget(self, speed: Measurement) -> bool:
+        """Whether the speed figures alone (accuracy is not measured yet) miss the budget."""
         if self.budget is None:
             return False
-        violations = self.budget.violations(speed.metrics() | {"accuracy": 1.0})  # accuracy unknown yet
-        return any(v > 0 for k, v in violations.items() if k != "min_accuracy")
+        return not Budget.met(self.budget.violations(speed.metrics()), ignore=("min_accuracy",))
 
     def save(self, artifact: Artifact, name: str) -> Path:
         try:

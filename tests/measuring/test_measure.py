@@ -63,3 +63,13 @@ def test_unlabelled_data_needs_evaluate(fast_hardware) -> None:
     art = compress(model, Plan(), train_data=data, example_input=example)
     with pytest.raises(ValueError, match="labelled"):
         measure(art, eval_data=(data[0],), hardware=fast_hardware)
+
+
+def test_speed_up_is_the_baseline_latency_over_the_candidates() -> None:
+    from autoshrink.measuring import Measurement
+
+    def m(ms: float) -> Measurement:
+        return Measurement(0.9, ms, ms, 0.5, 1000, 10, "torch", 1, 1, 150, 1.1, "-")
+
+    assert m(0.5).speedup_over(m(3.0)) == 6.0  # six times faster than the baseline
+    assert m(3.0).speedup_over(m(3.0)) == 1.0

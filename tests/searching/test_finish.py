@@ -8,17 +8,13 @@ from autoshrink.config import ConfigError
 from autoshrink.measuring import Measurement
 from autoshrink.plan import Plan
 from autoshrink.searching.finish import Selection, accuracy_tolerance, select
-from autoshrink.searching.result import Candidate
-
-
-def _c(n: int, acc: float, ms: float, size: int = 100, budget_ms: float = 2.0) -> Candidate:
-    m = Measurement(acc, ms, ms, 0.1, size, 10, "torch", 1, 1, 150, 1.0, "-")
-    return Candidate(n, Plan(), m, {"latency_ms": ms - budget_ms})
+from tests.searching.conftest import make_candidate
 
 
 def test_noise_sized_differences_go_to_the_faster_candidate() -> None:
     # The README search used to register a 7x plan when an 11x plan one image behind was there.
-    slow_top, fast_close, fast_far = _c(1, 0.9916, 0.9), _c(2, 0.9889, 0.4), _c(3, 0.97, 0.2)
+    slow_top, fast_close = make_candidate(1, 0.9916, 0.9), make_candidate(2, 0.9889, 0.4)
+    fast_far = make_candidate(3, 0.97, 0.2)
     tol = accuracy_tolerance(359, 0.9916)
     best, _ = select([slow_top, fast_close, fast_far], lambda c: True, tol)
     assert best is fast_close
@@ -27,12 +23,12 @@ def test_noise_sized_differences_go_to_the_faster_candidate() -> None:
 
 
 def test_ties_in_speed_go_to_the_smaller_artifact() -> None:
-    a, b = _c(1, 0.99, 0.5, size=300), _c(2, 0.99, 0.5, size=100)
+    a, b = make_candidate(1, 0.99, 0.5, size=300), make_candidate(2, 0.99, 0.5, size=100)
     assert select([a, b], lambda c: True, 0.01)[0] is b
 
 
 def test_a_candidate_failing_its_re_timing_gives_way_to_the_next() -> None:
-    first, second = _c(1, 0.99, 0.4), _c(2, 0.99, 0.6)
+    first, second = make_candidate(1, 0.99, 0.4), make_candidate(2, 0.99, 0.6)
     best, closest = select([first, second], lambda c: c is not first, 0.01)
     assert best is second and closest is None
     best, closest = select([first, second], lambda c: False, 0.01)
@@ -58,7 +54,7 @@ def test_the_pareto_set_leaves_out_candidates_far_below_the_baseline() -> None:
     def trial(acc: float, ms: float):
         return optuna.trial.create_trial(values=[acc, ms, 0.1])
 
-    baseline = _c(0, 0.99, 5.0)
+    baseline = make_candidate(0, 0.99, 5.0)
     useful, useless = trial(0.985, 0.5), trial(0.09, 0.2)  # 0.09: chance, however fast
     assert above_floor([useful, useless], baseline, 0.05) == [useful]
     assert above_floor([useful, useless], baseline, 0.0) == [useful, useless]  # 0 turns it off
@@ -79,3 +75,39 @@ def test_a_candidate_names_the_runtime_an_auto_plan_was_measured_in(measured: st
     trial = optuna.trial.create_trial(values=[0.99, 0.2, 0.1], user_attrs={OUTCOME: TrialOutcome(asked, m).to_dict()})
     c = candidate(trial, Budget(latency_ms=1.0))
     assert c.plan.label == label and c.plan.resolved_runtime == measured
+
+
+def test_one_order_for_candidates_and_for_any_record_of_their_figures() -> None:
+    from autoshrink.searching.result import ordered
+
+    top, close, far = make_candidate(1, 0.99, 1.9), make_candidate(2, 0.985, 0.5), make_candidate(3, 0.95, 0.1)
+    assert ordered([top, close, far], 0.01) == [close, top, far]  # within 1 point: the faster first
+    assert ordered([top, close, far], 0.0) == [top, close, far]  # no tolerance: by accuracy
+    assert select([top, close, far], lambda c: True, 0.01)[0] is ordered([top, close, far], 0.01)[0]
+    rows = [(0.99, 1.9, 10), (0.985, 0.5, 10)]  # (accuracy, latency, size) of runs, trials, ...
+    assert ordered(rows, 0.01, figures=lambda r: r) == [rows[1], rows[0]]
+    assert ordered([], 0.01) == []
+
+
+def test_the_best_is_re_timed_and_the_slowest_timing_decides(tmp_path) -> None:
+    from dataclasses import replace
+
+    from autoshrink.config import Budget
+    from autoshrink.searching.finish import Recheck
+    from tests.searching.conftest import HW
+
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"")
+    timings, logged = iter([1.0, 3.0, 2.0]), {}
+
+    class Backend:
+        def retime(self, *args):
+            return next(timings)
+
+    class Tracker:
+        def log_metrics(self, run_id, metrics):
+            logged.update(metrics)
+
+    best = replace(make_candidate(1, 0.99, 1.0), artifact_path=str(path), run_id="r")
+    assert not Recheck(Backend(), Budget(latency_ms=2.5), HW, None, Tracker())(best)  # 3.0 > 2.5
+    assert logged == {"recheck_latency_ms": 3.0}

@@ -34,8 +34,24 @@ def test_every_row_has_a_cell_per_column() -> None:
     assert lines[2].startswith("| baseline | fp32 |") and "| 6.0x |" in lines[3]
 
 
-def test_progress_lines_name_the_score() -> None:
-    from autoshrink.measuring import score_name
+@pytest.mark.parametrize(("metric", "shown"), [("top1", "acc"), ("fidelity", "fidelity")])
+def test_progress_lines_name_the_score(metric: str, shown: str) -> None:
+    from autoshrink.config import Budget
+    from autoshrink.searching.study import describe, snapshot
+    from autoshrink.searching.trial import TrialOutcome
+    from tests.searching.conftest import recorded_study
 
-    assert score_name("top1") == "acc" and score_name("fidelity") == "fidelity"
-    assert result_scored_by("fidelity").baseline.measurement.score_name == "fidelity"
+    m = Measurement(0.99, 0.5, 0.55, 1.0, 1000, 10, "onnxruntime", 1, 1, 150, 1.1, "estimate", metric)
+    st = recorded_study([TrialOutcome(Plan(bits=8), m)], Budget(latency_ms=1.0))
+    line = describe(st.trials[0])
+    assert line == f"trial 0 int8: val {shown} 0.9900, 0.500 ms, 1.0 kB, meets budget"
+    progress = snapshot(st, 3, "trial", line, 1.0)
+    assert (progress.done, progress.feasible, progress.last) == (1, 1, line)
+    assert progress.best == f"trial 0: {shown} 0.9900, 0.500 ms"
+
+
+def test_speed_ups_in_the_table_and_the_message_are_the_same_figure() -> None:
+    result = result_scored_by("top1")
+    speedup = result.best.measurement.speedup_over(result.baseline.measurement)
+    assert speedup == 6.0
+    assert f"| {speedup:.1f}x |" in markdown_table(result)[3] and f"({speedup:.1f}x faster)" in result.message

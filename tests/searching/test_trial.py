@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 from autoshrink.config import Budget
 from autoshrink.measuring import NOT_MEASURED
@@ -47,9 +50,9 @@ def test_without_a_budget_nothing_is_screened(tmp_path: Path) -> None:
 
 def test_outcomes_round_trip_and_twins_are_found() -> None:
     plan = Plan(bits=8)
-    from tests.searching.test_finish import _c
+    from tests.searching.conftest import make_candidate
 
-    measured = _c(5, 0.9, 1.0).measurement
+    measured = make_candidate(5, 0.9, 1.0).measurement
     done = {3: TrialOutcome(plan, error="x"), 5: TrialOutcome(Plan(), measured)}
     assert find_twin(done, plan) is None  # a failed twin is not reused
     assert find_twin(done, Plan())[0] == 5
@@ -72,7 +75,6 @@ def test_a_latency_near_the_budget_is_timed_three_times_and_the_slowest_kept(tmp
         return Latency(first.latency_ms * (1 + 0.05 * len(calls)), first.latency_ms * 2, 10, 1, 1, 1.0)
 
     monkeypatch.setattr(latency_module, "measure_latency", fake)
-    monkeypatch.setattr("autoshrink.measuring.latency.measure_latency", fake)
     m = near(Plan(bits=8), name="near").measurement
     assert len(calls) == 3  # the measurement itself and two more
     assert m.latency_ms == max(first.latency_ms * 1.05, first.latency_ms * 1.15)
@@ -100,3 +102,38 @@ def test_an_auto_trial_is_named_after_the_runtime_it_ran_in(tmp_path) -> None:
     frozen = study.tell(trial, list(values))
     assert tracker.client.get_run(run_id).info.run_name == "trial-000-prune0.3-int8-ov-kd4"
     assert describe(frozen).startswith("trial 0 prune0.3-int8-ov-kd4: ")
+
+
+BOUNDARY = Budget(latency_ms=1.0, size_mb=0.05, energy_mj=1.0)
+
+
+@pytest.mark.parametrize(
+    ("figures", "feasible"),
+    [
+        ({"latency_ms": 1.0}, True),  # exactly at each limit: met
+        ({"size_bytes": 50_000}, True),
+        ({"energy_mj": 1.0}, True),
+        ({"latency_ms": 1.0 + 1e-9}, False),  # just over one
+        ({"size_bytes": 50_001}, False),
+    ],
+    ids=["latency=limit", "size=limit", "energy=limit", "latency>limit", "size>limit"],
+)
+def test_screening_and_the_study_agree_on_feasibility(tmp_path: Path, figures: dict, feasible: bool) -> None:
+    from autoshrink.measuring import Measurement
+    from autoshrink.searching.study import is_feasible
+    from tests.searching.conftest import recorded_study
+
+    m = replace(Measurement(0.5, 0.5, 0.5, 0.5, 10_000, 10, "torch", 1, 1, 150, 1.0, "-"), **figures)
+    screened_out = _runner(tmp_path, BOUNDARY)._over_budget(replace(m, accuracy=0.0, metric=NOT_MEASURED))
+    trial = recorded_study([TrialOutcome(Plan(), m)], BOUNDARY).trials[0]
+    assert is_feasible(trial) is feasible and screened_out is (not feasible)
+
+
+def test_screening_ignores_the_accuracy_it_has_not_measured_and_nothing_else(tmp_path: Path) -> None:
+    from autoshrink.measuring import Measurement
+
+    runner = _runner(tmp_path, Budget(latency_ms=1.0, energy_mj=1.0, min_accuracy=0.9))
+    unscored = Measurement(0.0, 0.5, 0.5, 0.5, 10_000, 10, "torch", 1, 1, 150, 1.0, "-", NOT_MEASURED)
+    assert not runner._over_budget(unscored)  # accuracy 0.0 is not a measurement
+    # an energy reading that failed (NaN) meets no limit: Budget.met says so, and so does screening
+    assert runner._over_budget(replace(unscored, energy_mj=float("nan")))
