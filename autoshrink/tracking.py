@@ -18,12 +18,13 @@ import logging
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from autoshrink._quiet import quiet_mlflow, stderr_to_debug
 from autoshrink.artifact import Artifact, load_artifact
+from autoshrink.runtimes import Flavor, get
 from autoshrink.store import artifact_root, sqlite_path
 
 ROLE = "autoshrink.role"
@@ -43,6 +44,9 @@ SKIPPED = "layers_skipped"
 SCREENED = "screened"
 MODEL_FILE_DIR = "artifact"
 MODEL_NAME = "model"
+# MLflow 3's UI opens an experiment in its GenAI view (traces, prompts) unless this tag says it
+# is model training; its value for that, as the UI's experiment-kind selector writes it.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 def registered_name(experiment: str) -> str:
@@ -75,8 +79,12 @@ class Tracker:
         self.experiment_id = (
             found.experiment_id
             if found
-            else self.client.create_experiment(experiment, artifact_location=artifact_root(tracking_uri))
+            else self.client.create_experiment(
+                experiment, artifact_location=artifact_root(tracking_uri), tags=dict([EXPERIMENT_KIND])
+            )
         )
+        if create and found is not None and EXPERIMENT_KIND[0] not in found.tags:  # made by an older autoshrink
+            self.client.set_experiment_tag(self.experiment_id, *EXPERIMENT_KIND)
 
     # runs -----------------------------------------------------------------------------
     def start_parent(self, existing_run_id: str | None, tags: dict[str, str]) -> str:
@@ -157,60 +165,12 @@ class Tracker:
         gets back exactly the bytes that were measured. ``example`` (the model's inputs, batch
         >= 2) becomes the input example: named arrays for ONNX models with several inputs.
         """
-        import mlflow
-
-        named = artifact.feed(example) if artifact.runtime in ("onnxruntime", "openvino") else None
-        onnx_example = next(iter(named.values())) if named is not None and len(named) == 1 else named
-        torch_example = example.numpy() if hasattr(example, "numpy") else None  # pyfunc: one array in
-
+        runtime = get(artifact.runtime)
         with tempfile.TemporaryDirectory() as tmp:
             path = artifact.save(Path(tmp) / f"{MODEL_NAME}{artifact.suffix}")
             self.log_file(run_id, path, MODEL_FILE_DIR)
             with _active_run(self.tracking_uri, run_id):
-                if artifact.runtime == "onnxruntime":
-                    import mlflow.onnx
-                    import onnx
-                    import onnxruntime
-
-                    info = mlflow.onnx.log_model(
-                        artifact.onnx_model,
-                        name=MODEL_NAME,
-                        input_example=onnx_example,
-                        pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
-                        save_as_external_data=False,
-                        onnx_execution_providers=["CPUExecutionProvider"],
-                    )
-                elif artifact.runtime == "openvino":
-                    import openvino
-
-                    # MLflow warns that a python_model is pickled (so is every torch model: load stores
-                    # you trust) and that an ndarray hint gives no signature (on purpose: see serving);
-                    # importing mlflow.pyfunc warns about Any hints in MLflow's own agent types.
-                    logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", UserWarning)
-                        from autoshrink.serving import ArtifactModel
-
-                        info = mlflow.pyfunc.log_model(
-                            name=MODEL_NAME,
-                            python_model=ArtifactModel(),
-                            artifacts={"artifact": str(path)},
-                            pip_requirements=[f"openvino=={openvino.__version__.split('-')[0]}", "autoshrink"],
-                        )
-                else:
-                    import mlflow.pytorch
-                    import torch
-
-                    # MLflow warns that pickled models run code when loaded: true of every torch
-                    # module; the README says to load stores you trust. Not for each Pareto model.
-                    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
-                    info = mlflow.pytorch.log_model(
-                        artifact.torch_module,
-                        name=MODEL_NAME,
-                        input_example=torch_example,
-                        serialization_format="pickle",
-                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "autoshrink"],
-                    )
+                info = _LOG_MODEL[runtime.mlflow_flavor](artifact, path, example, runtime.pip_requirements())
         return str(info.model_uri)
 
     def register_best(self, model_uri: str, run_id: str) -> tuple[str, str]:
@@ -243,6 +203,60 @@ class Tracker:
             if not files:
                 raise FileNotFoundError(f"run {run_id} has no stored artifact")
             return load_artifact(files[0])
+
+
+def _log_onnx(artifact: Artifact, path: Path, example: Any, pins: list[str]) -> Any:
+    import mlflow.onnx
+
+    named = artifact.feed(example)
+    return mlflow.onnx.log_model(
+        artifact.onnx_model,
+        name=MODEL_NAME,
+        input_example=next(iter(named.values())) if len(named) == 1 else named,
+        pip_requirements=pins,
+        save_as_external_data=False,
+        onnx_execution_providers=["CPUExecutionProvider"],
+    )
+
+
+def _log_pyfunc(artifact: Artifact, path: Path, example: Any, pins: list[str]) -> Any:
+    """Through autoshrink's own wrapper (`autoshrink.serving`), for runtimes MLflow has no flavour for."""
+    import mlflow
+
+    # MLflow warns that a python_model is pickled (so is every torch model: load stores
+    # you trust) and that an ndarray hint gives no signature (on purpose: see serving);
+    # importing mlflow.pyfunc warns about Any hints in MLflow's own agent types.
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        from autoshrink.serving import ArtifactModel
+
+        return mlflow.pyfunc.log_model(
+            name=MODEL_NAME, python_model=ArtifactModel(), artifacts={"artifact": str(path)}, pip_requirements=pins
+        )
+
+
+def _log_pytorch(artifact: Artifact, path: Path, example: Any, pins: list[str]) -> Any:
+    import mlflow.pytorch
+
+    # MLflow warns that pickled models run code when loaded: true of every torch
+    # module; the README says to load stores you trust. Not for each Pareto model.
+    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
+    return mlflow.pytorch.log_model(
+        artifact.torch_module,
+        name=MODEL_NAME,
+        input_example=example.numpy() if hasattr(example, "numpy") else None,  # pyfunc: one array in
+        serialization_format="pickle",
+        pip_requirements=pins,
+    )
+
+
+#: How a model is logged, by the MLflow flavour of its runtime (`autoshrink.runtimes.Runtime`).
+_LOG_MODEL: dict[Flavor, Callable[[Artifact, Path, Any, list[str]], Any]] = {
+    "onnx": _log_onnx,
+    "pyfunc": _log_pyfunc,
+    "pytorch": _log_pytorch,
+}
 
 
 @contextlib.contextmanager
