@@ -29,6 +29,7 @@ _EXPORTS = {
     "Measurement": "autoshrink.measuring",
     "workloads": "autoshrink.workloads",
     "SearchSpace": "autoshrink.space",
+    "RunConfig": "autoshrink.runfile",
     "search": "autoshrink.searching",
     "load_best": "autoshrink.searching",
     "SearchResult": "autoshrink.searching",

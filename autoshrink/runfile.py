@@ -16,12 +16,18 @@ Example ``run.yaml``::
     backend: {kind: ray, max_concurrent_trials: 2}   # optional; local by default
 
 ``autoshrink search --config run.yaml`` runs it; command-line flags override its values. The
-effective settings (after the flags) are logged to the MLflow parent run as ``run.yaml``.
+effective settings (after the flags) are logged to the MLflow parent run as ``run.yaml``. In
+Python, ``autoshrink.search(workload, RunConfig(...))`` takes the same record.
+
+`RunConfig` is the one list of a search's settings and their defaults: `autoshrink.search`'s
+keywords and the command line's flags are its fields. It is a plain record (it builds no
+backend and imports nothing of `autoshrink.searching`); the search makes the objects it needs
+from it (`autoshrink.searching.driver.backend_for`, `selection_for`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,21 +45,50 @@ from autoshrink.config import (
 from autoshrink.space import SearchSpace
 
 _WORKLOAD_PATH_OPTIONS = ("weights",)
-BACKEND_KEYS = ("kind", "address", "num_cpus", "max_concurrent_trials", "trial_cpus", "trial_gpus", "measure_on")
+#: Where trials can run: ``backend: {kind: ...}``; the other keys are that backend's options.
+BACKEND_KINDS = ("local", "ray")
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """Everything a search needs besides the model itself: which workload, budget, space...
 
+    Attributes:
+        budget: hard limits (latency required); candidates over any limit are infeasible.
+        workload: the workload spec the command line loads (``digits``, ``torchvision:<model>``,
+            ``hf:<path>``, ``module:function``, ``file.py:function``); `autoshrink.search` is
+            given the workload itself and does not read this.
+        workload_options: keyword arguments of that workload's function.
+        space: ranges to sample; ``None``: the workload family's space (`SearchSpace.preset`).
+        hardware: latency/energy protocol.
+        trials: total number of trials in the study (finished ones count on resume).
+        experiment: MLflow experiment and Optuna study name; the same name resumes.
+        sampler: ``"tpe-multivariate"`` (it won the replay benchmark of
+            ``results/search-quality.md``), ``"tpe"``, ``"nsga2"`` or ``"random"``; seeded by ``seed``.
+        seed: seed of the sampler and of distillation.
+        tracking_uri: MLflow store; ``None``: ``sqlite:///`` in ``$AUTOSHRINK_HOME`` or ``./.autoshrink``.
+        backend: where trials run: ``{"kind": "local"}`` (this process) or ``{"kind": "ray", ...}``
+            with `RayBackend`'s options.
+        accuracy_tolerance: validation-accuracy differences up to this are noise: the fastest
+            feasible candidate within it of the best wins; ``None``: one standard error.
+        pareto_floor: candidates more than this below the baseline's accuracy are kept out of
+            the Pareto set (``0`` keeps all).
+        warm_start: start a new study with plans that usually work (int8 alone, moderate
+            pruning + int8 + distillation) before the sampler takes over.
+        energy_objective: optimize energy too. ``None``: only where the machine has energy
+            counters (CodeCarbon's estimate, CPU load x TDP, follows latency and adds noise, so
+            it is then reported and may be constrained but does not steer the sampler).
+
     Example:
         >>> rc = RunConfig.from_dict({"workload": "digits", "budget": {"latency_ms": 1.0}, "trials": 5})
         >>> rc.budget.latency_ms, rc.trials, rc.workload
         (1.0, 5, 'digits')
+        >>> RunConfig.from_dict(rc.to_dict()) == rc
+        True
         >>> RunConfig.from_dict({"budget": {"latency_ms": 1.0}, "trails": 5})
         Traceback (most recent call last):
         ...
-        autoshrink.config.ConfigError: run file: unknown key(s) ['trails']; known: ['accuracy_tolerance', 'backend', 'budget', 'experiment', 'hardware', 'pareto_floor', 'sampler', 'seed', 'space', 'tracking_uri', 'trials', 'warm_start', 'workload', 'workload_options']
+        autoshrink.config.ConfigError: run file: unknown key(s) ['trails']; known: ['accuracy_tolerance', 'backend', 'budget', 'energy_objective', 'experiment', 'hardware', 'pareto_floor', 'sampler', 'seed', 'space', 'tracking_uri', 'trials', 'warm_start', 'workload', 'workload_options']
     """
 
     budget: Budget
@@ -70,13 +105,29 @@ class RunConfig:
     accuracy_tolerance: float | None = None
     pareto_floor: float = 0.05
     warm_start: bool = True
+    energy_objective: bool | None = None
+
+    @classmethod
+    def default(cls, name: str) -> Any:
+        """The default of one setting (the only place it is written is the field above).
+
+        Example:
+            >>> RunConfig.default("trials"), RunConfig.default("backend")
+            (20, {'kind': 'local'})
+        """
+        for f in fields(cls):
+            if f.name == name and f.default is not MISSING:
+                return f.default
+            if f.name == name and f.default_factory is not MISSING:
+                return f.default_factory()
+        raise KeyError(f"RunConfig has no default for {name!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], base: Path | None = None) -> RunConfig:
         """Build from a mapping; relative file paths are taken relative to ``base``."""
         check_keys(data, {f.name for f in fields(cls)}, "run file")
         values = dict(data)
-        workload = values.get("workload", "digits")
+        workload = values.get("workload", cls.default("workload"))
         if isinstance(workload, dict):
             options = dict(workload)
             if "spec" not in options:
@@ -109,29 +160,18 @@ class RunConfig:
     def __post_init__(self) -> None:
         from autoshrink.store import check_experiment_name
 
+        if not isinstance(self.budget, Budget):
+            raise ConfigError("budget must be an autoshrink.Budget, e.g. Budget(latency_ms=1.5)")
         check_search_settings(self.trials, self.sampler)
         check_experiment_name(self.experiment)
-        check_keys(self.backend, set(BACKEND_KEYS), "backend")
-        if self.backend.get("kind", "local") not in ("local", "ray"):
-            raise ConfigError(f"backend kind must be local or ray, got {self.backend.get('kind')!r}")
-
-    def make_selection(self) -> Any:
-        from autoshrink.searching.finish import Selection
-
-        return Selection(tolerance=self.accuracy_tolerance, pareto_floor=self.pareto_floor)
-
-    def make_backend(self) -> Any:
-        """The `Backend` instance the settings describe."""
-        options = {k: v for k, v in self.backend.items() if k != "kind" and v is not None}
-        if self.backend.get("kind", "local") == "local":
-            if options:
-                raise ConfigError(f"the local backend takes no options, got {sorted(options)} (use kind: ray)")
-            from autoshrink.searching import LocalBackend
-
-            return LocalBackend()
-        from autoshrink.searching.ray import RayBackend
-
-        return RayBackend(**options)
+        if self.space is not None and not isinstance(self.space, SearchSpace):
+            raise ConfigError(f"space must be an autoshrink.SearchSpace, got {type(self.space).__name__}")
+        if not isinstance(self.hardware, HardwareProfile):
+            raise ConfigError(f"hardware must be an autoshrink.HardwareProfile, got {type(self.hardware).__name__}")
+        if not isinstance(self.backend, dict):
+            raise ConfigError(f"backend settings must be a mapping such as {{'kind': 'ray'}}, got {self.backend!r}")
+        if self.backend.get("kind", BACKEND_KINDS[0]) not in BACKEND_KINDS:
+            raise ConfigError(f"backend kind must be one of {BACKEND_KINDS}, got {self.backend.get('kind')!r}")
 
     def with_overrides(self, **overrides: Any) -> RunConfig:
         """A copy with the given (non-None) values replaced; ``workload_options`` are merged."""
@@ -144,21 +184,13 @@ class RunConfig:
         return replace(self, **given, workload_options={**kept, **(options or {})})
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "workload": {"spec": self.workload, **self.workload_options},
-            "budget": self.budget.to_dict(),
-            "space": self.space.to_dict() if self.space is not None else None,
-            "hardware": self.hardware.to_dict(),
-            "trials": self.trials,
-            "experiment": self.experiment,
-            "sampler": self.sampler,
-            "seed": self.seed,
-            "tracking_uri": self.tracking_uri,
-            "backend": self.backend,
-            "accuracy_tolerance": self.accuracy_tolerance,
-            "pareto_floor": self.pareto_floor,
-            "warm_start": self.warm_start,
-        }
+        """Plain values, in the shape `from_dict` reads (the workload's options under ``workload``)."""
+        out: dict[str, Any] = {"workload": {"spec": self.workload, **self.workload_options}}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name not in ("workload", "workload_options"):
+                out[f.name] = value.to_dict() if isinstance(value, (Budget, SearchSpace, HardwareProfile)) else value
+        return out
 
     def to_yaml(self) -> str:
         return yaml.safe_dump({k: v for k, v in self.to_dict().items() if v is not None}, sort_keys=False)

@@ -8,13 +8,10 @@ from autoshrink.cli import app
 def test_help_lists_commands() -> None:
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("search", "best", "ui", "bench"):
+    for command in ("search", "best", "ui"):
         assert f" {command} " in result.output, command
-
-
-def test_bench_help() -> None:
-    result = CliRunner().invoke(app, ["bench", "compression", "--help"])
-    assert result.exit_code == 0 and "--threads" in result.output
+    for gone in ("bench", "export-digits"):  # repository tools: python -m benchmarks, examples/export_digits.py
+        assert f" {gone} " not in result.output, gone
 
 
 def test_bad_budget_is_one_clear_line() -> None:
@@ -95,3 +92,90 @@ def test_search_reads_a_run_file_and_flags_override_it(tmp_path) -> None:
     effective = yaml.safe_load(open(logged))
     assert effective["trials"] == 2 and effective["workload"]["classes"] == 3  # flag over file; file options kept
     assert effective["space"]["bits"] == [32, 8]
+
+
+def test_flags_override_the_run_file_and_the_search_gets_it_whole(tmp_path, monkeypatch) -> None:
+    import autoshrink.searching
+    from autoshrink.config import ConfigError
+    from autoshrink.runfile import RunConfig
+    from tests.tiny import write_files
+
+    files = write_files(tmp_path)
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text(
+        f"workload: {{spec: '{files['workload']}:tiny', classes: 3}}\n"
+        "budget: {latency_ms: 1000, size_mb: 4}\nspace: space.yaml\nhardware: hw.yaml\n"
+        "trials: 1\nexperiment: from-file\nsampler: random\nseed: 5\npareto_floor: 0.2\n"
+    )
+    seen = []
+
+    def fake_search(wl, run, *, backend=None, progress=None):
+        seen.append((run, backend))
+        raise ConfigError("stopped here")
+
+    monkeypatch.setattr(autoshrink.searching, "search", fake_search)
+    result = CliRunner().invoke(
+        app,
+        ["search", "--config", str(run_file), "--trials", "3", "--sampler", "tpe", "--latency-budget-ms", "7",
+         "--no-warm-start", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "stopped here" in result.output, result.output
+    (run, backend), = seen
+    assert isinstance(run, RunConfig) and repr(backend) == "LocalBackend()"
+    assert (run.trials, run.sampler, run.warm_start, run.budget.latency_ms) == (3, "tpe", False, 7)  # the flags
+    assert (run.seed, run.pareto_floor, run.experiment, run.budget.size_mb) == (5, 0.2, "from-file", 4)  # the file
+    assert run.workload_options == {"classes": 3} and run.space is not None and run.space.bits == (32, 8)
+    assert run.accuracy_tolerance is RunConfig.default("accuracy_tolerance")  # neither: the field's default
+
+
+def test_unknown_run_file_keys_are_one_line_before_anything_loads(tmp_path) -> None:
+    run_file = tmp_path / "run.yaml"
+    for body, message in (
+        ("budget: {latency_ms: 5}\ntrails: 3\n", "unknown key(s) ['trails']"),
+        ("budget: {latency_ms: 5}\nbackend: {kind: ray, max_trials: 2}\n", "backend: unknown key(s) ['max_trials']"),
+    ):
+        run_file.write_text(body)
+        result = CliRunner().invoke(app, ["search", "--config", str(run_file)])
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert "loading workload" not in result.output and "Traceback" not in result.output
+        errors = [line for line in result.output.splitlines() if line.strip()]
+        assert len(errors) == 1 and errors[0].startswith("error: "), errors
+
+
+def test_help_states_run_config_defaults() -> None:
+    import typer
+
+    from autoshrink.cli import TRACKING_URI_HELP
+    from autoshrink.runfile import RunConfig
+
+    helps = {p.name: p.help for p in typer.main.get_command(app).commands["search"].params}  # type: ignore[attr-defined]
+    for setting in ("trials", "sampler", "seed", "pareto_floor", "workload"):
+        assert f"(default: {RunConfig.default(setting)})" in helps[setting], setting
+    assert helps["tracking_uri"] == TRACKING_URI_HELP
+
+
+def _printed_result(tracking_uri: str, capsys) -> str:
+    from types import SimpleNamespace
+
+    from autoshrink._console import print_result
+
+    result = SimpleNamespace(
+        experiment="e", n_complete=1, n_failed=0, met_budget=True, message="best under budget", failures={},
+        baseline=SimpleNamespace(measurement=SimpleNamespace(energy_method="none")), registered_model=None,
+        tracking_uri=tracking_uri,
+    )  # fmt: skip
+    print_result(result)  # type: ignore[arg-type]
+    return capsys.readouterr().out
+
+
+def test_the_result_names_a_store_only_when_it_is_not_the_default(tmp_path, monkeypatch, capsys) -> None:
+    import autoshrink.searching.report as report
+    from autoshrink.store import resolve_tracking_uri
+
+    monkeypatch.setattr(report, "markdown_table", lambda result: [])  # no table: only the lines after it matter
+    monkeypatch.setenv("AUTOSHRINK_HOME", str(tmp_path / "home"))
+    out = _printed_result(resolve_tracking_uri(None), capsys)
+    assert "inspect:    autoshrink ui\n" in out and "tracking_uri=" not in out
+    other = f"sqlite:///{tmp_path}/elsewhere/.autoshrink/mlflow.db"  # ends like the default, is not it
+    out = _printed_result(other, capsys)
+    assert f"autoshrink ui --tracking-uri {other}" in out and f"tracking_uri={other!r}" in out

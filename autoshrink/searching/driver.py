@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from dataclasses import fields, replace
+from functools import partial
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from torch import nn
 
 from autoshrink.artifact import load_artifact
-from autoshrink.config import Budget, ConfigError, HardwareProfile, check_search_settings
-from autoshrink.data import DataLike
+from autoshrink.config import Budget, ConfigError, HardwareProfile, check_installed, check_keys
+from autoshrink.data import DataLike, dataset_size
 from autoshrink.measuring import Evaluate, Measurement, timing_batch
 from autoshrink.measuring.accuracy import score
 from autoshrink.plan import Plan
+from autoshrink.runfile import BACKEND_KINDS, RunConfig
 from autoshrink.searching.backend import Backend
 from autoshrink.searching.finish import Recheck, Selection, finish
 from autoshrink.searching.recorder import Recorder
@@ -30,13 +33,7 @@ from autoshrink.searching.study import (
 )
 from autoshrink.searching.trial import TrialRunner, objectives_for
 from autoshrink.space import SearchSpace
-from autoshrink.store import (
-    check_experiment_name,
-    experiment_lock,
-    prepare,
-    resolve_tracking_uri,
-    study_storage_for,
-)
+from autoshrink.store import experiment_lock, prepare, resolve_tracking_uri, study_storage_for
 from autoshrink.tracking import STUDY, Tracker
 from autoshrink.workloads.base import Workload
 
@@ -94,167 +91,278 @@ def _flat(config: dict[str, Any]) -> dict[str, Any]:
 
 def search(
     workload: Workload | nn.Module,
+    run: RunConfig | None = None,
     *,
-    budget: Budget,
-    space: SearchSpace | None = None,
-    trials: int = 20,
-    experiment: str = "autoshrink",
-    tracking_uri: str | None = None,
-    hardware: HardwareProfile | None = None,
-    sampler: str = "tpe-multivariate",
-    seed: int = 0,
     backend: Backend | None = None,
-    selection: Selection | None = None,
-    energy_objective: bool | None = None,
-    warm_start: bool = True,
     progress: Callable[[Progress], None] | None = None,
-    run_file: str | None = None,
-    train_data: DataLike | None = None,
-    eval_data: DataLike | None = None,
-    test_data: DataLike | None = None,
-    example_input: Any = None,
-    evaluate: Evaluate | None = None,
+    **settings: Any,
 ) -> SearchResult:
-    """Search compression plans for a workload under ``budget``; log everything to MLflow.
+    """Search compression plans for a workload under ``run.budget``; log everything to MLflow.
 
     Candidates are scored on the workload's validation split; Pareto-optimal ones are then
     measured once on its test split and that is the accuracy reported for them. The training
-    split is only used for distillation and calibration. Re-running with the same
-    ``experiment`` resumes: finished trials are kept and only the missing ones run.
+    split is only used for distillation and calibration. Re-running with the same experiment
+    resumes: finished trials are kept and only the missing ones run.
 
     Args:
-        workload: a `Workload` (model, splits, example input, optional ``evaluate``), or a
-            model together with ``train_data``, ``eval_data``, ``test_data`` and
-            ``example_input`` (and optionally ``evaluate``).
-        budget: hard limits (latency required); candidates over any limit are infeasible.
-        space: ranges to sample; by default the workload family's space (`SearchSpace.preset`).
-        trials: total number of trials in the study (finished ones count on resume).
-        experiment: MLflow experiment and Optuna study name.
-        tracking_uri: MLflow store; default ``sqlite:///./.autoshrink/mlflow.db``.
-        hardware: latency/energy protocol; `HardwareProfile()` by default.
-        sampler: ``"tpe-multivariate"`` (default: it won the replay benchmark of
-            ``results/search-quality.md``), ``"tpe"``, ``"nsga2"`` or ``"random"``; seeded by ``seed``.
-        warm_start: start a new study with plans that usually work (int8 alone, moderate
-            pruning + int8 + distillation) before the sampler takes over.
-        backend: where trials run; `LocalBackend()` (this process) by default.
-        selection: what "best" and the Pareto set mean (`Selection`): by default the fastest
-            feasible candidate within one standard error of the best validation accuracy, and
-            no candidate more than 5 points below the baseline in the Pareto set.
-        energy_objective: optimize energy too. By default only where the machine has energy
-            counters: CodeCarbon's estimate (CPU load x TDP) follows latency and adds noise, so
-            it is then reported and may be constrained, but it does not steer the sampler.
+        workload: a `Workload` (model, splits, example input, optional ``evaluate``).
+        run: the settings (`RunConfig`), logged on the parent run as ``run.yaml``; its
+            ``workload`` entry is not read (``workload`` is what is searched).
+        backend: where trials run; by default the one ``run.backend`` describes (`backend_for`).
         progress: optional callback receiving a `Progress` at each step.
-        run_file: text of the run file this search came from, logged on the parent run.
+        **settings: instead of ``run``, its fields as keywords, and the older form's data
+            (`keyword_run`): ``search(wl, budget=Budget(latency_ms=1.0), trials=20)``.
 
     Example:
         >>> import autoshrink  # doctest: +SKIP
         >>> wl = autoshrink.workloads.load("digits")  # doctest: +SKIP
-        >>> result = autoshrink.search(wl, budget=autoshrink.Budget(latency_ms=1.0), trials=20)  # doctest: +SKIP
-        >>> print(result.message)  # doctest: +SKIP
+        >>> run = autoshrink.RunConfig(budget=autoshrink.Budget(latency_ms=1.0), trials=20)  # doctest: +SKIP
+        >>> print(autoshrink.search(wl, run).message)  # doctest: +SKIP
     """
-    from autoshrink.searching.local import LocalBackend
-
-    started = time.perf_counter()
-    wl = as_workload(
-        workload, train_data=train_data, eval_data=eval_data, test_data=test_data,
-        example_input=example_input, evaluate=evaluate,
-    )  # fmt: skip
-    if not isinstance(budget, Budget):
-        raise ConfigError("budget must be an autoshrink.Budget, e.g. Budget(latency_ms=1.5)")
-    check_search_settings(trials, sampler)
-    check_experiment_name(experiment)
-    space = space if space is not None else SearchSpace.preset(wl.family)
-    if not isinstance(space, SearchSpace):
-        raise ConfigError(f"space must be an autoshrink.SearchSpace, got {type(space).__name__}")
-    hardware = hardware if hardware is not None else HardwareProfile()
-    if not isinstance(hardware, HardwareProfile):
-        raise ConfigError(f"hardware must be an autoshrink.HardwareProfile, got {type(hardware).__name__}")
-    space = space.restricted_to(hardware.runtimes)
-    # With other runtimes in the space or the profile, an "auto" plan gets the fastest of them, measured.
-    alternatives = space.compared_by_auto(hardware.runtimes)
-    check_installed({*space.runtime, *alternatives})
-    backend = backend if backend is not None else LocalBackend()
-    study: optuna.Study | None = None
-
-    def elapsed() -> float:
-        return time.perf_counter() - started
-
-    def emit(stage: str, last: str) -> None:
-        if progress is not None:
-            progress(snapshot(study, trials, stage, last, elapsed()))
-
-    emit("start", f"opening experiment '{experiment}' (MLflow store and Optuna study)")
-
-    uri = resolve_tracking_uri(tracking_uri)
+    wl, run, run_file = _called_with(workload, run, settings)
+    space, alternatives = _space_for(wl, run)
+    selection = selection_for(run)
+    backend = backend if backend is not None else backend_for(run.backend)
+    live = _Live(progress, run.trials, partial(selection.resolved_tolerance, dataset_size(wl.val)))
+    live.emit("start", f"opening experiment '{run.experiment}' (MLflow store and Optuna study)")
+    uri = resolve_tracking_uri(run.tracking_uri)
     folder = prepare(uri)
-    if energy_objective is None:
-        from autoshrink.measuring.energy import energy_counters_available
-
-        energy_objective = energy_counters_available()
-    objectives = objectives_for(energy_objective)
-    config = {
-        "objectives": list(objectives),
-        "workload": wl.name,
-        "budget": budget.to_dict(),
-        "space": space.to_dict(),
-        "hardware": hardware.to_dict(),
-        "sampler": sampler,
-        "seed": seed,
-        "warm_start": warm_start,
-    }
-    with experiment_lock(folder, experiment):
-        study = open_study(experiment, study_storage_for(uri), config, sampler, seed, trials, objectives,
-                           warm_start=space if warm_start else None)  # fmt: skip
-        tracker = Tracker(uri, experiment)
-        parent = tracker.start_parent(study.user_attrs.get("parent_run_id"), {STUDY: experiment})
-        study.set_user_attr("parent_run_id", parent)
-        tracker.log_params(parent, _flat(config) | {"backend": repr(backend)})
-        if run_file is not None:
-            tracker.log_text(parent, run_file, "run.yaml")
-        interrupted = recover_interrupted(study, tracker, parent)
-        if counted(study):
-            emit("start", f"resuming: {counted(study)} of {trials} trials already finished"
-                 + (f", {interrupted} interrupted one(s) queued to run again" if interrupted else ""))  # fmt: skip
-        recorder = Recorder(tracker, parent, budget, objectives)
-        if alternatives:
-            emit("start", f"runtime auto: each architecture is timed in {', '.join(alternatives)} and the fastest kept")
-        runner = TrialRunner(wl, hardware, folder / "artifacts" / experiment, seed, budget=budget,
+    objectives = objectives_for(_energy_objective(run))
+    with experiment_lock(folder, run.experiment):
+        opened = _open(wl, run, uri, space, objectives, backend, run_file)
+        _resume(opened, live, alternatives)
+        recorder = Recorder(opened.tracker, opened.parent, run.budget, objectives)
+        runner = TrialRunner(wl, run.hardware, folder / "artifacts" / run.experiment, run.seed, budget=run.budget,
                              runtimes=alternatives)  # fmt: skip
         try:
-            emit("baseline", "measuring the uncompressed model (the baseline)")
-            baseline, measured_on = _baseline(backend, runner, budget, wl)
+            baseline = _measure_baseline(backend, runner, wl, run.budget, opened, live)
             recorder.baseline = baseline.measurement
-            tracker.set_tags(parent, {"baseline_host": measured_on} | _cpu_tags(measured_on))
-            tracker.log_metrics(
-                parent,
-                {f"baseline_{k}": v for k, v in baseline.measurement.metrics().items()}
-                | {"baseline_test_accuracy": baseline.test_accuracy or float("nan")},
-            )
-            emit("baseline", f"baseline: val {baseline.measurement.score_name} {baseline.measurement.accuracy:.4f}, "
-                 f"{baseline.measurement.latency_ms:.3f} ms, {baseline.measurement.size_bytes / 1e3:.1f} kB")  # fmt: skip
-            warning = chance_warning(wl, baseline.measurement)
-            if warning:
-                log.warning(warning)
-                emit("baseline", f"warning: {warning}")
-            remaining = trials - counted(study)
-            if remaining > 0:
-                callbacks = [progress_callback(progress, trials, elapsed)] if progress else []
-                backend.run(study, space, runner, recorder, n_trials=remaining, callbacks=callbacks)
-            finishing = time.perf_counter()
-            emit("finish", "scoring the Pareto set on the test split, logging models, registering the best")
-            recheck = Recheck(backend, budget, hardware, timing_batch(wl.val, hardware.batch_size), tracker)
-            result = finish(study, recorder, baseline, wl, recheck, timing_batch(wl.val, 2), selection or Selection())
+            _run_trials(opened.study, backend, space, runner, recorder, live)
+            live.emit("finish", "scoring the Pareto set on the test split, logging models, registering the best")
+            result, finish_s = _finish(opened, recorder, baseline, wl, backend, run, selection)
         except KeyboardInterrupt:
-            tracker.finish(parent, "KILLED")
+            opened.tracker.finish(opened.parent, "KILLED")
             raise
         finally:
             backend.close()
-    timings = trial_timings(study) | {
-        "finish_s": time.perf_counter() - finishing,
-        "total_s": time.perf_counter() - started,
+    return _concluded(result, opened, finish_s, live.elapsed())
+
+
+def _called_with(
+    workload: Workload | nn.Module, run: RunConfig | None, settings: dict[str, Any]
+) -> tuple[Workload, RunConfig, str | None]:
+    """The workload, the settings and the run-file text of a call to `search`, in either form."""
+    if run is None:
+        return keyword_run(workload, **settings)
+    if not isinstance(run, RunConfig):
+        raise ConfigError(f"search()'s settings must be an autoshrink.RunConfig, got {type(run).__name__}")
+    if settings:
+        raise ConfigError(f"pass the settings as a RunConfig or as keywords, not both (got {sorted(settings)})")
+    return as_workload(workload), run, run.to_yaml()
+
+
+#: The older form's keywords: a model and its data instead of a `Workload` (`as_workload`).
+LOOSE_DATA = ("train_data", "eval_data", "test_data", "example_input", "evaluate")
+
+
+def keyword_run(
+    workload: Workload | nn.Module,
+    *,
+    hardware: HardwareProfile | None = None,
+    selection: Selection | None = None,
+    run_file: str | None = None,
+    **settings: Any,
+) -> tuple[Workload, RunConfig, str | None]:
+    """The keyword form of `search`: the workload, the `RunConfig` and the run-file text.
+
+    ``settings`` are `RunConfig`'s fields (their defaults are its defaults) and the older form's
+    `LOOSE_DATA`; ``hardware=None`` means the default profile, ``selection`` sets
+    ``accuracy_tolerance`` and ``pareto_floor``, ``run_file`` is text to log as ``run.yaml``.
+
+    Example:
+        >>> import torch
+        >>> data = (torch.ones(4, 2), torch.zeros(4, dtype=torch.long))
+        >>> wl, run, _ = keyword_run(nn.Linear(2, 2), train_data=data, eval_data=data, test_data=data,
+        ...                          example_input=data[0][:1], budget=Budget(latency_ms=1.0), trials=3)
+        >>> wl.name, run.trials, run.sampler, run.hardware == HardwareProfile()
+        ('Linear', 3, 'tpe-multivariate', True)
+    """
+    wl = as_workload(workload, **{k: settings.pop(k) for k in LOOSE_DATA if k in settings})
+    unknown = sorted(set(settings) - {f.name for f in fields(RunConfig)})
+    if unknown:
+        raise TypeError(f"search() got unexpected keyword argument(s) {unknown}")
+    if selection is not None:
+        if {"accuracy_tolerance", "pareto_floor"} & set(settings):
+            raise ConfigError("pass selection= or accuracy_tolerance=/pareto_floor=, not both")
+        settings |= {"accuracy_tolerance": selection.tolerance, "pareto_floor": selection.pareto_floor}
+    if hardware is not None:
+        settings["hardware"] = hardware
+    return wl, RunConfig(**settings), run_file
+
+
+def backend_for(settings: Mapping[str, Any]) -> Backend:
+    """The `Backend` a run's ``backend`` settings describe; options it does not take are refused
+    (`RayBackend`'s are its constructor's parameters).
+
+    Example:
+        >>> backend_for({"kind": "local"})
+        LocalBackend()
+        >>> backend_for({"kind": "ray", "max_concurrent_trials": 2}).max_concurrent_trials
+        2
+        >>> backend_for({"kind": "ray", "max_trials": 2})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        autoshrink.config.ConfigError: backend: unknown key(s) ['max_trials']; known: ['address', ...]
+    """
+    from autoshrink.searching.local import LocalBackend
+
+    options = {k: v for k, v in settings.items() if k != "kind" and v is not None}
+    if settings.get("kind", BACKEND_KINDS[0]) == "local":
+        if options:
+            raise ConfigError(f"the local backend takes no options, got {sorted(options)} (use kind: ray)")
+        return LocalBackend()
+    from autoshrink.searching.ray import RayBackend
+
+    check_keys(dict(settings), {"kind", *inspect.signature(RayBackend).parameters}, "backend")
+    return RayBackend(**options)
+
+
+def selection_for(run: RunConfig) -> Selection:
+    """What "best" and the Pareto set mean under ``run``'s ``accuracy_tolerance`` and ``pareto_floor``."""
+    return Selection(tolerance=run.accuracy_tolerance, pareto_floor=run.pareto_floor)
+
+
+class _Live:
+    """Progress for the caller: a `Progress` snapshot per step, with the study once it is open;
+    its best so far is chosen with the search's own accuracy ``tolerance`` (as the final one is)."""
+
+    def __init__(
+        self, progress: Callable[[Progress], None] | None, trials: int, tolerance: Callable[[float], float]
+    ) -> None:
+        self.progress, self.trials, self.tolerance = progress, trials, tolerance
+        self.started = time.perf_counter()
+        self.study: optuna.Study | None = None
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def emit(self, stage: str, last: str) -> None:
+        if self.progress is not None:
+            self.progress(snapshot(self.study, self.trials, stage, last, self.elapsed(), tolerance=self.tolerance))
+
+
+class _Opened(NamedTuple):
+    """A search's Optuna study and its MLflow parent run, open."""
+
+    study: optuna.Study
+    tracker: Tracker
+    parent: str
+
+
+def _space_for(wl: Workload, run: RunConfig) -> tuple[SearchSpace, tuple[str, ...]]:
+    """The space sampled (the family's by default, with only the profile's runtimes) and the
+    runtimes an "auto" plan is timed in; a runtime that is not installed is refused here."""
+    space = run.space if run.space is not None else SearchSpace.preset(wl.family)
+    space = space.restricted_to(run.hardware.runtimes)
+    # With other runtimes in the space or the profile, an "auto" plan gets the fastest of them, measured.
+    alternatives = space.compared_by_auto(run.hardware.runtimes)
+    check_installed({*space.runtime, *alternatives})
+    return space, alternatives
+
+
+def _energy_objective(run: RunConfig) -> bool:
+    if run.energy_objective is not None:
+        return run.energy_objective
+    from autoshrink.measuring.energy import energy_counters_available
+
+    return energy_counters_available()
+
+
+def _open(wl: Workload, run: RunConfig, uri: str, space: SearchSpace, objectives: tuple[str, ...],
+          backend: Backend, run_file: str | None) -> _Opened:  # fmt: skip
+    """Create or resume the study (a resumed one must have the same settings) and its parent run,
+    with the settings logged on it."""
+    config = {
+        "objectives": list(objectives),
+        "workload": wl.name,
+        "budget": run.budget.to_dict(),
+        "space": space.to_dict(),
+        "hardware": run.hardware.to_dict(),
+        "sampler": run.sampler,
+        "seed": run.seed,
+        "warm_start": run.warm_start,
     }
-    tracker.log_metrics(parent, {f"time_{k}": v for k, v in timings.items()})
-    tracker.finish(parent)
+    study = open_study(run.experiment, study_storage_for(uri), config, run.sampler, run.seed, run.trials, objectives,
+                       warm_start=space if run.warm_start else None)  # fmt: skip
+    tracker = Tracker(uri, run.experiment)
+    parent = tracker.start_parent(study.user_attrs.get("parent_run_id"), {STUDY: run.experiment})
+    study.set_user_attr("parent_run_id", parent)
+    tracker.log_params(parent, _flat(config) | {"backend": repr(backend)})
+    if run_file is not None:
+        tracker.log_text(parent, run_file, "run.yaml")
+    return _Opened(study, tracker, parent)
+
+
+def _resume(opened: _Opened, live: _Live, alternatives: tuple[str, ...]) -> None:
+    """Queue the trials an earlier run of this study left half done; say what is resumed and
+    which runtimes an "auto" plan is timed in."""
+    live.study = opened.study
+    interrupted = recover_interrupted(opened.study, opened.tracker, opened.parent)
+    if counted(opened.study):
+        live.emit("start", f"resuming: {counted(opened.study)} of {live.trials} trials already finished"
+                  + (f", {interrupted} interrupted one(s) queued to run again" if interrupted else ""))  # fmt: skip
+    if alternatives:
+        timed_in = ", ".join(alternatives)
+        live.emit("start", f"runtime auto: each architecture is timed in {timed_in} and the fastest kept")
+
+
+def _measure_baseline(backend: Backend, runner: TrialRunner, wl: Workload, budget: Budget, opened: _Opened,
+                      live: _Live) -> Candidate:  # fmt: skip
+    """The baseline measured, logged on the parent run (with the CPU that measured it) and told."""
+    live.emit("baseline", "measuring the uncompressed model (the baseline)")
+    baseline, measured_on = _baseline(backend, runner, budget, wl)
+    m = baseline.measurement
+    opened.tracker.set_tags(opened.parent, {"baseline_host": measured_on} | _cpu_tags(measured_on))
+    opened.tracker.log_metrics(
+        opened.parent,
+        {f"baseline_{k}": v for k, v in m.metrics().items()}
+        | {"baseline_test_accuracy": baseline.test_accuracy or float("nan")},
+    )
+    live.emit("baseline", f"baseline: val {m.score_name} {m.accuracy:.4f}, {m.latency_ms:.3f} ms, "
+              f"{m.size_bytes / 1e3:.1f} kB")  # fmt: skip
+    warning = chance_warning(wl, m)
+    if warning:
+        log.warning(warning)
+        live.emit("baseline", f"warning: {warning}")
+    return baseline
+
+
+def _run_trials(study: optuna.Study, backend: Backend, space: SearchSpace, runner: TrialRunner,
+                recorder: Recorder, live: _Live) -> None:  # fmt: skip
+    """The trials the study still lacks, on the backend."""
+    remaining = live.trials - counted(study)
+    if remaining > 0:
+        callbacks = (
+            [progress_callback(live.progress, live.trials, live.elapsed, tolerance=live.tolerance)] if live.progress else []
+        )
+        backend.run(study, space, runner, recorder, n_trials=remaining, callbacks=callbacks)
+
+
+def _finish(opened: _Opened, recorder: Recorder, baseline: Candidate, wl: Workload, backend: Backend,
+            run: RunConfig, selection: Selection) -> tuple[SearchResult, float]:  # fmt: skip
+    """The Pareto set scored on the test split, its models logged, the best registered; and how
+    long that took."""
+    started = time.perf_counter()
+    recheck = Recheck(backend, run.budget, run.hardware, timing_batch(wl.val, run.hardware.batch_size), opened.tracker)
+    result = finish(opened.study, recorder, baseline, wl, recheck, timing_batch(wl.val, 2), selection)
+    return result, time.perf_counter() - started
+
+
+def _concluded(result: SearchResult, opened: _Opened, finish_s: float, total_s: float) -> SearchResult:
+    """The result with its timings, which are logged on the parent run before it is closed."""
+    timings = trial_timings(opened.study) | {"finish_s": finish_s, "total_s": total_s}
+    opened.tracker.log_metrics(opened.parent, {f"time_{k}": v for k, v in timings.items()})
+    opened.tracker.finish(opened.parent)
     return replace(result, timings=timings)
 
 
@@ -287,26 +395,6 @@ def _baseline(backend: Backend, runner: TrialRunner, budget: Budget, wl: Workloa
     test_accuracy = score(load_artifact(outcome.artifact_path), wl.test, wl.evaluate)
     candidate = Candidate(None, Plan(), m, budget.violations(m.metrics()), test_accuracy, artifact_path=outcome.artifact_path)
     return candidate, outcome.host
-
-
-#: Runtimes that come with an optional extra, and the modules that extra installs.
-EXTRAS = {"openvino": ("openvino", "nncf")}
-
-
-def check_installed(runtimes: set[str]) -> None:
-    """Refuse, before anything runs, a search that would use a runtime this machine lacks
-    (``auto`` would otherwise pass over it in silence).
-
-    >>> check_installed({"auto", "onnxruntime"})
-    """
-    import importlib.util
-
-    for runtime, modules in EXTRAS.items():
-        if runtime in runtimes and any(importlib.util.find_spec(m) is None for m in modules):
-            raise ConfigError(
-                f"the space or hardware profile names {runtime}, which is not installed here: "
-                f"pip install 'autoshrink[{runtime}]'"
-            )
 
 
 def _cpu_tags(measured_on: str) -> dict[str, str]:

@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from autoshrink.config import Budget, HardwareProfile
-from autoshrink.searching import SearchResult, search
+from autoshrink.measuring import Measurement
+from autoshrink.plan import Plan
+from autoshrink.searching import Progress, SearchResult, search
+from autoshrink.searching.result import Candidate
 from autoshrink.space import SearchSpace
 from tests.conftest import make_case
 
 SPACE = SearchSpace(prune=(0.0, 0.6, 0.3), rank=("off",), bits=(32, 8), distill_epochs=(0, 1))
 HW = HardwareProfile(warmup_s=0.0, repeats=10, energy_s=0.1)
+
+
+#: The validation split of `run_search` (``x[256:384]``): what the default accuracy tolerance is sized by.
+VAL_SAMPLES = 128
+
+
+def make_candidate(n: int, acc: float, ms: float, size: int = 100, budget_ms: float = 2.0) -> Candidate:
+    """Trial ``n``'s candidate, measured at ``acc`` and ``ms``, under a ``budget_ms`` latency budget."""
+    m = Measurement(acc, ms, ms, 0.1, size, 10, "torch", 1, 1, 150, 1.0, "-")
+    return Candidate(n, Plan(), m, {"latency_ms": ms - budget_ms})
 
 
 BACKENDS = ["local", pytest.param("ray", marks=pytest.mark.slow)]
@@ -55,7 +69,7 @@ def run_search(tmp: Path, budget: Budget, trials: int, experiment: str = "exp", 
     return search(
         model,
         train_data=(x[:256], y[:256]),
-        eval_data=(x[256:384], y[256:384]),
+        eval_data=(x[256 : 256 + VAL_SAMPLES], y[256 : 256 + VAL_SAMPLES]),
         test_data=(x[384:], y[384:]),
         example_input=example,
         budget=budget,
@@ -93,3 +107,98 @@ def size_budget() -> Budget:
 def finished(tmp_path_factory: pytest.TempPathFactory, backend_name: str) -> tuple[Path, SearchResult]:
     tmp = tmp_path_factory.mktemp(f"search-{backend_name}")
     return tmp, run_search(tmp, size_budget(), trials=8, backend=make_backend(backend_name))
+
+
+class NullTracker:
+    """Stands in for `Tracker` where a test records trials without an MLflow store."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: "run"
+
+
+def recorded_study(outcomes: list[Any], budget: Budget) -> Any:
+    """An in-memory study with one trial per `TrialOutcome`, recorded as a search records them."""
+    import optuna
+
+    from autoshrink.searching.recorder import Recorder
+
+    recorder = Recorder(NullTracker(), "parent", budget, ("accuracy", "latency_ms"))  # type: ignore[arg-type]
+    st = optuna.create_study(directions=["maximize", "minimize"])
+    for outcome in outcomes:
+        trial = st.ask()
+        st.tell(trial, list(recorder.record(trial, recorder.start(trial, outcome.plan), outcome)))
+    return st
+
+
+#: One plan per bit width, unpruned: fp32 (in torch) and int8 (in ONNX Runtime).
+BY_BITS = SearchSpace(prune=(0.0, 0.0, 0.1), rank=("off",), bits=(32, 8), distill_epochs=(0,))
+
+
+@dataclass
+class Staged:
+    """A finished search whose figures were set by bit width (`staged_search`)."""
+
+    tmp: Path
+    experiment: str
+    budget: Budget
+    result: SearchResult
+    events: list[tuple[str, str]]  # ("retime", artifact path) and ("register", run id), in order
+    progress: list[Progress]
+
+    @property
+    def uri(self) -> str:
+        return f"sqlite:///{self.tmp}/mlflow.db"
+
+    def by_bits(self, bits: int) -> Candidate:
+        return next(c for c in self.result.pareto if c.plan.bits == bits)
+
+
+def staged_search(
+    tmp: Path,
+    *,
+    accuracy: dict[int, float],
+    latency: dict[int, float],
+    retimed: dict[int, float] | None = None,
+    budget: Budget = Budget(latency_ms=100.0),
+    experiment: str = "staged",
+    trials: int = 4,
+) -> Staged:
+    """A real search on `BY_BITS` whose figures are set by bit width: the workload's evaluate
+    returns ``accuracy[bits]``, every timing during the search gives ``latency[bits]`` ms, and
+    re-timing a candidate before registration gives ``retimed[bits]`` (default: ``latency``)."""
+    from autoshrink.artifact import load_artifact
+    from autoshrink.measuring import latency as latency_module
+    from autoshrink.measuring.latency import Latency
+    from autoshrink.searching import LocalBackend
+    from autoshrink.tracking import Tracker
+
+    events: list[tuple[str, str]] = []
+    progress: list[Progress] = []
+
+    def timed(artifact: Any, batch: Any, hardware: HardwareProfile) -> Latency:
+        ms = latency[artifact.plan.bits]
+        return Latency(ms, ms, hardware.repeats, hardware.threads, 1, 1.0)
+
+    def staged(artifact: Any, data: Any) -> float:
+        return accuracy[artifact.plan.bits]
+
+    class Logged(LocalBackend):
+        def retime(self, artifact_path: str, batch: Any, hardware: HardwareProfile) -> float:
+            events.append(("retime", artifact_path))
+            return (retimed or latency)[load_artifact(artifact_path).plan.bits]
+
+    register = Tracker.register_best
+
+    def logged_register(self: Tracker, model_uri: str, run_id: str) -> tuple[str, str]:
+        events.append(("register", run_id))
+        return register(self, model_uri, run_id)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(latency_module, "measure_latency", timed)
+        patch.setattr(Tracker, "register_best", logged_register)
+        result = run_search(
+            tmp, budget, trials, experiment, space=BY_BITS, sampler="random", warm_start=False,
+            energy_objective=False, evaluate=staged, backend=Logged(), progress=progress.append,
+        )  # fmt: skip
+    assert {c.plan.bits for c in result.pareto} == {32, 8}, "the search should have measured both plans"
+    return Staged(tmp, experiment, budget, result, events, progress)

@@ -1,0 +1,113 @@
+"""What the command line prints for people: one-line errors, a search's progress and its result.
+
+Rich loads only when something is printed, so that ``autoshrink --help`` stays fast.
+
+Example:
+    >>> clock(75.9)
+    '1:15'
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, NoReturn
+
+import typer
+
+from autoshrink.store import resolve_tracking_uri
+
+if TYPE_CHECKING:
+    from autoshrink.searching.result import Progress, SearchResult
+
+
+def die(message: str, code: int = 2) -> NoReturn:
+    """Print ``error: message`` in red on stderr and leave with ``code`` (no traceback)."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def clock(seconds: float) -> str:
+    """Minutes and seconds, as a progress line starts."""
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+class Reporter:
+    """Progress for people: a live bar in a terminal, one plain line per event otherwise."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=False)
+        self.interactive = self.console.is_terminal
+        self.done = 0
+
+    def line(self, text: str) -> None:
+        if self.interactive:
+            self.console.print(text)
+        else:
+            print(text, flush=True)
+
+    @contextlib.contextmanager
+    def progress(self, total: int) -> Iterator[Callable[[Progress], None]]:
+        if not self.interactive:
+
+            def plain(p: Progress) -> None:
+                self.done = p.done
+                counts = f"{p.done}/{p.total} done, {p.feasible} meet the budget, {p.failed} failed"
+                prefix = f"[{clock(p.elapsed_s)}]"
+                print(f"{prefix} {p.last}" + (f" | {counts}" if p.stage == "trial" else ""), flush=True)
+
+            yield plain
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as Bar
+
+        columns = (
+            TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("feasible {task.fields[feasible]} | failed {task.fields[failed]} | best {task.fields[best]}"),
+        )  # fmt: skip
+        with Bar(*columns, console=self.console) as bar:
+            task = bar.add_task("search", total=total, feasible=0, failed=0, best="-")
+
+            def update(p: Progress) -> None:
+                self.done = p.done
+                bar.console.print(f"[dim]{clock(p.elapsed_s)}[/dim] {p.last}", highlight=False)
+                bar.update(task, completed=p.done, feasible=p.feasible, failed=p.failed, best=p.best or "-")
+
+            yield update
+
+
+def print_result(result: SearchResult) -> None:
+    """The Pareto set (a table in a terminal, Markdown in a log), the best, and how to look at it."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from autoshrink.searching.report import COLUMNS, headers, markdown_table, pareto_rows
+
+    console = Console(soft_wrap=True)  # long lines stay whole in a log file
+    title = f"Pareto set of '{result.experiment}' ({result.n_complete} measured, {result.n_failed} failed)"
+    if console.is_terminal:
+        table = Table(title=title)
+        for col in headers(result):
+            table.add_column(col)
+        for row in pareto_rows(result):
+            table.add_row(*(row[c] for c in COLUMNS))
+        console.print(table)
+    else:  # a log file: a plain Markdown table, no box drawing
+        print("\n".join([title, "", *markdown_table(result)]), flush=True)
+    style = "bold green" if result.met_budget else "bold red"
+    console.print(result.message, style=style)
+    if result.failures:
+        for number, error in result.failures.items():
+            console.print(f"trial {number} failed: {error[:200]}", style="yellow")
+    console.print(f"energy: {result.baseline.measurement.energy_method}")
+    if result.registered_model:
+        console.print(f"registered: models:/{result.registered_model}")
+    default_store = result.tracking_uri == resolve_tracking_uri(None)
+    console.print(f"inspect:    autoshrink ui{'' if default_store else f' --tracking-uri {result.tracking_uri}'}")
+    console.print(
+        f"load:       python -c \"import autoshrink; m = autoshrink.load_best('{result.experiment}'"
+        f"{'' if default_store else f', tracking_uri={result.tracking_uri!r}'}); print(m)\""
+    )
