@@ -1,9 +1,10 @@
 """`RayBackend`: the same search with trials on a Ray cluster, and latency measured on the target.
 
 Only what is Ray's lives here. The Optuna study, the recording, the Pareto set and the
-registry are the local ones: a Ray Tune searcher (`_StudySearcher`) asks the driver's study for
-each plan, and records each result through the driver's `Recorder` (constraints included, and
-failures as FAIL trials, which Ray's own ``OptunaSearch`` would drop or record as PRUNED).
+registry are the local ones: a Ray Tune searcher asks the driver's study for each plan, and
+records each result through the driver's `Recorder` (constraints included, and failures as FAIL
+trials, which Ray's own ``OptunaSearch`` would drop or record as PRUNED). Tune pickles its
+searcher, so the searcher holds only a key to those driver-side objects (`_DriverSearch`).
 Workers only compute: build, measure, and report the outcome (with the artifact's bytes when
 the worker is on another machine than the driver).
 
@@ -18,13 +19,18 @@ distillation run wherever Ray places the trial. Start the measurement node with
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
 import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import tempfile
-from collections.abc import Sequence
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -105,6 +111,9 @@ class RayBackend(Backend):
         os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         os.environ.setdefault("TUNE_RESULT_BUFFER_LENGTH", "0")
+        # Ctrl-C stops a Ray search as it stops a local one (KeyboardInterrupt: finished trials kept,
+        # resumable). Tune's own handler would end the run quietly, and the search conclude as if done.
+        os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
         try:
             import ray
         except ImportError:
@@ -123,7 +132,7 @@ class RayBackend(Backend):
             else:
                 options["address"] = self.address
             try:
-                ray.init(**options)
+                _init_keeping_sigterm(ray, options)
             except ConnectionError as exc:
                 raise ConfigError(f"cannot join the Ray cluster at {self.address!r}: {exc}") from None
             self._started = True
@@ -181,105 +190,175 @@ class RayBackend(Backend):
         n_trials: int,
         callbacks: Sequence[StudyCallback] = (),
     ) -> None:
-        ray = self._ensure_ray()
+        self._ensure_ray()
+        search = _DriverSearch(study, space, recorder, runner.artifacts_dir, callbacks)
+        # Tune insists on a results folder; everything worth keeping is in the study and MLflow.
+        storage = Path(tempfile.mkdtemp(prefix="autoshrink-ray-results-"))
+        try:
+            with _registered(search) as key:
+                self._tuner(runner, key, storage, n_trials=n_trials, name=f"{study.study_name}-{os.getpid()}").fit()
+        finally:
+            shutil.rmtree(storage, ignore_errors=True)
+        if search.bug is not None:
+            raise search.bug
+
+    def _tuner(self, runner: TrialRunner, key: str, storage: Path, *, n_trials: int, name: str) -> Any:
+        """A Tune ``Tuner`` whose searcher is the registered search ``key``, writing under ``storage``."""
         from ray import tune
         from ray.tune.search import ConcurrencyLimiter
 
-        searcher = _StudySearcher(study, space, recorder, runner.artifacts_dir, callbacks)
-        runner_ref = self._runner(runner)
         trainable = tune.with_resources(
             tune.with_parameters(
-                _trial, runner=runner, runner_ref=[runner_ref], measure_on=self.measure_on,
+                _trial, runner=runner, runner_ref=[self._runner(runner)], measure_on=self.measure_on,
                 driver=socket.gethostname(), send_artifacts=self.send_artifacts,
             ),
             {"cpu": self.trial_cpus, "gpu": self.trial_gpus},
         )  # fmt: skip
-        # Tune insists on a results folder; everything worth keeping is in the study and MLflow.
-        storage = Path(tempfile.mkdtemp(prefix="autoshrink-ray-results-"))
-        tuner = tune.Tuner(
+        return tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=ConcurrencyLimiter(searcher, max_concurrent=self.max_concurrent_trials),
+                search_alg=ConcurrencyLimiter(_study_searcher(key), max_concurrent=self.max_concurrent_trials),
                 num_samples=n_trials, reuse_actors=True,
             ),
             run_config=tune.RunConfig(
-                name=f"{study.study_name}-{os.getpid()}", storage_path=str(storage), verbose=0,
+                name=name, storage_path=str(storage), verbose=0,
                 failure_config=tune.FailureConfig(max_failures=0),
                 checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
             ),
         )  # fmt: skip
-        del ray
+
+
+def _init_keeping_sigterm(ray: Any, options: dict[str, Any]) -> None:
+    """``ray.init(**options)``, then the caller's SIGTERM handler back in place.
+
+    ``ray.init`` replaces it (with ``sys.exit``, and its core worker then aborts the process on
+    SIGTERM); a handler the caller installed (the command line's: SIGTERM stops the search like
+    Ctrl-C) is put back. The default disposition is left to Ray.
+    """
+    previous = signal.getsignal(signal.SIGTERM)
+    ray.init(**options)
+    if callable(previous) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _DriverSearch:
+    """The driver's side of one Ray search: the study, the recorder and the progress callbacks.
+
+    Tune pickles its searcher (into the experiment's ``tuner.pkl`` and checkpoints), and these
+    objects need not pickle (the command line's progress callback holds a live console). So they
+    stay here, in the driver process, registered under a key (`_registered`), and the Tune
+    searcher holds only that key (`_study_searcher`).
+    """
+
+    def __init__(
+        self, study: optuna.Study, space: SearchSpace, recorder: Recorder, artifacts_dir: Path,
+        callbacks: Sequence[StudyCallback],
+    ) -> None:  # fmt: skip
+        self.study, self.space, self.recorder = study, space, recorder
+        self.artifacts_dir, self.callbacks = artifacts_dir, callbacks
+        self.pending: dict[str, tuple[optuna.Trial, str, Plan]] = {}
+        self.bug: BaseException | None = None
+
+    def suggest(self, trial_id: str) -> dict[str, Any]:
+        """Ask the study for a plan, open its run, and give Tune the trial's config."""
+        trial = self.study.ask()
+        plan = self.space.sample(trial)
+        run_id = self.recorder.start(trial, plan)
+        self.pending[trial_id] = (trial, run_id, plan)
+        config: dict[str, Any] = {"plan": plan.to_dict(), "name": f"trial-{trial.number:03d}"}
+        twin = find_twin(finished_outcomes(self.study), plan)
+        if twin is not None:  # the same plan was measured: the worker only reports it back
+            config["reuse"] = json.dumps(twin[1].duplicate(twin[0]).to_dict())
+        return config
+
+    def complete(self, trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
+        """Record the worker's report, tell the study, and call the callbacks."""
+        from optuna.trial import TrialState
+
+        trial, run_id, plan = self.pending.pop(trial_id)
+        outcome = _outcome(plan, result, error, self.artifacts_dir)
         try:
-            tuner.fit()
-        finally:
-            shutil.rmtree(storage, ignore_errors=True)
-        if searcher.bug is not None:
-            raise searcher.bug
+            values = self.recorder.record(trial, run_id, outcome)
+        except CandidateFailed:
+            frozen = self.study.tell(trial, state=TrialState.FAIL)
+        except Exception as exc:  # a bug while recording: stop asking, raise after Tune returns
+            self.bug = exc
+            return
+        else:
+            frozen = self.study.tell(trial, list(values))
+        for callback in self.callbacks:
+            callback(self.study, frozen)
 
 
-class _StudySearcher:
-    """A Ray Tune searcher backed by the driver's Optuna study (ask/tell), recording through
-    the driver's `Recorder`. Built lazily as a `ray.tune.search.Searcher` subclass."""
+#: The Ray searches running in this (driver) process, by key; see `_DriverSearch`.
+_SEARCHES: dict[str, _DriverSearch] = {}
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        from ray.tune.search import Searcher
 
-        class StudySearcher(Searcher):
-            def __init__(
-                self, study: Any, space: SearchSpace, recorder: Recorder, artifacts_dir: Path,
-                callbacks: Sequence[Any],
-            ) -> None:  # fmt: skip
-                super().__init__(metric=None, mode=None)
-                self.study, self.space, self.recorder = study, space, recorder
-                self.artifacts_dir, self.callbacks = artifacts_dir, callbacks
-                self.pending: dict[str, tuple[Any, str, Plan]] = {}
-                self.bug: BaseException | None = None
+@contextlib.contextmanager
+def _registered(search: _DriverSearch) -> Iterator[str]:
+    """Register ``search`` for the duration of the block; yields its key."""
+    key = uuid.uuid4().hex
+    _SEARCHES[key] = search
+    try:
+        yield key
+    finally:
+        del _SEARCHES[key]
 
-            def set_search_properties(self, metric: Any, mode: Any, config: Any, **spec: Any) -> bool:
-                return True
 
-            # The study is the state, in its database: nothing for Tune to checkpoint.
-            def get_state(self) -> dict[str, Any]:
-                return {}
+def _study_searcher(key: str) -> Any:
+    """The Tune searcher of the registered search ``key``; also how a pickled one is rebuilt."""
+    return _searcher_class()(key)
 
-            def set_state(self, state: dict[str, Any]) -> None:
-                pass
 
-            def save_to_dir(self, *args: Any, **kwargs: Any) -> None:
-                pass
+@functools.cache
+def _searcher_class() -> type:
+    """The `ray.tune.search.Searcher` subclass, defined once, on first use (Ray imports late)."""
+    from ray.tune.search import Searcher
 
-            def restore_from_dir(self, *args: Any, **kwargs: Any) -> None:
-                pass
+    class StudySearcher(Searcher):
+        """A Ray Tune searcher that asks the driver's study (ask/tell) and records through its
+        `Recorder`; it holds only the key of its `_DriverSearch`, so it pickles as that key."""
 
-            def suggest(self, trial_id: str) -> dict[str, Any] | None:
-                trial = self.study.ask()
-                plan = self.space.sample(trial)
-                run_id = self.recorder.start(trial, plan)
-                self.pending[trial_id] = (trial, run_id, plan)
-                config: dict[str, Any] = {"plan": plan.to_dict(), "name": f"trial-{trial.number:03d}"}
-                twin = find_twin(finished_outcomes(self.study), plan)
-                if twin is not None:  # the same plan was measured: the worker only reports it back
-                    config["reuse"] = json.dumps(twin[1].duplicate(twin[0]).to_dict())
-                return config
+        def __init__(self, key: str) -> None:
+            super().__init__(metric=None, mode=None)
+            self.key = key
 
-            def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-                from optuna.trial import TrialState
+        def __reduce__(self) -> tuple[Any, tuple[str]]:
+            return _study_searcher, (self.key,)
 
-                trial, run_id, plan = self.pending.pop(trial_id)
-                outcome = _outcome(plan, result, error, self.artifacts_dir)
-                try:
-                    values = self.recorder.record(trial, run_id, outcome)
-                except CandidateFailed:
-                    frozen = self.study.tell(trial, state=TrialState.FAIL)
-                except Exception as exc:  # a bug while recording: stop asking, raise after Tune returns
-                    self.bug = exc
-                    return
-                else:
-                    frozen = self.study.tell(trial, list(values))
-                for callback in self.callbacks:
-                    callback(self.study, frozen)
+        @property
+        def search(self) -> _DriverSearch:
+            try:
+                return _SEARCHES[self.key]
+            except KeyError:
+                raise RuntimeError(
+                    f"the Ray search {self.key!r} is not running in this process: its searcher works only "
+                    "in the driver, while RayBackend.run runs (resume a search by running it again)"
+                ) from None
 
-        return StudySearcher(*args, **kwargs)
+        def set_search_properties(self, metric: Any, mode: Any, config: Any, **spec: Any) -> bool:
+            return True
+
+        # The study is the state, in its database: nothing for Tune to checkpoint.
+        def get_state(self) -> dict[str, Any]:
+            return {}
+
+        def set_state(self, state: dict[str, Any]) -> None:
+            pass
+
+        def save_to_dir(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def restore_from_dir(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def suggest(self, trial_id: str) -> dict[str, Any] | None:
+            return self.search.suggest(trial_id)
+
+        def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+            self.search.complete(trial_id, result, error)
+
+    return StudySearcher
 
 
 def _outcome(plan: Plan, result: dict[str, Any] | None, error: bool, artifacts_dir: Path) -> TrialOutcome:

@@ -119,3 +119,94 @@ def test_a_local_ray_started_by_the_backend_leaves_no_session_files() -> None:
     out = subprocess.run([sys.executable, "-c", OWN_RAY], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_the_searcher_pickles_as_the_key_of_its_driver_side_search(tmp_path: Path) -> None:
+    """Tune pickles its searcher; the study, recorder and callbacks (a console's lock) stay on the driver."""
+    pytest.importorskip("ray")
+    import pickle
+    import threading
+
+    from ray import cloudpickle
+
+    from autoshrink.searching.ray import _DriverSearch, _registered, _study_searcher
+    from tests.tiny import SPACE
+
+    lock = threading.RLock()  # what rich's console holds, and pickle refuses
+    search = _DriverSearch(lock, SPACE, lock, tmp_path, [lambda study, trial: lock.acquire()])
+    with _registered(search) as key:
+        for dumps in (pickle.dumps, cloudpickle.dumps):
+            copy = pickle.loads(dumps(_study_searcher(key)))
+            assert copy.search is search  # the same driver-side state, nothing dropped
+    with pytest.raises(RuntimeError, match="is not running in this process"):
+        copy.suggest("after-the-search")
+
+
+@pytest.mark.slow
+def test_the_cli_searches_on_ray_with_its_output_in_a_file(tmp_path: Path) -> None:
+    """The command line hands Tune a progress callback that holds the console: it used to fail to pickle."""
+    pytest.importorskip("ray")
+    from tests.searching.conftest import client
+    from tests.tiny import write_files
+
+    files = write_files(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    command = [sys.executable, "-m", "autoshrink.cli", "search", "--backend", "ray", "--trials", "2",
+               "--workload", f"{files['workload']}:tiny", "--space", str(files["space"]),
+               "--hardware", str(files["hardware"]), "--latency-budget-ms", "1000", "--experiment", "cli-ray",
+               "--tracking-uri", uri, "--trial-cpus", "1", "--max-concurrent-trials", "2"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+    log = tmp_path / "search.log"
+    with log.open("w") as out:
+        done = subprocess.run(command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=400)
+    output = log.read_text()
+    assert done.returncode == 0, output[-3000:]
+    trial_lines = [line for line in output.splitlines() if "done," in line]
+    assert len(trial_lines) == 2 and "2/2 done" in trial_lines[-1], output[-3000:]
+    assert "best under budget" in output and "registered: models:/autoshrink-cli-ray@best" in output
+    c = client(tmp_path)
+    runs = c.search_runs([c.get_experiment_by_name("cli-ray").experiment_id])
+    trial_runs = [r for r in runs if r.data.tags.get("autoshrink.role") == "trial"]
+    assert len(trial_runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    best = c.get_model_version_by_alias("autoshrink-cli-ray", "best")
+    assert best.run_id in {r.info.run_id for r in trial_runs}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_the_cli_on_ray_stops_on_ctrl_c_or_sigterm_and_keeps_its_trials(tmp_path: Path, sig: str) -> None:
+    """Tune's Ctrl-C handler ended the run quietly (a best registered after one trial, exit 0), and
+    ``ray.init``'s SIGTERM handler aborted the process: both now stop the search as a local one stops."""
+    pytest.importorskip("ray")
+    import signal
+    import time
+
+    from tests.searching.conftest import study
+    from tests.tiny import write_files
+
+    files = write_files(tmp_path)
+    command = [sys.executable, "-m", "autoshrink.cli", "search", "--backend", "ray", "--trials", "12",
+               "--workload", f"{files['workload']}:tiny", "--workload-arg", "n=4000", "--space", str(files["space"]),
+               "--hardware", str(files["hardware"]), "--latency-budget-ms", "1000", "--experiment", "stop",
+               "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+    log = tmp_path / "search.log"
+    with log.open("w") as out:  # Ctrl-C reaches the search even when pytest itself ignores SIGINT
+        proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+        try:
+            deadline = time.time() + 300
+            while "1/12 done" not in log.read_text() and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.2)
+            proc.send_signal(getattr(signal, sig))
+            returncode = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:  # it did not stop: do not leave it running
+                proc.kill()
+                proc.wait()
+    output = log.read_text()
+    assert returncode == 130, output[-3000:]
+    assert "finished trial(s) are kept; run the same command again to resume" in output
+    assert "registered:" not in output
+    finished = [t for t in study(tmp_path, "stop").trials if t.state.name == "COMPLETE"]
+    assert 1 <= len(finished) < 12
