@@ -17,7 +17,7 @@ def test_import_starts_nothing_heavy() -> None:
 def test_public_functions_stay_functions_after_submodule_imports() -> None:
     # A subpackage named like a public function would shadow it once imported.
     code = (
-        "import autoshrink.searching, autoshrink.pipeline, autoshrink.measuring, autoshrink.bench, autoshrink.cli\n"
+        "import autoshrink.searching, autoshrink.pipeline, autoshrink.measuring, autoshrink.cli\n"
         "import autoshrink\n"
         "names = ['compress', 'measure', 'search', 'load_best', 'load_artifact']\n"
         "bad = [n for n in names if not callable(getattr(autoshrink, n)) or type(getattr(autoshrink, n)).__name__ == 'module']\n"
