@@ -56,6 +56,21 @@ def quiet_mlflow() -> None:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
+def quiet_ray() -> None:
+    """Ray and Tune as a search backend: no usage reporting, no result files or console reporter
+    of Tune's own, results delivered at once, and Ctrl-C left to us (KeyboardInterrupt stops a
+    Ray search as it stops a local one: finished trials kept, resumable; Tune's handler would end
+    the run quietly, as if it were done). Ray's notice that token authentication is on and
+    Tune's complaint that trials wrote no result files are not for the user's screen."""
+    for name, value in (
+        ("RAY_USAGE_STATS_ENABLED", "0"), ("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1"), ("RAY_AIR_NEW_OUTPUT", "0"),
+        ("TUNE_RESULT_BUFFER_LENGTH", "0"), ("TUNE_DISABLE_SIGINT_HANDLER", "1"),
+    ):  # fmt: skip
+        os.environ.setdefault(name, value)
+    for name in ("ray", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def quiet_matplotlib() -> None:
     """On a new machine matplotlib announces, at INFO, that it built its font cache."""
     logging.getLogger("matplotlib").setLevel(logging.WARNING)

@@ -74,7 +74,7 @@ def search(
     from autoshrink import workloads
     from autoshrink.config import ConfigError, HardwareProfile
     from autoshrink.searching import search as run_search
-    from autoshrink.searching.driver import backend_for, selection_for
+    from autoshrink.searching.call import backend_for, selection_for
     from autoshrink.space import SearchSpace
     from autoshrink.techniques import CompressionError
 

@@ -22,7 +22,7 @@ Python, ``autoshrink.search(workload, RunConfig(...))`` takes the same record.
 `RunConfig` is the one list of a search's settings and their defaults: `autoshrink.search`'s
 keywords and the command line's flags are its fields. It is a plain record (it builds no
 backend and imports nothing of `autoshrink.searching`); the search makes the objects it needs
-from it (`autoshrink.searching.driver.backend_for`, `selection_for`).
+from it (`autoshrink.searching.call.backend_for`, `selection_for`).
 """
 
 from __future__ import annotations

@@ -44,9 +44,20 @@ SKIPPED = "layers_skipped"
 SCREENED = "screened"
 MODEL_FILE_DIR = "artifact"
 MODEL_NAME = "model"
-# MLflow 3's UI opens an experiment in its GenAI view (traces, prompts) unless this tag says it
-# is model training; its value for that, as the UI's experiment-kind selector writes it.
+# The experiment's kind, as MLflow 3's experiment-kind selector writes it: model training. (Which
+# view the UI opens is not the tag's: MLflow 3.17 opens its GenAI view unless the address says
+# ``workflowType=machine_learning``, which is the address `autoshrink ui` gives; checked in Chromium.)
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
+def trial_name(number: int) -> str:
+    """Trial ``number``'s name: its artifact's file name, and the start of its MLflow run's name.
+
+    Example:
+        >>> trial_name(7)
+        'trial-007'
+    """
+    return f"trial-{number:03d}"
 
 
 def registered_name(experiment: str) -> str:
@@ -109,7 +120,7 @@ class Tracker:
     def start_trial(self, parent_run_id: str, number: int, name: str) -> str:
         run = self.client.create_run(
             self.experiment_id,
-            run_name=f"trial-{number:03d}-{name}",
+            run_name=f"{trial_name(number)}-{name}",
             tags={"mlflow.parentRunId": parent_run_id, ROLE: "trial", TRIAL: str(number)},
         )
         return run.info.run_id

@@ -57,7 +57,7 @@ def test_wrong_setting_types_are_refused_by_the_record() -> None:
 def test_backend_options_are_the_backends_own_parameters() -> None:
     import inspect
 
-    from autoshrink.searching.driver import backend_for
+    from autoshrink.searching.call import backend_for
     from autoshrink.searching.ray import RayBackend
 
     with pytest.raises(ConfigError, match=r"backend: unknown key\(s\) \['max_trials'\]") as info:

@@ -4,7 +4,7 @@ Only what is Ray's lives here. The Optuna study, the recording, the Pareto set a
 registry are the local ones: a Ray Tune searcher asks the driver's study for each plan, and
 records each result through the driver's `Recorder` (constraints included, and failures as FAIL
 trials, which Ray's own ``OptunaSearch`` would drop or record as PRUNED). Tune pickles its
-searcher, so the searcher holds only a key to those driver-side objects (`_DriverSearch`).
+searcher, so the searcher holds only a key to those driver-side objects (`autoshrink.searching.ray_searcher`).
 Workers only compute: build, measure, and report the outcome (with the artifact's bytes when
 the worker is on another machine than the driver).
 
@@ -19,8 +19,6 @@ distillation run wherever Ray places the trial. Start the measurement node with
 from __future__ import annotations
 
 import base64
-import contextlib
-import functools
 import json
 import logging
 import os
@@ -29,20 +27,21 @@ import signal
 import socket
 import tempfile
 import threading
-import uuid
-from collections.abc import Iterator, Sequence
+import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autoshrink._quiet import quiet_ray
 from autoshrink.artifact import Artifact, load_artifact
 from autoshrink.config import ConfigError, HardwareProfile
 from autoshrink.inputs import Inputs
 from autoshrink.measuring import Measurement
 from autoshrink.plan import Plan
 from autoshrink.searching.backend import Backend
-from autoshrink.searching.recorder import CandidateFailed, Recorder
-from autoshrink.searching.study import finished_outcomes
-from autoshrink.searching.trial import Measurer, TrialOutcome, TrialRunner, find_twin
+from autoshrink.searching.ray_searcher import DriverSearch, registered, study_searcher
+from autoshrink.searching.recorder import Recorder
+from autoshrink.searching.trial import Measurer, TrialOutcome, TrialRunner
 from autoshrink.space import SearchSpace
 
 if TYPE_CHECKING:
@@ -107,21 +106,11 @@ class RayBackend(Backend):
 
     # -- Ray itself ---------------------------------------------------------------------------
     def _ensure_ray(self) -> Any:
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-        os.environ.setdefault("TUNE_RESULT_BUFFER_LENGTH", "0")
-        # Ctrl-C stops a Ray search as it stops a local one (KeyboardInterrupt: finished trials kept,
-        # resumable). Tune's own handler would end the run quietly, and the search conclude as if done.
-        os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+        quiet_ray()  # before Ray is imported: some of its settings are read at import
         try:
             import ray
         except ImportError:
             raise ConfigError("the Ray backend needs Ray Tune: pip install 'autoshrink[ray]'") from None
-        # Ray's notice that token authentication is on (it is: we keep it) and Tune's complaint
-        # that trials wrote no result files (we turned those off) are not for the user's screen.
-        logging.getLogger("ray").setLevel(logging.ERROR)
-        logging.getLogger("ray.tune").setLevel(logging.ERROR)
         if not ray.is_initialized():
             options: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR,
                                        "log_to_driver": False, "configure_logging": True}  # fmt: skip
@@ -191,11 +180,11 @@ class RayBackend(Backend):
         callbacks: Sequence[StudyCallback] = (),
     ) -> None:
         self._ensure_ray()
-        search = _DriverSearch(study, space, recorder, runner.artifacts_dir, callbacks)
+        search = DriverSearch(study, space, recorder, runner.artifacts_dir, callbacks)
         # Tune insists on a results folder; everything worth keeping is in the study and MLflow.
         storage = Path(tempfile.mkdtemp(prefix="autoshrink-ray-results-"))
         try:
-            with _registered(search) as key:
+            with registered(search) as key:
                 self._tuner(runner, key, storage, n_trials=n_trials, name=f"{study.study_name}-{os.getpid()}").fit()
         finally:
             shutil.rmtree(storage, ignore_errors=True)
@@ -217,7 +206,7 @@ class RayBackend(Backend):
         return tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=ConcurrencyLimiter(_study_searcher(key), max_concurrent=self.max_concurrent_trials),
+                search_alg=ConcurrencyLimiter(study_searcher(key), max_concurrent=self.max_concurrent_trials),
                 num_samples=n_trials, reuse_actors=True,
             ),
             run_config=tune.RunConfig(
@@ -241,139 +230,6 @@ def _init_keeping_sigterm(ray: Any, options: dict[str, Any]) -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
-class _DriverSearch:
-    """The driver's side of one Ray search: the study, the recorder and the progress callbacks.
-
-    Tune pickles its searcher (into the experiment's ``tuner.pkl`` and checkpoints), and these
-    objects need not pickle (the command line's progress callback holds a live console). So they
-    stay here, in the driver process, registered under a key (`_registered`), and the Tune
-    searcher holds only that key (`_study_searcher`).
-    """
-
-    def __init__(
-        self, study: optuna.Study, space: SearchSpace, recorder: Recorder, artifacts_dir: Path,
-        callbacks: Sequence[StudyCallback],
-    ) -> None:  # fmt: skip
-        self.study, self.space, self.recorder = study, space, recorder
-        self.artifacts_dir, self.callbacks = artifacts_dir, callbacks
-        self.pending: dict[str, tuple[optuna.Trial, str, Plan]] = {}
-        self.bug: BaseException | None = None
-
-    def suggest(self, trial_id: str) -> dict[str, Any]:
-        """Ask the study for a plan, open its run, and give Tune the trial's config."""
-        trial = self.study.ask()
-        plan = self.space.sample(trial)
-        run_id = self.recorder.start(trial, plan)
-        self.pending[trial_id] = (trial, run_id, plan)
-        config: dict[str, Any] = {"plan": plan.to_dict(), "name": f"trial-{trial.number:03d}"}
-        twin = find_twin(finished_outcomes(self.study), plan)
-        if twin is not None:  # the same plan was measured: the worker only reports it back
-            config["reuse"] = json.dumps(twin[1].duplicate(twin[0]).to_dict())
-        return config
-
-    def complete(self, trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
-        """Record the worker's report, tell the study, and call the callbacks."""
-        from optuna.trial import TrialState
-
-        trial, run_id, plan = self.pending.pop(trial_id)
-        outcome = _outcome(plan, result, error, self.artifacts_dir)
-        try:
-            values = self.recorder.record(trial, run_id, outcome)
-        except CandidateFailed:
-            frozen = self.study.tell(trial, state=TrialState.FAIL)
-        except Exception as exc:  # a bug while recording: stop asking, raise after Tune returns
-            self.bug = exc
-            return
-        else:
-            frozen = self.study.tell(trial, list(values))
-        for callback in self.callbacks:
-            callback(self.study, frozen)
-
-
-#: The Ray searches running in this (driver) process, by key; see `_DriverSearch`.
-_SEARCHES: dict[str, _DriverSearch] = {}
-
-
-@contextlib.contextmanager
-def _registered(search: _DriverSearch) -> Iterator[str]:
-    """Register ``search`` for the duration of the block; yields its key."""
-    key = uuid.uuid4().hex
-    _SEARCHES[key] = search
-    try:
-        yield key
-    finally:
-        del _SEARCHES[key]
-
-
-def _study_searcher(key: str) -> Any:
-    """The Tune searcher of the registered search ``key``; also how a pickled one is rebuilt."""
-    return _searcher_class()(key)
-
-
-@functools.cache
-def _searcher_class() -> type:
-    """The `ray.tune.search.Searcher` subclass, defined once, on first use (Ray imports late)."""
-    from ray.tune.search import Searcher
-
-    class StudySearcher(Searcher):
-        """A Ray Tune searcher that asks the driver's study (ask/tell) and records through its
-        `Recorder`; it holds only the key of its `_DriverSearch`, so it pickles as that key."""
-
-        def __init__(self, key: str) -> None:
-            super().__init__(metric=None, mode=None)
-            self.key = key
-
-        def __reduce__(self) -> tuple[Any, tuple[str]]:
-            return _study_searcher, (self.key,)
-
-        @property
-        def search(self) -> _DriverSearch:
-            try:
-                return _SEARCHES[self.key]
-            except KeyError:
-                raise RuntimeError(
-                    f"the Ray search {self.key!r} is not running in this process: its searcher works only "
-                    "in the driver, while RayBackend.run runs (resume a search by running it again)"
-                ) from None
-
-        def set_search_properties(self, metric: Any, mode: Any, config: Any, **spec: Any) -> bool:
-            return True
-
-        # The study is the state, in its database: nothing for Tune to checkpoint.
-        def get_state(self) -> dict[str, Any]:
-            return {}
-
-        def set_state(self, state: dict[str, Any]) -> None:
-            pass
-
-        def save_to_dir(self, *args: Any, **kwargs: Any) -> None:
-            pass
-
-        def restore_from_dir(self, *args: Any, **kwargs: Any) -> None:
-            pass
-
-        def suggest(self, trial_id: str) -> dict[str, Any] | None:
-            return self.search.suggest(trial_id)
-
-        def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-            self.search.complete(trial_id, result, error)
-
-    return StudySearcher
-
-
-def _outcome(plan: Plan, result: dict[str, Any] | None, error: bool, artifacts_dir: Path) -> TrialOutcome:
-    """The worker's report as a `TrialOutcome`; the artifact's bytes written where the driver keeps them."""
-    if error or not result or "outcome" not in result:
-        return TrialOutcome(plan, error="the Ray worker running this trial died (see Ray's logs)")
-    outcome = TrialOutcome.from_dict(json.loads(result["outcome"]))
-    if result.get("artifact") and outcome.artifact_path:
-        path = artifacts_dir / Path(outcome.artifact_path).name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(base64.b64decode(result["artifact"]))
-        outcome = TrialOutcome.from_dict(outcome.to_dict() | {"artifact_path": str(path)})
-    return outcome
-
-
 def _trial(
     config: dict[str, Any], runner: TrialRunner, runner_ref: list[Any], measure_on: str | None, driver: str,
     send_artifacts: bool,
@@ -386,11 +242,11 @@ def _trial(
         return
     measure_with = _RemoteMeasure(runner_ref[0], measure_on) if measure_on else None
     plan = Plan.from_dict(config["plan"])
-    try:
+    try:  # the runner records a candidate's own errors in the outcome: what reaches here is a bug
         outcome = runner(plan, name=config["name"], measure_with=measure_with)
-    except Exception as exc:  # Tune would record the trial failed without the message: keep it
-        where = socket.gethostname()
-        outcome = TrialOutcome(plan, error=f"{type(exc).__name__} on {where}: {exc}"[:2000], host=where)
+    except Exception as exc:  # reported with its traceback: Tune would keep only "the trial failed"
+        tune.report({"bug": f"{type(exc).__name__} on {socket.gethostname()}: {exc}\n{traceback.format_exc()}"})
+        return
     report: dict[str, Any] = {"outcome": json.dumps(outcome.to_dict())}
     if outcome.artifact_path and (send_artifacts or socket.gethostname() != driver):
         report["artifact"] = base64.b64encode(Path(outcome.artifact_path).read_bytes()).decode()

@@ -26,6 +26,7 @@ from autoshrink.tracking import (
     SCREENED,
     SKIPPED,
     Tracker,
+    trial_name,
 )
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ class Recorder:
         tags |= {FEASIBLE: Budget.met(violations), RUNTIME: m.runtime, ENERGY_METHOD: m.energy_method, METRIC: m.metric}
         ran = outcome.plan.measured_in(m.runtime)
         if ran != outcome.plan:  # an "auto" runtime settled by measurement: the run is named after it
-            tags["mlflow.runName"] = f"trial-{trial.number:03d}-{ran.label}"
+            tags["mlflow.runName"] = f"{trial_name(trial.number)}-{ran.label}"
         self.tracker.set_tags(run_id, tags)
         self.tracker.finish(run_id)
         trial.set_user_attr(OUTCOME, outcome.to_dict())

@@ -129,14 +129,14 @@ def test_the_searcher_pickles_as_the_key_of_its_driver_side_search(tmp_path: Pat
 
     from ray import cloudpickle
 
-    from autoshrink.searching.ray import _DriverSearch, _registered, _study_searcher
+    from autoshrink.searching.ray_searcher import DriverSearch, registered, study_searcher
     from tests.tiny import SPACE
 
     lock = threading.RLock()  # what rich's console holds, and pickle refuses
-    search = _DriverSearch(lock, SPACE, lock, tmp_path, [lambda study, trial: lock.acquire()])
-    with _registered(search) as key:
+    search = DriverSearch(lock, SPACE, lock, tmp_path, [lambda study, trial: lock.acquire()])
+    with registered(search) as key:
         for dumps in (pickle.dumps, cloudpickle.dumps):
-            copy = pickle.loads(dumps(_study_searcher(key)))
+            copy = pickle.loads(dumps(study_searcher(key)))
             assert copy.search is search  # the same driver-side state, nothing dropped
     with pytest.raises(RuntimeError, match="is not running in this process"):
         copy.suggest("after-the-search")
