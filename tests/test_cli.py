@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import pytest
 from typer.testing import CliRunner
 
 from autoshrink.cli import app
+from tests.tiny import write_files
 
 
 def test_help_lists_commands() -> None:
@@ -179,3 +184,60 @@ def test_the_result_names_a_store_only_when_it_is_not_the_default(tmp_path, monk
     other = f"sqlite:///{tmp_path}/elsewhere/.autoshrink/mlflow.db"  # ends like the default, is not it
     out = _printed_result(other, capsys)
     assert f"autoshrink ui --tracking-uri {other}" in out and f"tracking_uri={other!r}" in out
+
+
+# -- what a hurried user types wrong: one line, exit code 2, no traceback --------------------------
+
+
+def invoke(*args: str) -> Any:
+    return CliRunner().invoke(app, list(args))
+
+
+def assert_one_line_error(result: Any, message: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert message in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--workload", "imagenet-please"], "unknown workload 'imagenet-please'; a workload is one of"),
+        (["--workload", "torchvision:resnet99", "--data", "digits"], "torchvision has no classification model 'resnet99'"),
+        (["--workload", "torchvision:resnet18"], "torchvision:resnet18 needs data"),
+        (["--workload", "torchvision:resnet18", "--data", "imagefolder:/nope"], "image folder /nope does not exist"),
+        (["--workload", "torchvision:resnet18", "--data", "digits", "--weights", "IMAGENET1K_V1"],
+         "are not in the local torch cache, and autoshrink never downloads at run time: put resnet18-"),
+        (["--workload", "torchvision:resnet18", "--data", "digits", "--weights", "/nope/w.pt"], "weights file /nope/w.pt does not exist"),
+        (["--workload", "digits", "--weights", "x"], "workload 'digits' does not take the option(s) ['weights']"),
+        (["--workload", "no_such_pkg.models:make"], "cannot import module 'no_such_pkg.models'"),
+        (["--trials", "0"], "trials must be an integer >= 1"),
+        (["--experiment", "a b"], "experiment name 'a b' must be"),
+        (["--sampler", "grid"], "sampler must be one of"),
+        (["--workload-arg", "oops"], "--workload-arg takes key=value"),
+    ],
+)
+def test_cli_mistakes_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert_one_line_error(invoke("search", "--latency-budget-ms", "5", "--tracking-uri", uri, *args), message)
+
+
+def test_cli_without_a_budget(tmp_path: Path) -> None:
+    assert_one_line_error(invoke("search", "--trials", "1"), "a latency budget is required")
+
+
+def test_cli_workload_function_returning_the_wrong_type(tmp_path: Path) -> None:
+    files = write_files(tmp_path)
+    result = invoke("search", "--latency-budget-ms", "5", "--workload", f"{files['workload']}:not_a_workload")
+    assert_one_line_error(result, "returned a dict, not an autoshrink.workloads.Workload")
+
+
+def test_cli_bad_hardware_and_run_files(tmp_path: Path) -> None:
+    hw = tmp_path / "hw.yaml"
+    hw.write_text("threads: two\n")
+    assert_one_line_error(invoke("search", "--latency-budget-ms", "5", "--hardware", str(hw)), "HardwareProfile.threads must be an integer")
+    run = tmp_path / "run.yaml"
+    run.write_text("budget: {latency_ms: 5}\ntrails: 3\n")
+    assert_one_line_error(invoke("search", "--config", str(run)), "unknown key(s) ['trails']")
+    run.write_text("workload: digits\n")
+    assert_one_line_error(invoke("search", "--config", str(run)), "budget must be a mapping")

@@ -39,3 +39,8 @@ def test_runtime_resolution_and_label() -> None:
     assert Plan().resolved_runtime == "torch"
     assert Plan(bits=8).resolved_runtime == "onnxruntime"
     assert Plan(prune=0.5, rank=0.5, bits=8, distill_epochs=2).label == "prune0.5-rank0.5-int8-kd2"
+
+
+def test_plan_with_a_wrongly_typed_field() -> None:
+    with pytest.raises(ValueError, match="Plan.prune must be a number in"):
+        Plan(prune="0.5")  # type: ignore[arg-type]

@@ -15,6 +15,8 @@ from autoshrink.searching import Progress, SearchResult, search
 from autoshrink.searching.result import Candidate
 from autoshrink.space import SearchSpace
 from tests.conftest import make_case
+from tests.tiny import HW as TINY_HW
+from tests.tiny import SPACE as TINY_SPACE
 
 SPACE = SearchSpace(prune=(0.0, 0.6, 0.3), rank=("off",), bits=(32, 8), distill_epochs=(0, 1))
 HW = HardwareProfile(warmup_s=0.0, repeats=10, energy_s=0.1)
@@ -96,6 +98,22 @@ def study(tmp: Path, name: str = "exp") -> Any:
 def runs(tmp: Path, experiment: str) -> list[Any]:
     c = client(tmp)
     return c.search_runs([c.get_experiment_by_name(experiment).experiment_id], max_results=1000)
+
+
+def completed(tmp: Path, experiment: str = "e") -> dict[int, Any]:
+    """The objective values of each finished trial of ``experiment``, by trial number."""
+    return {t.number: t.values for t in study(tmp, experiment).trials if t.state.name == "COMPLETE"}
+
+
+#: A latency budget every candidate of the tiny workload meets (`tiny_search`).
+BUDGET = Budget(latency_ms=1000.0)
+
+
+def tiny_search(tmp: Path, wl: Any, trials: int = 2, experiment: str = "e", **kwargs: Any) -> SearchResult:
+    """`search` of ``wl`` (a `tests.tiny` workload, or whatever a test passes in its place) on the
+    tiny space and hardware under `BUDGET`, with a temporary MLflow/Optuna store in ``tmp``."""
+    options: dict[str, Any] = {"space": TINY_SPACE, "hardware": TINY_HW, "budget": BUDGET} | kwargs
+    return search(wl, trials=trials, experiment=experiment, tracking_uri=f"sqlite:///{tmp}/mlflow.db", **options)
 
 
 def size_budget() -> Budget:
