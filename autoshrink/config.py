@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -84,7 +85,14 @@ class Budget:
     def violations(self, metrics: dict[str, float]) -> dict[str, float]:
         """Constraint values (<= 0 means met) for each limit that is set.
 
-        ``metrics`` needs ``latency_ms``, ``size_bytes``, ``energy_mj`` and ``accuracy``.
+        ``metrics`` needs ``latency_ms``, ``size_bytes``, ``energy_mj`` and ``accuracy``. A figure
+        that could not be measured (NaN) misses its limit by infinity: it meets no limit, and the
+        sampler, which refuses NaN constraints, can still be told.
+
+        Example:
+            >>> Budget(latency_ms=1.0, energy_mj=2.0).violations(
+            ...     {"latency_ms": 0.5, "size_bytes": 1e6, "energy_mj": float("nan"), "accuracy": 0.9})
+            {'latency_ms': -0.5, 'energy_mj': inf}
         """
         out = {"latency_ms": metrics["latency_ms"] - self.latency_ms}
         if self.size_mb is not None:
@@ -93,7 +101,7 @@ class Budget:
             out["energy_mj"] = metrics["energy_mj"] - self.energy_mj
         if self.min_accuracy is not None:
             out["min_accuracy"] = self.min_accuracy - metrics["accuracy"]
-        return out
+        return {name: math.inf if math.isnan(value) else value for name, value in out.items()}
 
     @staticmethod
     def met(violations: Mapping[str, float], ignore: Collection[str] = ()) -> bool:

@@ -45,3 +45,23 @@ def test_each_hardware_profile_file_loads_and_the_any_runtime_one_is_local_cpu_w
     anyrt = profiles["local-cpu-any-runtime"]
     assert anyrt.runtimes == ("torch", "onnxruntime", "openvino")
     assert replace(anyrt, runtimes=None, name="local-cpu") == profiles["local-cpu"]
+
+
+def test_hardware_profile_for_a_device_autoshrink_does_not_measure() -> None:
+    with pytest.raises(ConfigError, match="HardwareProfile.device must be 'cpu'"):
+        HardwareProfile(device="cuda")
+
+
+def test_a_figure_that_could_not_be_measured_misses_its_limit_and_the_sampler_takes_it() -> None:
+    # Optuna refuses a NaN constraint: a NaN energy used to stop the whole search.
+    import optuna
+
+    from autoshrink.config import Budget
+
+    violations = Budget(latency_ms=1.0, energy_mj=2.0).violations(
+        {"latency_ms": 0.5, "size_bytes": 1e6, "energy_mj": float("nan"), "accuracy": 0.9}
+    )
+    assert not Budget.met(violations)
+    trial = optuna.create_study().ask()
+    for name, value in violations.items():
+        trial.set_constraint(name, value)
