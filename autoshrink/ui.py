@@ -62,8 +62,15 @@ def stop_tree(proc: subprocess.Popen[Any], timeout: float = STOP_TIMEOUT_S) -> N
     proc.wait()
 
 
+#: Where the UI opens: MLflow 3 shows its GenAI view (traces, evaluation runs, prompts) unless the
+#: address asks for the model-training one; autoshrink's experiments are model training.
+MODEL_TRAINING_VIEW = "/#/?workflowType=machine_learning"
+
+
 def serve(tracking_uri: str, port: int, *, on_ready: Callable[[str], None] | None = None) -> int:
     """Run ``mlflow ui`` on 127.0.0.1:``port`` until it exits or this process is told to stop.
+
+    ``on_ready`` is called with the address to open (the model-training view) once it answers.
 
     Returns the server's exit code (0 after Ctrl-C / SIGTERM). Raises `PortInUse` before
     starting anything if the port is taken.
@@ -95,7 +102,7 @@ def serve(tracking_uri: str, port: int, *, on_ready: Callable[[str], None] | Non
             if not announced and _listening(port):
                 announced = True
                 if on_ready is not None:
-                    on_ready(f"http://127.0.0.1:{port}")
+                    on_ready(f"http://127.0.0.1:{port}{MODEL_TRAINING_VIEW}")
             time.sleep(0.2)
     finally:
         stop_tree(proc)

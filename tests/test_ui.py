@@ -1,4 +1,5 @@
-"""`autoshrink ui` stops every process it started (MLflow starts about ten) on SIGINT and SIGTERM."""
+"""`autoshrink ui` refuses a missing store or a busy port in one line, and stops every process it
+started (MLflow starts about ten) on SIGINT and SIGTERM."""
 
 from __future__ import annotations
 
@@ -13,6 +14,26 @@ import psutil
 import pytest
 
 from autoshrink.ui import port_is_free
+from tests.test_cli import assert_one_line_error, invoke
+
+
+def test_ui_without_a_store(tmp_path: Path) -> None:
+    assert_one_line_error(invoke("ui", "--tracking-uri", f"sqlite:///{tmp_path}/none.db"), "no MLflow store at")
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_ui_on_a_port_in_use(tmp_path: Path) -> None:
+    import socket
+
+    from autoshrink.tracking import Tracker
+
+    Tracker(f"sqlite:///{tmp_path}/mlflow.db", "x")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        result = invoke("ui", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--port", str(port))
+    assert_one_line_error(result, f"port {port} on 127.0.0.1 is already in use")
 
 
 def _free_port() -> int:
@@ -44,6 +65,8 @@ def test_stopping_ui_stops_the_whole_process_tree(tmp_path: Path, sig: signal.Si
         assert len(children) >= 2, "expected MLflow to run child processes"
         proc.send_signal(sig)
         proc.wait(timeout=60)
+        # MLflow 3 opens its GenAI view unless the address asks for model training
+        assert f"at http://127.0.0.1:{port}/#/?workflowType=machine_learning" in proc.stdout.read()
         _, alive = psutil.wait_procs(children, timeout=15)
         assert not alive, f"left running: {[p.cmdline()[:4] for p in alive]}"
         assert port_is_free(port), "the port is still held"
