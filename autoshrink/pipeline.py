@@ -35,7 +35,9 @@ def technique_configs(plan: Plan, *, int8_range: str = "auto") -> list[Any]:
         configs.append(LowRankConfig(fraction=plan.rank))
     if plan.distill_epochs > 0:
         configs.append(DistillConfig(epochs=plan.distill_epochs))
-    configs.append(QuantizeConfig(bits=plan.bits, runtime=plan.resolved_runtime, int8_range=int8_range))
+    configs.append(
+        QuantizeConfig(bits=plan.bits, runtime=plan.resolved_runtime, int8_range=int8_range, layer_bits=plan.layer_bits)
+    )
     return configs
 
 

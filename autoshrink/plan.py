@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from autoshrink.config import build_checked
@@ -36,6 +36,10 @@ class Plan:
         distill_epochs: epochs of knowledge distillation from the original model, >= 0.
         runtime: ``"auto"`` (torch for 32 bits, ONNX Runtime for 8/4), ``"torch"`` (32 bits),
             ``"onnxruntime"`` (32, 8, 4) or ``"openvino"`` (32, 8; the ``openvino`` extra).
+        layer_bits: mixed precision, a table keyed by layer (the torch module's name, as in
+            ``model.named_modules()``): the layers named stay at a higher precision than
+            ``bits``, 32 (float) in an int8 plan, 32 or 8 in a 4-bit plan. Given as a mapping
+            or pairs; kept as sorted pairs so that the plan stays hashable.
 
     Example:
         >>> p = Plan(prune=0.5, rank=0.5, bits=8, distill_epochs=2)
@@ -45,6 +49,9 @@ class Plan:
         Traceback (most recent call last):
         ...
         ValueError: Plan.bits must be one of (32, 8, 4), got 3
+        >>> mixed = Plan(bits=8, layer_bits={"features.0": 32, "classifier": 32})
+        >>> mixed.label, mixed.layer_bits, Plan.from_json(mixed.to_json()) == mixed
+        ('int8-mixed2', (('classifier', 32), ('features.0', 32)), True)
     """
 
     prune: float = 0.0
@@ -52,8 +59,11 @@ class Plan:
     bits: int = 32
     distill_epochs: int = 0
     runtime: str = "auto"
+    layer_bits: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
+        table = dict(self.layer_bits.items() if isinstance(self.layer_bits, dict) else self.layer_bits)
+        object.__setattr__(self, "layer_bits", tuple(sorted((str(k), v) for k, v in table.items())))
         if not isinstance(self.prune, (int, float)) or not 0.0 <= self.prune <= 0.9:
             raise ValueError(f"Plan.prune must be a number in [0, 0.9], got {self.prune!r}")
         if self.rank is not None and (
@@ -74,6 +84,17 @@ class Plan:
             raise ValueError(
                 f"Plan.runtime={self.runtime!r} runs bits in {RUNTIME_BITS[self.runtime]}, got bits={self.bits}"
             )
+        higher = tuple(b for b in (32, 8) if b > self.bits and runtime_supports(self.runtime, b))
+        for layer, bits in self.layer_bits:
+            if bits not in higher:
+                raise ValueError(
+                    f"Plan.layer_bits[{layer!r}] must be one of {higher} in a {self.bits}-bit plan "
+                    f"(a higher precision that {self.resolved_runtime} runs), got {bits!r}"
+                )
+
+    def __repr__(self) -> str:  # a uniform plan reads as it always has: no empty table
+        shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "layer_bits" or self.layer_bits}
+        return f"Plan({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     @property
     def resolved_runtime(self) -> str:
@@ -104,12 +125,18 @@ class Plan:
         parts.append("fp32" if self.bits == 32 else f"int{self.bits}")
         if self.resolved_runtime != default_runtime(self.bits):  # e.g. -ort for fp32, -ov
             parts.append(get(self.resolved_runtime).tag)
+        if self.layer_bits:
+            parts.append(f"mixed{len(self.layer_bits)}")
         if self.distill_epochs:
             parts.append(f"kd{self.distill_epochs}")
         return "-".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["layer_bits"] = dict(self.layer_bits)  # a table keyed by layer in JSON, YAML and MLflow
+        if not self.layer_bits:
+            del out["layer_bits"]  # uniform plans read as they always have
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Plan:

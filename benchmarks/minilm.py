@@ -27,6 +27,8 @@ TOKENS = 32
 BITS = (32, 8, 4)
 PRUNE = (0.0, 0.3, 0.6)
 RANKS: tuple[float | None, ...] = (None, 0.5, 0.75)
+LINEARS = r"layer\.\d+\."  # every Linear of the encoder's blocks (the pooler is not in the graph)
+FEED_FORWARD = r"layer\.\d+\.(intermediate|output)\.dense$"  # not attention.output.dense
 
 
 @dataclass(frozen=True)
@@ -50,24 +52,14 @@ def _row(label: str, art: Any, wl: Any, built: float) -> Row:
     return Row(label, art.runtime, art.size_bytes, round(score(art, wl.test, wl.evaluate), 4), round(ms, 3), round(built, 1))
 
 
-def mixed_recipe(wl: Any) -> Any:
-    """int8 dynamic MatMuls with 4-bit embedding tables: not a plan today (a per-layer precision
-    choice), measured so the bit widths can be compared with it."""
-    from autoshrink.artifact import Artifact, onnx_payload
-    from autoshrink.inputs import InputSpec
-    from autoshrink.outputs import single_output
-    from autoshrink.techniques import count_parameters
-    from autoshrink.techniques._onnx import export_onnx
-    from autoshrink.techniques.quantize import quantize_4bit, quantize_dynamic
+def int8_linears(model: Any, pattern: str = "") -> dict[str, int]:
+    """``layer_bits`` that keep the model's Linear layers whose names match ``pattern`` (a regular
+    expression) at int8 in a 4-bit plan."""
+    import re
 
-    spec = InputSpec.of(wl.example_input)
-    module = single_output(wl.model, wl.example_input)
-    model = export_onnx(module, wl.example_input, spec)
-    tables = quantize_4bit(model, embeddings=True, matmuls=False)
-    model = quantize_dynamic(tables, op_types=("MatMul", "Gemm"))
-    params = count_parameters(module)
-    plan = Plan(bits=8)
-    return Artifact(plan, "onnxruntime", onnx_payload(model.SerializeToString(), plan, (), params, spec), params, spec=spec)
+    from torch import nn
+
+    return {name: 8 for name, m in model.named_modules() if isinstance(m, nn.Linear) and re.search(pattern, name)}
 
 
 def run(root: Path, log: Callable[[str], None]) -> dict[str, list[Row]]:
@@ -88,7 +80,9 @@ def run(root: Path, log: Callable[[str], None]) -> dict[str, list[Row]]:
         ("fp32 ONNX Runtime", lambda: build(Plan(runtime="onnxruntime"))),
         ("int8 (dynamic MatMuls, int8 tables)", lambda: build(Plan(bits=8))),
         ("int4 (4-bit MatMuls and tables)", lambda: build(Plan(bits=4))),
-        ("int8 MatMuls + 4-bit tables (recipe, not a plan)", lambda: mixed_recipe(wl)),
+        ("int4 tables, every Linear int8 (mixed)", lambda: build(Plan(bits=4, layer_bits=int8_linears(wl.model, LINEARS)))),
+        ("int4 tables and attention, feed-forward int8 (mixed)",
+         lambda: build(Plan(bits=4, layer_bits=int8_linears(wl.model, FEED_FORWARD)))),
     ):
         start = time.perf_counter()
         art = make()

@@ -7,7 +7,7 @@ import contextlib
 import io
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +114,29 @@ def gemm_to_matmul(model: onnx.ModelProto) -> int:
     return rewritten
 
 
+def unshare_weights(model: onnx.ModelProto) -> int:
+    """Give every ``Identity`` of a constant its own copy of it, in place; returns how many.
+
+    The exporter stores identical weights once and feeds the other layers through ``Identity``
+    (``nn.TransformerEncoder`` deep-copies its first layer, so before training every layer has
+    the same weights); a quantizer sees only a constant as a weight, and would leave those
+    layers in float.
+    """
+    inits = {t.name: t for t in model.graph.initializer}
+    shared = [n for n in model.graph.node if n.op_type == "Identity" and n.input[0] in inits]
+    for node in shared:
+        copy = onnx.TensorProto()
+        copy.CopyFrom(inits[node.input[0]])
+        copy.name = node.output[0]
+        model.graph.initializer.append(copy)
+    if shared:
+        drop = {id(n) for n in shared}
+        kept = [n for n in model.graph.node if id(n) not in drop]
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+    return len(shared)
+
+
 def weight_layers(model: onnx.ModelProto) -> dict[str, int]:
     """How many layers with constant weights are convolutions, and how many are matrix
     products or embedding lookups."""
@@ -151,6 +174,58 @@ def layer_precision(model: onnx.ModelProto) -> dict[str, str]:
         elif node.op_type == "Gather" and node.input[0] in produced_by_dq:
             out[node.name] = "int8"
     return out
+
+
+#: How the names of the nodes that passes add or fuse begin (after the op they came from).
+_OP_PREFIXES = ("Conv", "Gemm", "MatMul", "Gather", "Add", "Fused", "QLinear", "DynamicQuantize")
+
+
+def module_path(node_name: str) -> str:
+    """The torch module an exported node came from, from the exporter's name scopes.
+
+    The TorchScript exporter names a node ``/<scope>/.../<OpType>``: one scope per module called,
+    a child of a ``Sequential`` named ``<attribute>.<index>``; the outer ``module`` is autoshrink's
+    export wrapper. A name without scopes (the dynamo exporter's) is its own layer name.
+
+    Example:
+        >>> module_path("/module/layer4/layer4.0/downsample/downsample.0/Conv")
+        'layer4.0.downsample.0'
+        >>> module_path("/module/enc/layers.0/self_attn/MatMul"), module_path("node_Conv_3")
+        ('enc.layers.0.self_attn', 'node_Conv_3')
+        >>> module_path("/module/head/Gemm_MatMul/MatMulAddFusion")  # rewritten, then fused by ORT
+        'head'
+    """
+    parts = node_name.strip("/").split("/")
+    scopes = parts[1:-1] if parts[:1] == ["module"] else parts[:-1]
+    while scopes and scopes[-1].startswith(_OP_PREFIXES):  # a rewrite's or fusion's name under the op's
+        scopes = scopes[:-1]
+    path: list[str] = []
+    for i, scope in enumerate(scopes):
+        if i and scope.startswith(scopes[i - 1] + "."):
+            path[-1] = scope  # a Sequential's child, named after the Sequential's attribute
+        else:
+            path.append(scope)
+    return ".".join(path) or node_name
+
+
+def layers(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """Weight-bearing layers (as torch module paths, `module_path`) -> their node names, in graph order."""
+    out: dict[str, list[str]] = {}
+    for node in layer_precision(model):
+        out.setdefault(module_path(node), []).append(node)
+    return out
+
+
+def inside(layer: str, names: Iterable[str]) -> bool:
+    """Whether ``layer`` is one of the modules ``names`` or inside one (``fc.0`` is inside ``fc``:
+    low rank replaces a layer by two)."""
+    return any(layer == n or layer.startswith(n + ".") for n in names)
+
+
+def nodes_of(model: onnx.ModelProto, names: Iterable[str]) -> list[str]:
+    """The weight-bearing nodes of the layers ``names`` (module paths, and what is inside them)."""
+    wanted = tuple(names)
+    return [n for layer, nodes in layers(model).items() if inside(layer, wanted) for n in nodes]
 
 
 def onnx_errors() -> tuple[type[Exception], ...]:

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +41,9 @@ def from_onnx(onnx_bytes: bytes) -> Any:
 
 
 def quantize_nncf(
-    model: Any, calibration: Inputs, spec: InputSpec, *, transformer: bool, reduce_range: bool = True
-) -> Any:
+    model: Any, calibration: Inputs, spec: InputSpec, *, transformer: bool, reduce_range: bool = True,
+    ignored: Sequence[str] = (),
+) -> Any:  # fmt: skip
     """int8 by NNCF post-training quantization, calibrated on ``calibration``.
 
     Convolutional models get the full bias correction (``fast_bias_correction=False``, slower to
@@ -49,7 +52,8 @@ def quantize_nncf(
     pretrained all-MiniLM-L6-v2 to 0.64 mean cosine with fp32, the fast one kept 0.9965
     (``results/int8-range.md``).
     ``reduce_range``: NNCF's overflow fix on every layer (7-bit weights, for CPUs without VNNI);
-    otherwise none (the full 8 bits).
+    otherwise none (the full 8 bits). ``ignored``: ONNX node names kept in float (NNCF's ignored
+    scope; OpenVINO names an op after its ONNX node, with suffixes such as ``/WithoutBiases``).
     """
     try:
         import logging
@@ -69,6 +73,9 @@ def quantize_nncf(
     options: dict[str, Any] = {
         "subset_size": rows, "advanced_parameters": AdvancedQuantizationParameters(overflow_fix=fix),
     }  # fmt: skip
+    if ignored:
+        patterns = [f"^{re.escape(name)}(/.*)?$" for name in ignored]
+        options["ignored_scope"] = nncf.IgnoredScope(patterns=patterns, validate=False)
     if transformer:
         options["model_type"] = nncf.ModelType.TRANSFORMER
     else:
@@ -122,6 +129,29 @@ def compile_model(payload: bytes, threads: int, shapes: dict[str, tuple[int, ...
         "INFERENCE_PRECISION_HINT": "f32",
     }  # fmt: skip
     return core.compile_model(model, "CPU", config)
+
+
+#: Ops between a compressed weight constant and the layer that multiplies by it.
+_WEIGHT_PATH = ("Convert", "Subtract", "Multiply", "Reshape", "Transpose", "Unsqueeze", "FakeQuantize")
+
+
+def layer_precision(model: Any) -> dict[str, str]:
+    """For each convolution, matrix product and embedding lookup with a constant weight: ``"int8"``
+    when the weight is stored as 8-bit integers (NNCF compresses the weights of the layers it
+    quantizes), else ``"fp32"``; keyed by op name (`autoshrink.techniques._onnx.module_path`
+    turns it into the layer's name)."""
+    out = {}
+    for op in model.get_ops():
+        kind = op.get_type_name()
+        if kind not in ("Convolution", "GroupConvolution", "MatMul", "Gather") or op.get_input_size() < 2:
+            continue
+        source = op.input_value(0 if kind == "Gather" else 1).get_node()
+        while source.get_type_name() in _WEIGHT_PATH:
+            source = source.input_value(0).get_node()
+        if source.get_type_name() == "Constant":
+            integer = source.get_element_type().get_type_name() in ("i8", "u8")
+            out[op.get_friendly_name()] = "int8" if integer else "fp32"
+    return out
 
 
 def precision(model: Any) -> dict[str, int]:

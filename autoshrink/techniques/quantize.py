@@ -35,6 +35,7 @@ import logging
 import tempfile
 import warnings
 from collections import Counter
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,8 +55,13 @@ from autoshrink.techniques._onnx import (
     check_runs,
     export_onnx,
     gemm_to_matmul,
+    inside,
     layer_precision,
+    layers,
+    module_path,
+    nodes_of,
     onnx_errors,
+    unshare_weights,
     weight_layers,
     working_dir,
 )
@@ -76,6 +82,8 @@ class QuantizeConfig:
     scheme: str = "auto"
     openvino_int8: str = "nncf"  # or "qdq": OpenVINO runs ONNX Runtime's QDQ model
     int8_range: str = "auto"  # "full", "reduced" (7-bit weights) or "auto" (from this CPU)
+    #: Mixed precision: (layer, bits) pairs, layers kept at 32 (float) or, in a 4-bit plan, 8 (`Plan.layer_bits`).
+    layer_bits: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         if self.bits not in (32, 8, 4):
@@ -110,9 +118,12 @@ def quantize_static(
     op_types: list[str] | None = None,
     *,
     reduce_range: bool = True,
+    keep: Collection[str] = (),
+    only: Collection[str] | None = None,
 ) -> onnx.ModelProto:
     """Static QDQ int8 (uint8 activations, per-channel int8 weights, 7-bit with ``reduce_range``)
-    calibrated on ``calibration``."""
+    calibrated on ``calibration``; the layers ``keep`` (module names) stay as they are, and with
+    ``only`` only those layers change."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -136,10 +147,12 @@ def quantize_static(
         except Exception as exc:  # pre-processing is an optimization; quantize the raw graph
             logging.getLogger("autoshrink").debug("quant_pre_process failed (%s); quantizing as exported", exc)
             pre = src
+        graph = onnx.load(str(pre))  # node names as the quantizer sees them, after pre-processing
         quantize_static(
             str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=op_types,
             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            reduce_range=reduce_range,
+            reduce_range=reduce_range, nodes_to_exclude=nodes_of(graph, keep) if keep else None,
+            nodes_to_quantize=nodes_of(graph, only) if only is not None else None,
         )  # fmt: skip
         return onnx.load(str(dst))
 
@@ -150,9 +163,12 @@ def quantize_dynamic(
     per_channel: bool = True,
     op_types: tuple[str, ...] = ("MatMul", "Gemm", "Gather"),
     reduce_range: bool = True,
+    keep: Collection[str] = (),
+    only: Collection[str] | None = None,
 ) -> onnx.ModelProto:
     """Dynamic int8: int8 MatMul/Gemm weights (per channel by default; 7-bit with
-    ``reduce_range``) and int8 embedding tables (full range: a lookup multiplies nothing)."""
+    ``reduce_range``) and int8 embedding tables (full range: a lookup multiplies nothing).
+    The layers ``keep`` (module names) stay as they are; with ``only``, only those layers change."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     constants = {t.name for t in model.graph.initializer}
@@ -164,9 +180,17 @@ def quantize_dynamic(
         quantize_dynamic(
             str(src), str(dst), op_types_to_quantize=list(op_types), per_channel=per_channel,
             reduce_range=reduce_range, weight_type=QuantType.QInt8,
+            nodes_to_exclude=_as_quantized(nodes_of(model, keep)) if keep else None,
+            nodes_to_quantize=_as_quantized(nodes_of(model, only)) if only is not None else None,
             extra_options={"TensorQuantOverrides": overrides} if overrides else None,
         )  # fmt: skip
         return onnx.load(str(dst))
+
+
+def _as_quantized(nodes: list[str]) -> list[str]:
+    """Node names as ONNX Runtime's dynamic quantizer sees them: it first rewrites each Gemm as a
+    MatMul named ``<gemm>_MatMul``, then matches the names it was given."""
+    return [*nodes, *(f"{n}_MatMul" for n in nodes)]
 
 
 def has_embedding_tables(model: onnx.ModelProto) -> bool:
@@ -175,8 +199,11 @@ def has_embedding_tables(model: onnx.ModelProto) -> bool:
     return any(n.op_type == "Gather" and n.input[0] in tables for n in model.graph.node)
 
 
-def quantize_4bit(model: onnx.ModelProto, *, embeddings: bool, matmuls: bool = True) -> onnx.ModelProto:
-    """MatMul weights (and, with ``embeddings``, Gather tables) to 4-bit blocks of 32."""
+def quantize_4bit(
+    model: onnx.ModelProto, *, embeddings: bool, matmuls: bool = True, keep: Collection[str] = ()
+) -> onnx.ModelProto:
+    """MatMul weights (and, with ``embeddings``, Gather tables) to 4-bit blocks of 32; the
+    layers ``keep`` (module names) stay as they are."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     gemm_to_matmul(model)
@@ -187,7 +214,8 @@ def quantize_4bit(model: onnx.ModelProto, *, embeddings: bool, matmuls: bool = T
     # Asymmetric blocks (a zero point each): on pretrained all-MiniLM-L6-v2 they kept 0.974 mean
     # cosine where symmetric ones kept 0.965, for 2% more bytes (results/minilm.md).
     quantizer = MatMulNBitsQuantizer(
-        model, bits=4, block_size=32, is_symmetric=False, accuracy_level=4, op_types_to_quantize=ops
+        model, bits=4, block_size=32, is_symmetric=False, accuracy_level=4, op_types_to_quantize=ops,
+        nodes_to_exclude=nodes_of(model, keep),
     )
     with warnings.catch_warnings(), root_logging_to_debug():
         warnings.simplefilter("ignore")
@@ -196,22 +224,41 @@ def quantize_4bit(model: onnx.ModelProto, *, embeddings: bool, matmuls: bool = T
 
 
 def lower(
-    model: onnx.ModelProto, bits: int, scheme: str, context: Context, spec: InputSpec, *, reduce_range: bool = True
-) -> onnx.ModelProto:
+    model: onnx.ModelProto, bits: int, scheme: str, context: Context, spec: InputSpec, *, reduce_range: bool = True,
+    layer_bits: Mapping[str, int] | None = None,
+) -> onnx.ModelProto:  # fmt: skip
     """The exported fp32 model at ``bits`` with the given int8 ``scheme`` (7-bit int8 weights
-    with ``reduce_range``; 4-bit blocks multiply within int16's range either way)."""
+    with ``reduce_range``; 4-bit blocks multiply within int16's range either way).
+
+    ``layer_bits`` (module name -> 32 or 8): layers kept in float, or at int8 in a 4-bit model.
+    """
+    table = dict(layer_bits or {})
+    floats = [name for name, b in table.items() if b == 32]
+    int8 = [name for name, b in table.items() if b == 8]
     if bits == 32:
         return model
     if scheme == "dynamic":
         if bits == 4:
-            return quantize_4bit(model, embeddings=has_embedding_tables(model))
-        return quantize_dynamic(model, reduce_range=reduce_range)
+            model = quantize_4bit(model, embeddings=has_embedding_tables(model), keep=floats + int8)
+            return quantize_dynamic(model, reduce_range=reduce_range, only=int8) if int8 else model
+        return quantize_dynamic(model, reduce_range=reduce_range, keep=floats)
     calibration = stack_inputs(context.train_data, CALIBRATION_SAMPLES)
     if bits == 4:
-        model = quantize_4bit(model, embeddings=False)
+        model = quantize_4bit(model, embeddings=False, keep=floats + int8)
         convs = [op for op in WEIGHT_OPS if op not in ("MatMul", "Gemm")]
-        return quantize_static(model, calibration, spec, convs, reduce_range=reduce_range)
-    return quantize_static(model, calibration, spec, reduce_range=reduce_range)
+        if not int8:
+            return quantize_static(model, calibration, spec, convs, reduce_range=reduce_range, keep=floats)
+        # int8 for the convolutions and for the Linear layers named 8, and no other product
+        chosen = [layer for layer in layers(model) if inside(layer, int8) or not _is_matmul_layer(model, layer)]
+        return quantize_static(model, calibration, spec, [*convs, "MatMul", "Gemm"], reduce_range=reduce_range,
+                               keep=floats, only=chosen)  # fmt: skip
+    return quantize_static(model, calibration, spec, reduce_range=reduce_range, keep=floats)
+
+
+def _is_matmul_layer(model: onnx.ModelProto, layer: str) -> bool:
+    """Whether ``layer``'s weight nodes are matrix products (MatMul, Gemm or already 4-bit)."""
+    ops = {n.name: n.op_type for n in model.graph.node}
+    return all(ops[n] in ("MatMul", "Gemm", "MatMulNBits") for n in layers(model)[layer])
 
 
 def lower_openvino(
@@ -222,20 +269,22 @@ def lower_openvino(
     spec: InputSpec,
     *,
     reduce_range: bool = True,
+    keep: Collection[str] = (),
 ) -> tuple[Any, str]:
-    """The OpenVINO model at ``config.bits`` and how its int8 was made."""
+    """The OpenVINO model at ``config.bits`` and how its int8 was made; the layers ``keep``
+    (module names) stay in float."""
     from autoshrink.techniques import _openvino
 
     if config.bits == 32:
         return _openvino.from_onnx(exported.SerializeToString()), "fp32"
     calibration = stack_inputs(context.train_data, CALIBRATION_SAMPLES)
     if config.openvino_int8 == "qdq":
-        qdq = quantize_static(exported, calibration, spec, reduce_range=reduce_range)
+        qdq = quantize_static(exported, calibration, spec, reduce_range=reduce_range, keep=keep)
         return _openvino.from_onnx(qdq.SerializeToString()), "ONNX QDQ model (ONNX Runtime calibration)"
     with root_logging_to_debug(), output_to_debug():
         model = _openvino.quantize_nncf(
             _openvino.from_onnx(exported.SerializeToString()), calibration, spec,
-            transformer=scheme == "dynamic", reduce_range=reduce_range,
+            transformer=scheme == "dynamic", reduce_range=reduce_range, ignored=nodes_of(exported, keep),
         )  # fmt: skip
     return model, "NNCF post-training quantization"
 
@@ -254,6 +303,19 @@ def _check_openvino(payload: bytes, stage: Stage, context: Context, spec: InputS
         raise CompressionError(f"the OpenVINO model returns shape {tuple(out.shape)}, torch {tuple(expected.shape)}")
 
 
+def _checked_table(exported: onnx.ModelProto, config: QuantizeConfig) -> dict[str, int]:
+    """``config.layer_bits`` as a mapping, each layer checked against the model's weight layers."""
+    table = dict(config.layer_bits)
+    if table and config.bits == 32:
+        raise CompressionError("layer_bits (mixed precision) needs an int8 or 4-bit plan")
+    found = list(layers(exported))
+    unknown = sorted(name for name in table if not any(inside(layer, [name]) for layer in found))
+    if unknown:
+        shown = ", ".join(found[:12]) + (", ..." if len(found) > 12 else "")
+        raise CompressionError(f"layer_bits names layers this model has no weights in: {unknown}; its layers: {shown}")
+    return table
+
+
 @register(QuantizeConfig)
 def quantize(stage: Stage, config: QuantizeConfig, context: Context) -> Stage:
     if config.runtime == "torch":
@@ -261,15 +323,20 @@ def quantize(stage: Stage, config: QuantizeConfig, context: Context) -> Stage:
     quiet_onnxruntime()
     spec = InputSpec.of(context.example_input)
     exported = export_onnx(stage.module, context.example_input, spec)
+    if config.bits != 32:
+        unshare_weights(exported)  # each layer quantized on its own, as it will be once trained
     scheme = choose_scheme(exported) if config.scheme == "auto" else config.scheme
     weight_range = int8_weight_range(config.int8_range)
     reduce_range = weight_range == "reduced"
+    table = _checked_table(exported, config)
+    mixed = {"layer_bits": table} if table else {}
     if config.runtime == "openvino":
         from autoshrink.techniques import _openvino
 
         errors: tuple[type[Exception], ...] = (RuntimeError, *onnx_errors())
         try:
-            model, how = lower_openvino(exported, config, scheme, context, spec, reduce_range=reduce_range)
+            model, how = lower_openvino(exported, config, scheme, context, spec, reduce_range=reduce_range,
+                                        keep=list(table))  # fmt: skip
             payload = _openvino.pack(model, {})
             _check_openvino(payload, stage, context, spec)
         except errors as exc:
@@ -280,11 +347,15 @@ def quantize(stage: Stage, config: QuantizeConfig, context: Context) -> Stage:
         report = TechniqueReport(
             technique="quantize",
             details={"bits": config.bits, "runtime": "openvino", "int8": how, "fake_quantize_ops": counts["FakeQuantize"]}
-            | ({INT8_RANGE_KEY: weight_range} if config.bits != 32 else {}),
+            | ({INT8_RANGE_KEY: weight_range} if config.bits != 32 else {}) | mixed,
+            skipped={
+                name: "kept in fp32 by the plan (layer_bits)"
+                for name, p in _openvino.layer_precision(model).items() if p == "fp32" and inside(module_path(name), table)
+            },  # fmt: skip
         )
         return stage.with_report(report, openvino_bytes=payload)
     try:
-        model = lower(exported, config.bits, scheme, context, spec, reduce_range=reduce_range)
+        model = lower(exported, config.bits, scheme, context, spec, reduce_range=reduce_range, layer_bits=table)
         check_runs(model, stage.module, context.example_input, spec)
     except onnx_errors() as exc:
         raise CompressionError(f"{config.bits}-bit ONNX Runtime lowering failed: {exc}") from exc
@@ -292,12 +363,16 @@ def quantize(stage: Stage, config: QuantizeConfig, context: Context) -> Stage:
     counts = Counter(precision.values())
     if config.bits != 32 and counts.get("int8", 0) + counts.get("4-bit", 0) == 0:
         raise CompressionError(f"{config.bits}-bit quantization changed no layer of this model")
-    skipped = {name: "left in fp32 (no integer kernel used)" for name, p in precision.items() if p == "fp32"}
+    skipped = {
+        name: "kept in fp32 by the plan (layer_bits)" if inside(module_path(name), table) else "left in fp32 (no integer kernel used)"
+        for name, p in precision.items() if p == "fp32"
+    }  # fmt: skip
     changed = tuple(f"{name} ({p})" for name, p in precision.items() if p != "fp32")
     details: dict[str, Any] = {"bits": config.bits, "runtime": "onnxruntime", "layers_by_precision": dict(counts)}
     if config.bits != 32:
         details["scheme"] = scheme
         details[INT8_RANGE_KEY] = weight_range
+        details |= mixed
     report = TechniqueReport(
         technique="quantize", changed=changed, skipped=skipped if config.bits != 32 else {}, details=details
     )
