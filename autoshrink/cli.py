@@ -232,6 +232,33 @@ def best(
 
 
 @app.command()
+def sensitivity(
+    workload: str = typer.Option(RunConfig.default("workload"), help=f"What to analyse: {WORKLOAD_HELP}"),
+    data: Optional[str] = typer.Option(None, help="Image data for torchvision models: digits or imagefolder:PATH."),
+    weights: Optional[str] = typer.Option(None, help="torchvision weights: a weights name, a state-dict path, or none."),
+    workload_arg: list[str] = typer.Option([], "--workload-arg", help="key=value passed to the workload's function (repeatable)."),
+    bits: int = typer.Option(8, help="The precision each layer is quantized to alone: 8 or 4."),
+    runtime: str = typer.Option("onnxruntime", help="onnxruntime or openvino (8 bits)."),
+    samples: int = typer.Option(128, help="Validation inputs scored, the same for every layer."),
+) -> None:
+    """Print how much of the workload's score each layer loses when it alone is quantized, worst first."""
+    from autoshrink import workloads
+    from autoshrink.config import ConfigError
+    from autoshrink.sensitivity import layer_sensitivity, table
+    from autoshrink.techniques import CompressionError
+
+    say = Reporter()
+    try:
+        options = _workload_options(weights=weights, data=data, args=workload_arg) or {}
+        say.line(f"loading workload '{workload}'")
+        wl = workloads.load(workload, **options)
+        rows = layer_sensitivity(wl, bits=bits, runtime=runtime, samples=samples, progress=say.line)
+    except (ConfigError, CompressionError, ValueError) as exc:
+        _die(str(exc))
+    typer.echo(table(rows))
+
+
+@app.command()
 def ui(
     tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_URI_HELP),
     port: int = typer.Option(5000, help="Port on 127.0.0.1."),

@@ -1,0 +1,36 @@
+"""Per-layer sensitivity ranks the layers that int8 breaks first."""
+
+from __future__ import annotations
+
+import torch
+
+from autoshrink.sensitivity import layer_sensitivity
+from autoshrink.workloads import Workload
+from tests.conftest import make_case
+
+
+def test_layers_made_fragile_on_purpose_are_ranked_first() -> None:
+    model, (x, _), example = make_case("rescnn")
+    with torch.no_grad():  # an activation outlier, the float model unchanged (ReLU is homogeneous):
+        model.a1.weight[:4] *= 1000  # a1's first channels 1000x larger...
+        model.a1.bias[:4] *= 1000
+        model.a2.weight[:, :4] /= 1000  # ...and a2 reads them 1000x smaller; a2's per-tensor int8
+        labels = model(x).argmax(1)  # input range then rounds every other channel to zero
+    wl = Workload("fragile", model, (x[:256], labels[:256]), (x[256:384], labels[256:384]), (x[384:], labels[384:]), example)
+    ranked = layer_sensitivity(wl, samples=128)
+    assert {r.layer for r in ranked} == {"stem.0", "a1", "a2", "b1", "b2", "proj", "head"}
+    # The outlier tensor is a1's output and a2's input: int8 on either side of it costs the same
+    assert {r.layer for r in ranked[:2]} == {"a1", "a2"} and ranked[1].loss > 0.1, ranked
+    assert all(r.loss < ranked[1].loss / 2 for r in ranked[2:]), ranked
+
+
+def test_the_command_prints_the_table_and_refuses_a_bad_bit_width_in_one_line(tmp_path) -> None:
+    from tests.test_cli import assert_one_line_error, invoke
+    from tests.tiny import write_files
+
+    spec = f"{write_files(tmp_path)['workload']}:tiny"
+    done = invoke("sensitivity", "--workload", spec, "--samples", "32")
+    assert done.exit_code == 0, done.output
+    rows = [line for line in done.output.splitlines() if line.startswith("| ") and not line.startswith("| layer")]
+    assert len(rows) == 3 and "| layer | score, quantized alone | loss |" in done.output  # 2 convs and the head
+    assert_one_line_error(invoke("sensitivity", "--workload", spec, "--bits", "3"), "Plan.bits must be one of")
