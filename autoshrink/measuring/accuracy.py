@@ -1,8 +1,8 @@
 """Quality scores of an artifact, higher is better: top-1 accuracy, embedding fidelity, R².
 
-`top1_accuracy` is the default. `Fidelity` (mean cosine similarity to the original model's
-outputs, no labels needed) and `RSquared` are ready-made ``evaluate`` functions for models
-whose outputs are not class logits; a `Workload` names one in ``evaluate``.
+`top1_accuracy` is the default. `Agreement` (top-1 agreement with the original classifier) and
+`Fidelity` (mean cosine similarity to the original model's outputs) need no labels; they and
+`RSquared` are ready-made ``evaluate`` functions; a `Workload` names one in ``evaluate``.
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ def top1_accuracy(artifact: Artifact, data: DataLike, batch_size: int = 128) -> 
         x, y = split_batch(batch)
         if y is None:
             raise ValueError(
-                "accuracy needs labelled data: batches of (inputs, labels); for models without "
-                "labels, score with evaluate=Fidelity(model)"
+                "accuracy needs labelled data: batches of (inputs, labels); without labels, score a "
+                "classifier with evaluate=Agreement(model) and an embedding model with evaluate=Fidelity(model)"
             )
         pred = call_model(artifact, x).argmax(dim=-1)
         correct += int((pred == y).sum())
@@ -118,6 +118,35 @@ class Fidelity:
 
     def __getstate__(self) -> dict[str, object]:
         return {"reference": self.reference, "batch_size": self.batch_size, "_cache": {}}
+
+
+class Agreement(Fidelity):
+    """Top-1 agreement with the reference model: the share of inputs where the artifact picks the
+    class the original model picks. Scores a classifier from unlabelled inputs (the data a user
+    of a pretrained model has); named ``agreement`` in every report and MLflow run.
+
+    Example:
+        >>> import torch
+        >>> from autoshrink import Plan, compress
+        >>> net = torch.nn.Linear(4, 3)
+        >>> x = torch.randn(64, 4)
+        >>> art = compress(net, Plan(), train_data=(x,), example_input=x[:1])
+        >>> agree = Agreement(net)
+        >>> agree(art, (x,)), agree.__name__  # the name reports and MLflow use
+        (1.0, 'agreement')
+    """
+
+    __name__ = "agreement"
+
+    def __call__(self, artifact: Artifact, data: DataLike) -> float:
+        same = count = 0
+        for batch, ref in zip(batches(data, self.batch_size), self._reference(data)):
+            out = call_model(artifact, split_batch(batch)[0])
+            same += int((out.argmax(dim=-1) == ref.argmax(dim=-1)).sum())
+            count += int(ref.argmax(dim=-1).numel())
+        if count == 0:
+            raise ValueError("the evaluation data is empty")
+        return same / count
 
 
 def RSquared(artifact: Artifact, data: DataLike) -> float:  # noqa: N802 - reads as the metric's name

@@ -73,3 +73,18 @@ def test_speed_up_is_the_baseline_latency_over_the_candidates() -> None:
 
     assert m(0.5).speedup_over(m(3.0)) == 6.0  # six times faster than the baseline
     assert m(3.0).speedup_over(m(3.0)) == 1.0
+
+
+def test_unlabelled_classifier_data_is_scored_by_agreement_with_the_original() -> None:
+    import torch
+
+    from autoshrink import Plan, compress
+    from autoshrink.measuring.accuracy import Agreement, top1_accuracy
+    from tests.conftest import make_case
+
+    model, (x, _), example = make_case("rescnn")
+    art = compress(model, Plan(bits=8), train_data=(x[:256],), example_input=example)
+    with torch.no_grad():
+        own = model(x[256:]).argmax(1)  # labels that are the original's answers: agreement is top-1 on them
+    assert Agreement(model)(art, (x[256:],)) == top1_accuracy(art, (x[256:], own))
+    assert Agreement(model)(compress(model, Plan(), train_data=(x[:256],), example_input=example), (x[256:],)) == 1.0
