@@ -244,6 +244,7 @@ def sensitivity(
     """Print how much of the workload's score each layer loses when it alone is quantized, worst first."""
     from autoshrink import workloads
     from autoshrink.config import ConfigError
+    from autoshrink.measuring.accuracy import EvaluationError
     from autoshrink.sensitivity import layer_sensitivity, table
     from autoshrink.techniques import CompressionError
 
@@ -253,7 +254,7 @@ def sensitivity(
         say.line(f"loading workload '{workload}'")
         wl = workloads.load(workload, **options)
         rows = layer_sensitivity(wl, bits=bits, runtime=runtime, samples=samples, progress=say.line)
-    except (ConfigError, CompressionError, ValueError) as exc:
+    except (ConfigError, CompressionError, EvaluationError, ValueError) as exc:
         _die(str(exc))
     typer.echo(table(rows))
 

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -38,6 +39,7 @@ class LayerSensitivity:
     layer: str
     score: float
     loss: float
+    error: str = ""  # why this layer's candidate could not be built or scored (score and loss NaN)
 
 
 def layer_sensitivity(
@@ -50,6 +52,7 @@ def layer_sensitivity(
     every layer. One build per layer, so a model with 80 layers costs 80 quantizations.
     """
     from autoshrink.pipeline import compress
+    from autoshrink.searching.trial import candidate_errors
 
     subset = Subset(as_dataset(wl.val), range(min(samples, dataset_size(wl.val))))
 
@@ -63,11 +66,15 @@ def layer_sensitivity(
     out = []
     for i, name in enumerate(names):
         others = tuple((other, 32) for other in names if other != name)
-        quantized = score(build(Plan(bits=bits, runtime=runtime, layer_bits=others)), subset, wl.evaluate)
-        out.append(LayerSensitivity(name, quantized, baseline - quantized))
+        try:
+            quantized = score(build(Plan(bits=bits, runtime=runtime, layer_bits=others)), subset, wl.evaluate)
+            row = LayerSensitivity(name, quantized, baseline - quantized)
+        except candidate_errors() as exc:  # one layer that cannot be built alone does not end the analysis
+            row = LayerSensitivity(name, math.nan, math.nan, f"{type(exc).__name__}: {exc}"[:300])
+        out.append(row)
         if progress is not None:
-            progress(f"[{i + 1}/{len(names)}] {name}: {quantized:.4f} ({baseline - quantized:+.4f})")
-    return sorted(out, key=lambda s: -s.loss)
+            progress(f"[{i + 1}/{len(names)}] {name}: " + (row.error or f"{row.score:.4f} ({row.loss:+.4f})"))
+    return sorted(out, key=lambda s: (math.isnan(s.loss), -s.loss))  # failed layers last
 
 
 def _ov_layers(artifact: Artifact) -> list[str]:
@@ -80,5 +87,6 @@ def _ov_layers(artifact: Artifact) -> list[str]:
 def table(rows: list[LayerSensitivity]) -> str:
     """A markdown table of ``rows``, in their order."""
     lines = ["| layer | score, quantized alone | loss |", "|---|---|---|"]
-    lines += [f"| {r.layer} | {r.score:.4f} | {r.loss:.4f} |" for r in rows]
+    lines += [f"| {r.layer} | {r.score:.4f} | {r.loss:.4f} |" if not r.error else f"| {r.layer} | failed: {r.error} | |"
+              for r in rows]  # fmt: skip
     return "\n".join(lines)

@@ -64,7 +64,8 @@ def stop_tree(proc: subprocess.Popen[Any], timeout: float = STOP_TIMEOUT_S) -> N
 
 #: Where the UI opens: MLflow 3 shows its GenAI view (traces, evaluation runs, prompts) unless the
 #: address asks for the model-training one; autoshrink's experiments are model training.
-MODEL_TRAINING_VIEW = "/#/?workflowType=machine_learning"
+MODEL_TRAINING = "?workflowType=machine_learning"  # the query that asks any UI page for that view
+MODEL_TRAINING_VIEW = f"/#/{MODEL_TRAINING}"
 
 
 def serve(tracking_uri: str, port: int, *, on_ready: Callable[[str], None] | None = None) -> int:

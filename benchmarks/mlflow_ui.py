@@ -29,6 +29,7 @@ def pages(tracking_uri: str, experiment: str, base: str) -> dict[str, str]:
     from mlflow.tracking import MlflowClient
 
     from autoshrink.tracking import ROLE, registered_name
+    from autoshrink.ui import MODEL_TRAINING
 
     client = MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(experiment)
@@ -39,7 +40,7 @@ def pages(tracking_uri: str, experiment: str, base: str) -> dict[str, str]:
     if not parents:
         sys.exit(f"experiment {experiment!r} has no finished search")
     parent = parents[0].info.run_id
-    view = "?workflowType=machine_learning"  # what `autoshrink ui` opens (autoshrink.ui.MODEL_TRAINING_VIEW)
+    view = MODEL_TRAINING  # the model-training view, as `autoshrink ui` opens it
     return {
         "runs": f"{base}/#/experiments/{eid}/runs{view}",
         "pareto": f"{base}/#/experiments/{eid}/runs/{parent}/artifacts/pareto.png{view}",

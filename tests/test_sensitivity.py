@@ -34,3 +34,19 @@ def test_the_command_prints_the_table_and_refuses_a_bad_bit_width_in_one_line(tm
     rows = [line for line in done.output.splitlines() if line.startswith("| ") and not line.startswith("| layer")]
     assert len(rows) == 3 and "| layer | score, quantized alone | loss |" in done.output  # 2 convs and the head
     assert_one_line_error(invoke("sensitivity", "--workload", spec, "--bits", "3"), "Plan.bits must be one of")
+
+
+def test_a_layer_that_cannot_be_scored_alone_is_recorded_and_the_analysis_goes_on() -> None:
+    from autoshrink.measuring.accuracy import top1_accuracy
+
+    model, (x, y), example = make_case("rescnn")
+
+    def evaluate(artifact, data):  # breaks on one candidate only: "head" quantized alone
+        if artifact.plan.layer_bits and ("head", 32) not in artifact.plan.layer_bits:
+            raise RuntimeError("the evaluator broke")
+        return top1_accuracy(artifact, data)
+
+    wl = Workload("t", model, (x[:256], y[:256]), (x[256:320], y[256:320]), (x[320:], y[320:]), example, evaluate=evaluate)
+    ranked = layer_sensitivity(wl, samples=64)
+    assert len(ranked) == 7 and ranked[-1].layer == "head" and "the evaluator broke" in ranked[-1].error
+    assert all(not r.error and r.loss == r.loss for r in ranked[:-1])  # every other layer scored

@@ -141,9 +141,9 @@ class Agreement(Fidelity):
     def __call__(self, artifact: Artifact, data: DataLike) -> float:
         same = count = 0
         for batch, ref in zip(batches(data, self.batch_size), self._reference(data)):
-            out = call_model(artifact, split_batch(batch)[0])
-            same += int((out.argmax(dim=-1) == ref.argmax(dim=-1)).sum())
-            count += int(ref.argmax(dim=-1).numel())
+            expected = ref.argmax(dim=-1)
+            same += int((call_model(artifact, split_batch(batch)[0]).argmax(dim=-1) == expected).sum())
+            count += expected.numel()
         if count == 0:
             raise ValueError("the evaluation data is empty")
         return same / count

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -176,8 +177,10 @@ def layer_precision(model: onnx.ModelProto) -> dict[str, str]:
     return out
 
 
-#: How the names of the nodes that passes add or fuse begin (after the op they came from).
-_OP_PREFIXES = ("Conv", "Gemm", "MatMul", "Gather", "Add", "Fused", "QLinear", "DynamicQuantize")
+#: A node's own name under its module's scopes: the exporter's (``Conv``, ``MatMul_2``), a rewrite's
+#: (``Gemm_MatMul``), a quantizer's (``Conv_quant``) or a fusion's (``MatMulAddFusion``). A module
+#: attribute such as Inception's ``Conv2d_1a_3x3`` is none of these.
+_NODE_NAME = re.compile(r"^(Conv|ConvTranspose|Gemm|MatMul|Gather|Add)(_\d+)?(_MatMul|_Add)?(_quant)?$|^\w*Fusion(_\d+)?$")
 
 
 def module_path(node_name: str) -> str:
@@ -194,10 +197,12 @@ def module_path(node_name: str) -> str:
         ('enc.layers.0.self_attn', 'node_Conv_3')
         >>> module_path("/module/head/Gemm_MatMul/MatMulAddFusion")  # rewritten, then fused by ORT
         'head'
+        >>> module_path("/module/Conv2d_1a_3x3/Conv")  # a module attribute that starts like an op
+        'Conv2d_1a_3x3'
     """
     parts = node_name.strip("/").split("/")
     scopes = parts[1:-1] if parts[:1] == ["module"] else parts[:-1]
-    while scopes and scopes[-1].startswith(_OP_PREFIXES):  # a rewrite's or fusion's name under the op's
+    while scopes and _NODE_NAME.match(scopes[-1]):  # a rewrite's or fusion's name under the op's
         scopes = scopes[:-1]
     path: list[str] = []
     for i, scope in enumerate(scopes):
