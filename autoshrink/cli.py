@@ -52,6 +52,7 @@ def search(
     size_budget_mb: Optional[float] = typer.Option(None, help="Artifact size limit in MB."),
     energy_budget_mj: Optional[float] = typer.Option(None, help="Energy per inference limit in mJ."),
     min_accuracy: Optional[float] = typer.Option(None, help="Lowest acceptable validation accuracy (0-1)."),
+    max_drop: Optional[float] = typer.Option(None, help="Most points (0.01s of the score) a candidate may lose against the uncompressed model; int8 / 4-bit ones under it keep their most sensitive layers in float (accuracy-aware)."),
     sampler: Optional[str] = typer.Option(None, help=f"One of {', '.join(SAMPLERS)} {_default('sampler')}."),
     warm_start: Optional[bool] = typer.Option(None, "--warm-start/--no-warm-start", help=f"Start with plans that usually work {_default('warm_start')}."),
     seed: Optional[int] = typer.Option(None, help=f"Seed for the sampler and distillation {_default('seed')}."),
@@ -82,7 +83,7 @@ def search(
     try:
         run = _run_config(
             config, latency_budget_ms=latency_budget_ms, size_mb=size_budget_mb, energy_mj=energy_budget_mj,
-            min_accuracy=min_accuracy, workload=workload, trials=trials, experiment=experiment,
+            min_accuracy=min_accuracy, max_drop=max_drop, workload=workload, trials=trials, experiment=experiment,
             space=SearchSpace.from_yaml(space) if space else None,
             hardware=HardwareProfile.from_yaml(hardware) if hardware else None,
             sampler=sampler, seed=seed, tracking_uri=tracking_uri,
@@ -149,7 +150,8 @@ def _workload_options(*, args: list[str], **flags: Any) -> dict[str, Any] | None
 
 
 def _run_config(config: Path | None, *, latency_budget_ms: float | None, size_mb: float | None,
-                energy_mj: float | None, min_accuracy: float | None, **overrides: Any) -> RunConfig:  # fmt: skip
+                energy_mj: float | None, min_accuracy: float | None, max_drop: float | None = None,
+                **overrides: Any) -> RunConfig:  # fmt: skip
     """The run file (if any) with the command-line flags on top: the whole search, for `search`.
 
     ``overrides`` are `RunConfig` fields; ``None`` (a flag not given) keeps the file's value or
@@ -160,7 +162,8 @@ def _run_config(config: Path | None, *, latency_budget_ms: float | None, size_mb
     from autoshrink.config import Budget, ConfigError
     from autoshrink.store import experiment_name_for
 
-    limits = {"latency_ms": latency_budget_ms, "size_mb": size_mb, "energy_mj": energy_mj, "min_accuracy": min_accuracy}
+    limits = {"latency_ms": latency_budget_ms, "size_mb": size_mb, "energy_mj": energy_mj, "min_accuracy": min_accuracy,
+              "max_drop": max_drop}  # fmt: skip
     given = {k: v for k, v in limits.items() if v is not None}
     if config is not None:
         run = RunConfig.from_yaml(config)

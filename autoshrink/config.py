@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,11 @@ class Budget:
         size_mb: artifact size limit in megabytes (10**6 bytes).
         energy_mj: energy per inference limit in millijoules.
         min_accuracy: lowest acceptable score on the evaluation split, in [0, 1].
+        max_drop: the most the score may fall below the uncompressed model's, in points
+            (hundredths of the workload's metric: 1.0 = 0.01 of top-1 or agreement). Fixed once
+            the search has measured its baseline (`resolved`) as a floor on the score, which
+            both limits hold together; an int8 or 4-bit candidate under it keeps its most
+            sensitive layers in float, the fewest that hold it (accuracy-aware quantization).
 
     Example:
         >>> b = Budget(latency_ms=1.5, min_accuracy=0.97)
@@ -70,6 +75,7 @@ class Budget:
     size_mb: float | None = None
     energy_mj: float | None = None
     min_accuracy: float | None = None
+    max_drop: float | None = None
 
     def __post_init__(self) -> None:
         if self.latency_ms is None:
@@ -81,6 +87,25 @@ class Budget:
             isinstance(self.min_accuracy, (int, float)) and 0.0 <= self.min_accuracy <= 1.0
         ):
             raise ConfigError(f"Budget.min_accuracy must be in [0, 1], got {self.min_accuracy!r}")
+        if self.max_drop is not None and (
+            isinstance(self.max_drop, bool) or not isinstance(self.max_drop, (int, float)) or not 0 <= self.max_drop <= 100
+        ):
+            raise ConfigError(f"Budget.max_drop must be points in [0, 100] (1.0 = 0.01 of the score), got {self.max_drop!r}")
+
+    def resolved(self, baseline_score: float) -> Budget:
+        """This budget with ``max_drop`` turned into the score floor it means for a baseline that
+        scores ``baseline_score`` (the higher of it and ``min_accuracy`` holds).
+
+        Example:
+            >>> Budget(latency_ms=1.0, max_drop=1.0).resolved(0.95).min_accuracy
+            0.94
+            >>> Budget(latency_ms=1.0, max_drop=1.0, min_accuracy=0.945).resolved(0.95).min_accuracy
+            0.945
+        """
+        if self.max_drop is None:
+            return self
+        floor = round(baseline_score - self.max_drop / 100, 12)
+        return replace(self, min_accuracy=max(floor, self.min_accuracy or 0.0))
 
     def violations(self, metrics: dict[str, float]) -> dict[str, float]:
         """Constraint values (<= 0 means met) for each limit that is set.

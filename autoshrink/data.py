@@ -86,6 +86,20 @@ def split_batch(batch: Any) -> tuple[Inputs, torch.Tensor | None]:
     raise TypeError(f"cannot read inputs from a batch of type {type(batch).__name__}")
 
 
+def has_labels(data: DataLike) -> bool:
+    """Whether the first batch of ``data`` carries labels (an empty dataset counts as labelled).
+
+    Example:
+        >>> import torch
+        >>> has_labels((torch.randn(4, 2), torch.zeros(4))), has_labels((torch.randn(4, 2),))
+        (True, False)
+    """
+    try:
+        return split_batch(next(iter(batches(data, 2))))[1] is not None
+    except StopIteration:
+        return True
+
+
 def stack_inputs(data: DataLike, limit: int | None = None) -> Inputs:
     """All inputs (up to ``limit``) as one batch of the inputs' structure."""
     return tree_cat([split_batch(b)[0] for b in batches(data, 256, limit)])

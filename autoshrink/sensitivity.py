@@ -6,6 +6,12 @@ the workload's own metric on a fixed subset of its validation split; the loss is
 model's score minus that score. The layers that lose most are the ones to keep in float
 (mixed precision). Every candidate is built for real, in the runtime asked for.
 
+Each row names its ``technique`` (``int8``, ``int4``), so that other per-layer analyses add rows
+of their own to the same table. A search that keeps layers at a higher precision
+(`autoshrink.space.SearchSpace.mixed`) measures this once, keeps it in its study (a resumed
+search reuses it) and logs it on its MLflow parent run as ``sensitivity.json`` and
+``sensitivity.png``.
+
 Example:
     >>> from autoshrink.sensitivity import LayerSensitivity, table
     >>> print(table([LayerSensitivity("features.0", 0.91, 0.08), LayerSensitivity("head", 0.99, 0.0)]))
@@ -40,6 +46,33 @@ class LayerSensitivity:
     score: float
     loss: float
     error: str = ""  # why this layer's candidate could not be built or scored (score and loss NaN)
+    technique: str = "int8"  # what was applied to the layer alone: int8, int4
+
+    def to_dict(self) -> dict[str, object]:
+        return {"technique": self.technique, "layer": self.layer, "score": self.score, "loss": self.loss,
+                "error": self.error}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> LayerSensitivity:
+        return cls(str(data["layer"]), float(data["score"]), float(data["loss"]), str(data.get("error", "")),  # type: ignore[arg-type]
+                   str(data.get("technique", "int8")))  # fmt: skip
+
+
+def technique_of(bits: int) -> str:
+    """The technique name of a ``bits``-bit row: ``int8`` or ``int4``."""
+    return f"int{bits}"
+
+
+def ranking(rows: list[LayerSensitivity]) -> list[str]:
+    """The layers of ``rows`` that were scored, the most sensitive first (what mixed precision keeps).
+
+    Example:
+        >>> ranking([LayerSensitivity("a", 0.99, 0.0), LayerSensitivity("b", 0.9, 0.09),
+        ...          LayerSensitivity("c", math.nan, math.nan, "ValueError: x")])
+        ['b', 'a']
+    """
+    scored = [r for r in rows if not r.error and not math.isnan(r.loss)]
+    return [r.layer for r in sorted(scored, key=lambda r: -r.loss)]
 
 
 def layer_sensitivity(
@@ -63,18 +96,27 @@ def layer_sensitivity(
     baseline = score(build(Plan()), subset, wl.evaluate)
     uniform = build(Plan(bits=bits, runtime=runtime))
     names = list(layers(onnx.load_from_string(uniform.payload))) if uniform.runtime == "onnxruntime" else _ov_layers(uniform)
+    if bits == 4:
+        names = _four_bit_layers(uniform)
     out = []
     for i, name in enumerate(names):
         others = tuple((other, 32) for other in names if other != name)
         try:
             quantized = score(build(Plan(bits=bits, runtime=runtime, layer_bits=others)), subset, wl.evaluate)
-            row = LayerSensitivity(name, quantized, baseline - quantized)
+            row = LayerSensitivity(name, quantized, baseline - quantized, technique=technique_of(bits))
         except candidate_errors() as exc:  # one layer that cannot be built alone does not end the analysis
-            row = LayerSensitivity(name, math.nan, math.nan, f"{type(exc).__name__}: {exc}"[:300])
+            row = LayerSensitivity(name, math.nan, math.nan, f"{type(exc).__name__}: {exc}"[:300], technique_of(bits))
         out.append(row)
         if progress is not None:
             progress(f"[{i + 1}/{len(names)}] {name}: " + (row.error or f"{row.score:.4f} ({row.loss:+.4f})"))
     return sorted(out, key=lambda s: (math.isnan(s.loss), -s.loss))  # failed layers last
+
+
+def _four_bit_layers(artifact: Artifact) -> list[str]:
+    from autoshrink.techniques._onnx import layer_precision, module_path
+
+    precision = layer_precision(onnx.load_from_string(artifact.payload))
+    return list(dict.fromkeys(module_path(node) for node, p in precision.items() if p == "4-bit"))
 
 
 def _ov_layers(artifact: Artifact) -> list[str]:
@@ -82,6 +124,29 @@ def _ov_layers(artifact: Artifact) -> list[str]:
     from autoshrink.techniques._openvino import layer_precision
 
     return list(dict.fromkeys(module_path(op) for op in layer_precision(artifact.openvino_model)))
+
+
+def chart(rows: list[LayerSensitivity], path: str, top: int = 30) -> None:
+    """A bar chart of the ``top`` most sensitive layers of each technique, saved as a PNG at ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no screen: draw to a file
+    import matplotlib.pyplot as plt
+
+    techniques = list(dict.fromkeys(r.technique for r in rows))
+    shown = {t: [r for r in rows if r.technique == t and not r.error][:top] for t in techniques}
+    height = max(len(v) for v in shown.values()) if shown else 1
+    fig, axes = plt.subplots(1, max(1, len(techniques)), figsize=(6 * max(1, len(techniques)), 1 + 0.28 * height),
+                             squeeze=False)  # fmt: skip
+    for ax, technique in zip(axes[0], techniques):
+        picked = shown[technique][::-1]  # most sensitive at the top
+        ax.barh([r.layer for r in picked], [r.loss for r in picked], color="#c0392b")
+        ax.set_title(f"{technique}: loss of the score, this layer alone quantized", fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.set_xlabel("float score - score with the layer quantized")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def table(rows: list[LayerSensitivity]) -> str:

@@ -6,7 +6,9 @@ from its parameters with ``optuna.trial.FixedTrial(params)``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,9 @@ from autoshrink.plan import Plan
 from autoshrink.runtimes import ALLOWED_BITS, AUTO, DEFAULT_RUNTIMES, RUNTIMES, runtime_supports
 
 OFF = "off"
+
+#: Mixed precision in the built-in spaces: none, or the most sensitive 5% or 15% of the layers.
+PRESET_MIXED: tuple[float, ...] = (0, 0.05, 0.15)
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,14 @@ class SearchSpace:
             runtime is drawn after the bit width, among those that run it (parameter
             ``runtime_<bits>``), so the sampler never proposes a pair that cannot run.
         distill_epochs: distillation epochs to try.
+        mixed: mixed precision, how many of the most sensitive layers an int8 or 4-bit plan
+            keeps at a higher precision (float in int8 plans, int8 in 4-bit ones): a fraction
+            in [0, 1) of the layers ranked, rounded up, or a count (an integer >= 1); 0 keeps
+            none. Drawn after the bit width (parameter ``mixed``). The ranking is the per-layer
+            sensitivity analysis (`autoshrink.sensitivity`), measured once per search before
+            the first trial and kept in the study, so a resumed search reuses it.
+        ranking: the layers ranked for ``mixed``, most sensitive first, per bit width (set by
+            the search with `ranked`; not a setting of its own, not in files).
 
     Example:
         >>> import optuna
@@ -42,6 +55,8 @@ class SearchSpace:
     bits: tuple[int, ...] = (32, 8, 4)
     runtime: tuple[str, ...] = (AUTO,)
     distill_epochs: tuple[int, ...] = (0, 2, 4)
+    mixed: tuple[float, ...] = (0,)
+    ranking: tuple[tuple[int, tuple[str, ...]], ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.prune) != 3:
@@ -68,6 +83,39 @@ class SearchSpace:
         for e in self.distill_epochs:
             if isinstance(e, bool) or not isinstance(e, int) or e < 0:
                 raise ConfigError(f"space.distill_epochs values must be integers >= 0, got {e!r}")
+        _nonempty("mixed", self.mixed)
+        for m in self.mixed:
+            count = isinstance(m, int) and not isinstance(m, bool) and m >= 0
+            if not count and not (isinstance(m, float) and 0.0 <= m < 1.0):
+                raise ConfigError(f"space.mixed values must be a fraction in [0, 1) or a count >= 0, got {m!r}")
+
+    @property
+    def ranked_bits(self) -> tuple[int, ...]:
+        """The bit widths whose plans keep layers at a higher precision: these need a ranking."""
+        if not any(self.mixed):
+            return ()
+        return tuple(b for b in (8, 4) if b in self.bits)
+
+    def ranked(self, ranking: Mapping[int, Sequence[str]]) -> SearchSpace:
+        """This space with the layers ``mixed`` keeps, most sensitive first, per bit width."""
+        return replace(self, ranking=tuple((int(b), tuple(names)) for b, names in sorted(ranking.items())))
+
+    def kept(self, bits: int, mixed: float) -> dict[str, int]:
+        """The layer table (`Plan.layer_bits`) that keeps ``mixed`` of the ranked layers of a
+        ``bits``-bit plan at the next precision up.
+
+        Example:
+            >>> space = SearchSpace(mixed=(0, 0.25, 1)).ranked({8: ["stem", "head", "b1", "b2"]})
+            >>> space.kept(8, 0.25), space.kept(8, 1), space.kept(8, 0)
+            ({'stem': 32}, {'stem': 32}, {})
+        """
+        if not mixed:
+            return {}
+        names = dict(self.ranking).get(bits)
+        if names is None:
+            raise ValueError(f"space.mixed={mixed} for {bits}-bit plans needs a ranking of the layers (SearchSpace.ranked)")
+        count = mixed if isinstance(mixed, int) else math.ceil(mixed * len(names))
+        return {name: 32 if bits == 8 else 8 for name in names[:count]}
 
     def sample(self, trial: Any) -> Plan:
         """Draw one `Plan` from ``trial`` (an Optuna trial or ``FixedTrial``)."""
@@ -78,12 +126,16 @@ class SearchSpace:
         epochs = trial.suggest_categorical("distill_epochs", list(self.distill_epochs))
         runtimes = self.runtimes_for(int(bits))
         runtime = trial.suggest_categorical(f"runtime_{bits}", runtimes) if len(runtimes) > 1 else runtimes[0]
+        mixed: float = 0
+        if bits != 32:
+            mixed = trial.suggest_categorical("mixed", list(self.mixed)) if len(self.mixed) > 1 else self.mixed[0]
         return Plan(
             prune=round(float(prune), 6),
             rank=None if rank == OFF else float(rank),
             bits=int(bits),
             distill_epochs=int(epochs),
             runtime=str(runtime),
+            layer_bits=tuple(self.kept(int(bits), mixed).items()),
         )
 
     def runtimes_for(self, bits: int) -> list[str]:
@@ -140,30 +192,33 @@ class SearchSpace:
         an unknown family gets the general default.
 
         Example:
-            >>> SearchSpace.preset() == SearchSpace()
-            True
+            >>> SearchSpace.preset().mixed  # the presets search mixed precision; SearchSpace() does not
+            (0, 0.05, 0.15)
         """
         presets = _presets()
         return presets.get(family or "default", presets["default"])
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data.pop("ranking")  # measured, not set: kept in the study
         if self.runtime == (AUTO,):
             data.pop("runtime")  # the default, as before the knob existed: stored studies still match
+        if self.mixed == (0,):
+            data.pop("mixed")  # likewise
         low, high, step = self.prune
         data["prune"] = {"low": low, "high": high, "step": step}
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in data.items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchSpace:
-        check_keys(data, {f.name for f in fields(cls)}, "search space")
+        check_keys(data, {f.name for f in fields(cls)} - {"ranking"}, "search space")
         kwargs: dict[str, Any] = {}
         if "prune" in data:
             p = data["prune"]
             if not isinstance(p, dict) or set(p) - {"low", "high", "step"}:
                 raise ConfigError(f"space.prune must be a mapping with low, high, step; got {p!r}")
             kwargs["prune"] = (float(p.get("low", 0.0)), float(p.get("high", 0.0)), float(p.get("step", 0.1)))
-        for key in ("rank", "bits", "distill_epochs", "runtime"):
+        for key in ("rank", "bits", "distill_epochs", "runtime", "mixed"):
             if key in data:
                 values = data[key]
                 if isinstance(values, dict):
@@ -186,10 +241,11 @@ class SearchSpace:
 def _presets() -> dict[str, SearchSpace]:
     """Built-in spaces by model family; ``search_spaces/<name>.yaml`` are copies (a test checks)."""
     return {
-        "default": SearchSpace(),
-        "cnn": SearchSpace(),
+        "default": SearchSpace(mixed=PRESET_MIXED),
+        "cnn": SearchSpace(mixed=PRESET_MIXED),
         # Encoders lose more to low rank and need distillation after pruning (heads and FFN).
-        "transformer": SearchSpace(prune=(0.0, 0.6, 0.1), rank=(OFF, 0.5, 0.75), bits=(32, 8, 4), distill_epochs=(0, 2, 4)),
+        "transformer": SearchSpace(prune=(0.0, 0.6, 0.1), rank=(OFF, 0.5, 0.75), bits=(32, 8, 4), distill_epochs=(0, 2, 4),
+                                    mixed=PRESET_MIXED),
     }
 
 

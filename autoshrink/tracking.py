@@ -41,6 +41,7 @@ ENERGY_METHOD = "energy_method"
 HOST = "host"
 METRIC = "metric"  # what "accuracy" means for this workload: top1, fidelity, ...
 SKIPPED = "layers_skipped"
+ACCURACY_AWARE = "accuracy_aware"
 SCREENED = "screened"
 MODEL_FILE_DIR = "artifact"
 MODEL_NAME = "model"

@@ -146,6 +146,21 @@ def make_case(name: str, n: int = 512) -> tuple[nn.Module, tuple[torch.Tensor, t
     return copy.deepcopy(model), (x, y), x[:1].clone()
 
 
+def fragile_workload():  # -> autoshrink.workloads.Workload
+    """The residual CNN with an activation outlier made on purpose, the float model unchanged (ReLU
+    is homogeneous): a1's first channels 1000x larger, and a2 reads them 1000x smaller, so a2's
+    per-tensor int8 input range rounds every other channel to zero. Labelled by its own answers."""
+    from autoshrink.workloads import Workload
+
+    model, (x, _), example = make_case("rescnn")
+    with torch.no_grad():
+        model.a1.weight[:4] *= 1000
+        model.a1.bias[:4] *= 1000
+        model.a2.weight[:, :4] /= 1000
+        labels = model(x).argmax(1)
+    return Workload("fragile", model, (x[:256], labels[:256]), (x[256:384], labels[256:384]), (x[384:], labels[384:]), example)
+
+
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(-1) == labels).float().mean())
 

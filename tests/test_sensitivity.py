@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import torch
-
 from autoshrink.sensitivity import layer_sensitivity
 from autoshrink.workloads import Workload
-from tests.conftest import make_case
+from tests.conftest import fragile_workload, make_case
 
 
 def test_layers_made_fragile_on_purpose_are_ranked_first() -> None:
-    model, (x, _), example = make_case("rescnn")
-    with torch.no_grad():  # an activation outlier, the float model unchanged (ReLU is homogeneous):
-        model.a1.weight[:4] *= 1000  # a1's first channels 1000x larger...
-        model.a1.bias[:4] *= 1000
-        model.a2.weight[:, :4] /= 1000  # ...and a2 reads them 1000x smaller; a2's per-tensor int8
-        labels = model(x).argmax(1)  # input range then rounds every other channel to zero
-    wl = Workload("fragile", model, (x[:256], labels[:256]), (x[256:384], labels[256:384]), (x[384:], labels[384:]), example)
+    wl = fragile_workload()  # an activation outlier between a1 and a2
     ranked = layer_sensitivity(wl, samples=128)
     assert {r.layer for r in ranked} == {"stem.0", "a1", "a2", "b1", "b2", "proj", "head"}
     # The outlier tensor is a1's output and a2's input: int8 on either side of it costs the same

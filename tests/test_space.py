@@ -7,7 +7,7 @@ import optuna
 import pytest
 
 from autoshrink.config import ConfigError
-from autoshrink.space import SearchSpace
+from autoshrink.space import PRESET_MIXED, SearchSpace
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,7 +19,7 @@ def test_each_space_file_is_its_built_in_preset(family: str) -> None:
 
 
 def test_unknown_family_gets_the_default() -> None:
-    assert SearchSpace.preset("graph-network") == SearchSpace.preset(None) == SearchSpace()
+    assert SearchSpace.preset("graph-network") == SearchSpace.preset(None) == SearchSpace(mixed=PRESET_MIXED)
 
 
 def test_space_serializes_for_mlflow_params() -> None:
@@ -57,3 +57,29 @@ def test_the_runtimes_space_file_is_the_default_with_the_runtime_knob() -> None:
     assert space.runtime == ("auto", "onnxruntime", "openvino")
     assert (space.prune, space.rank, space.bits, space.distill_epochs) == (
         default.prune, default.rank, default.bits, default.distill_epochs)  # fmt: skip
+
+
+def test_mixed_keeps_the_most_sensitive_layers_of_the_ranking() -> None:
+    ranking = {8: ["stem", "head", "b1", "b2"], 4: ["head", "b2"]}
+    space = SearchSpace(prune=(0.0, 0.0, 0.1), rank=("off",), bits=(32, 8, 4), distill_epochs=(0,), mixed=(0, 0.5, 1))
+    ranked = space.ranked(ranking)
+    int8 = ranked.sample(optuna.trial.FixedTrial({"bits": 8, "mixed": 0.5, "rank": "off", "distill_epochs": 0}))
+    assert dict(int8.layer_bits) == {"stem": 32, "head": 32}  # half of four, most sensitive first, in float
+    int4 = ranked.sample(optuna.trial.FixedTrial({"bits": 4, "mixed": 1, "rank": "off", "distill_epochs": 0}))
+    assert dict(int4.layer_bits) == {"head": 8}  # a count; in a 4-bit plan kept at int8
+    fp32 = ranked.sample(optuna.trial.FixedTrial({"bits": 32, "rank": "off", "distill_epochs": 0}))
+    assert fp32.layer_bits == ()  # a float plan draws no mixed
+    assert ranked == space and ranked.to_dict() == space.to_dict()  # the ranking is measured, not a setting
+    with pytest.raises(ValueError, match="needs a ranking"):
+        space.sample(optuna.trial.FixedTrial({"bits": 8, "mixed": 0.5, "rank": "off", "distill_epochs": 0}))
+
+
+def test_mixed_values_are_checked_and_read_from_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="space.mixed values"):
+        SearchSpace(mixed=(1.5,))
+    with pytest.raises(ConfigError, match="space.mixed values"):
+        SearchSpace(mixed=(-1,))
+    path = tmp_path / "space.yaml"
+    path.write_text("bits: [8]\nmixed: [0, 0.1, 3]\n")
+    assert SearchSpace.from_yaml(path).mixed == (0, 0.1, 3)
+    assert SearchSpace.from_dict(SearchSpace(mixed=(0, 2)).to_dict()).mixed == (0, 2)

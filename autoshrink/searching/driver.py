@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -31,7 +32,7 @@ from autoshrink.searching.study import (
     snapshot,
     trial_timings,
 )
-from autoshrink.searching.trial import TrialRunner, objectives_for
+from autoshrink.searching.trial import TrialRunner, candidate_errors, objectives_for
 from autoshrink.space import SearchSpace
 from autoshrink.store import experiment_lock, prepare, resolve_tracking_uri, study_storage_for
 from autoshrink.tracking import STUDY, Tracker
@@ -100,7 +101,10 @@ def search(
                              runtimes=alternatives)  # fmt: skip
         try:
             baseline = _measure_baseline(backend, runner, wl, run.budget, opened, live)
-            recorder.baseline = baseline.measurement
+            run, baseline = _resolved(run, baseline, opened, live)
+            recorder.baseline, recorder.budget = baseline.measurement, run.budget
+            space = _ranked(space, opened, wl, run, live)
+            runner = replace(runner, budget=run.budget, ranking=space.ranking)
             _run_trials(opened.study, backend, space, runner, recorder, live)
             live.emit("finish", "scoring the Pareto set on the test split, logging models, registering the best")
             result, finish_s = _finish(opened, recorder, baseline, wl, backend, run, selection)
@@ -215,6 +219,73 @@ def _measure_baseline(backend: Backend, runner: TrialRunner, wl: Workload, budge
         log.warning(warning)
         live.emit("baseline", f"warning: {warning}")
     return baseline
+
+
+#: The study's user attribute that keeps the per-layer sensitivity, by technique.
+SENSITIVITY = "sensitivity"
+
+
+def _ranked(space: SearchSpace, opened: _Opened, wl: Workload, run: RunConfig, live: _Live) -> SearchSpace:
+    """``space`` with its layers ranked for mixed precision: the per-layer sensitivity, measured
+    once per search in ONNX Runtime (in OpenVINO where it is the only runtime), kept in the study
+    so a resumed search reuses it, and logged on the parent run (``sensitivity.json``, ``.png``)."""
+    accuracy_aware = tuple(b for b in (8, 4) if b in space.bits) if run.budget.max_drop is not None else ()
+    needed = tuple(sorted({*space.ranked_bits, *accuracy_aware}, reverse=True))
+    if not needed:
+        return space
+    import tempfile
+    from pathlib import Path
+
+    from autoshrink.sensitivity import LayerSensitivity, chart, layer_sensitivity, ranking, technique_of
+
+    stored = opened.study.user_attrs.get(SENSITIVITY, {})
+    rows = {t: [LayerSensitivity.from_dict(r) for r in found] for t, found in stored.items()}
+    missing = [b for b in needed if technique_of(b) not in rows]
+    if not missing:
+        live.emit("sensitivity", "mixed precision: reusing the per-layer sensitivity this study measured before")
+    runtime = "openvino" if space.runtime == ("openvino",) else "onnxruntime"
+    for bits in missing:
+        live.emit("sensitivity", f"mixed precision: measuring each layer quantized alone at {bits} bits in {runtime}")
+        started = time.perf_counter()
+        try:
+            found = layer_sensitivity(wl, bits=bits, runtime=runtime, int8_range=run.hardware.int8_range,
+                                      progress=lambda line: live.emit("sensitivity", line))  # fmt: skip
+        except candidate_errors() as exc:  # the uniform plan itself fails: its trials will say so too
+            error = f"{type(exc).__name__}: {exc}"[:300]
+            live.emit("sensitivity", f"mixed precision off for {bits}-bit plans: the analysis failed ({error})")
+            found = [LayerSensitivity("(every layer)", math.nan, math.nan, error, technique_of(bits))]
+        rows[technique_of(bits)] = found
+        opened.study.set_user_attr(SENSITIVITY, {t: [r.to_dict() for r in v] for t, v in rows.items()})
+        opened.tracker.log_metrics(opened.parent, {f"time_sensitivity_{technique_of(bits)}_s": time.perf_counter() - started})
+    if missing:
+        every = [r for found in rows.values() for r in found]
+        opened.tracker.log_json(opened.parent, [r.to_dict() for r in every], "sensitivity.json")
+        with tempfile.TemporaryDirectory() as folder:
+            picture = Path(folder) / "sensitivity.png"
+            chart(every, str(picture))
+            opened.tracker.log_file(opened.parent, picture)
+    return space.ranked({b: ranking(rows[technique_of(b)]) for b in needed})
+
+
+#: The study's user attribute that keeps the score floor a ``max_drop`` budget resolved to.
+RESOLVED_FLOOR = "resolved_min_accuracy"
+
+
+def _resolved(run: RunConfig, baseline: Candidate, opened: _Opened, live: _Live) -> tuple[RunConfig, Candidate]:
+    """The run with its budget's ``max_drop`` fixed as a score floor under the baseline's score,
+    once per study (a resumed search keeps the floor its finished trials were judged by), and the
+    baseline judged by it; logged on the parent run."""
+    if run.budget.max_drop is None:
+        return run, baseline
+    m = baseline.measurement
+    stored = opened.study.user_attrs.get(RESOLVED_FLOOR)
+    floor = float(stored if stored is not None else run.budget.resolved(m.accuracy).min_accuracy or 0.0)
+    opened.study.set_user_attr(RESOLVED_FLOOR, floor)
+    budget = replace(run.budget, min_accuracy=floor)
+    opened.tracker.log_metrics(opened.parent, {"budget_min_accuracy_resolved": floor})
+    live.emit("baseline", f"max drop {run.budget.max_drop:g} points: candidates must score at least {floor:.4f} "
+              f"({m.score_name}); int8 / 4-bit ones under it keep their most sensitive layers in float")  # fmt: skip
+    return replace(run, budget=budget), replace(baseline, violations=budget.violations(m.metrics()))
 
 
 def _run_trials(study: optuna.Study, backend: Backend, space: SearchSpace, runner: TrialRunner,

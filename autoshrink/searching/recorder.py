@@ -15,6 +15,7 @@ from autoshrink.measuring import Measurement
 from autoshrink.plan import Plan
 from autoshrink.searching.trial import OBJECTIVES, TrialOutcome
 from autoshrink.tracking import (
+    ACCURACY_AWARE,
     DUPLICATE_OF,
     ENERGY_METHOD,
     ERROR,
@@ -97,10 +98,16 @@ class Recorder:
         if outcome.screened:
             metrics.pop("accuracy")  # not measured: the candidate was over the budget before distillation
             tags[SCREENED] = "over the budget before distillation: not distilled, accuracy not measured"
+        if outcome.extra_builds:  # accuracy-aware: the plan built keeps more layers higher than the one drawn
+            trial.set_user_attr("plan", outcome.plan.to_dict())
+            metrics["accuracy_aware_builds"] = outcome.extra_builds
+            tags[ACCURACY_AWARE] = (f"{len(outcome.plan.layer_bits)} layer(s) kept at a higher precision, "
+                                    f"{outcome.extra_builds} more build(s)")  # fmt: skip
+            self.tracker.log_json(run_id, dict(outcome.plan.layer_bits), "layer_bits.json")
         self.tracker.log_metrics(run_id, metrics)
         tags |= {FEASIBLE: Budget.met(violations), RUNTIME: m.runtime, ENERGY_METHOD: m.energy_method, METRIC: m.metric}
         ran = outcome.plan.measured_in(m.runtime)
-        if ran != outcome.plan:  # an "auto" runtime settled by measurement: the run is named after it
+        if ran != outcome.plan or outcome.extra_builds:  # named after what was built and ran
             tags["mlflow.runName"] = f"{trial_name(trial.number)}-{ran.label}"
         self.tracker.set_tags(run_id, tags)
         self.tracker.finish(run_id)

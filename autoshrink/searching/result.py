@@ -85,7 +85,8 @@ class Progress:
     """Sent to the ``progress`` callback as the search moves on.
 
     ``stage`` is ``"start"`` (the store is being opened, or the search resumes), ``"baseline"``
-    (the uncompressed model is being measured), ``"trial"`` (one more trial finished; ``last``
+    (the uncompressed model is being measured), ``"sensitivity"`` (each layer is quantized
+    alone, once per search, to rank the layers mixed precision keeps), ``"trial"`` (one more trial finished; ``last``
     describes it) or ``"finish"`` (the Pareto set is being scored on the test split, logged
     and the best registered).
     """

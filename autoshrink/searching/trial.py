@@ -71,6 +71,7 @@ class TrialOutcome:
     duplicate_of: int | None = None
     host: str = ""
     screened: bool = False  # over the budget before distillation: accuracy not measured
+    extra_builds: int = 0  # accuracy-aware quantization: builds with more float layers, this one among them
 
     @property
     def failed(self) -> bool:
@@ -144,6 +145,13 @@ class TrialRunner:
     latency, size or energy budget the candidate is recorded as infeasible with those figures
     and no time is spent distilling it or scoring its accuracy (``screened``). Otherwise it is
     distilled, and its accuracy scored; its speed figures are the architecture's.
+
+    Accuracy-aware quantization: with a budget whose ``max_drop`` is resolved to a score floor and
+    a ``ranking`` of the layers (bit width -> layers, most sensitive first), an int8 or 4-bit
+    candidate under the floor is built again with its most sensitive layers at the next
+    precision up, the fewest that hold the floor: 1, 2, 4, ... layers until one holds, then
+    bisected (the score is taken to rise as layers are kept, which the measurements re-check),
+    at most half of the ranked layers. If none holds, the best-scoring build is kept.
     """
 
     workload: Workload
@@ -153,6 +161,7 @@ class TrialRunner:
     cache: dict[str, Any] = field(default_factory=dict, repr=False)
     budget: Budget | None = None
     runtimes: tuple[str, ...] = ()
+    ranking: tuple[tuple[int, tuple[str, ...]], ...] = ()
 
     def build(self, plan: Plan) -> Artifact:
         from autoshrink.pipeline import compress
@@ -211,7 +220,7 @@ class TrialRunner:
         for runtime in choices:
             last_chance = len(choices) == 1 or runtime == choices[-1] and best is None
             candidate = replace(plan, runtime=runtime, distill_epochs=0)
-            key = json.dumps([plan.prune, plan.rank, plan.bits, candidate.resolved_runtime])
+            key = json.dumps([plan.prune, plan.rank, plan.bits, candidate.resolved_runtime, plan.layer_bits])
             if key in failed and not last_chance:
                 continue
             if key not in cached:
@@ -245,8 +254,71 @@ class TrialRunner:
         """Build, measure and save ``plan``'s artifact as ``<artifacts_dir>/<name>.<suffix>``.
 
         ``measure_with(artifact, accuracy) -> (measurement, where)`` measures elsewhere (a
-        target node); by default the artifact is measured here.
+        target node); by default the artifact is measured here. Under an accuracy-aware budget
+        the outcome's plan is the one built, which may keep more layers in float.
         """
+        outcome = self.candidate(plan, name=name, measure_with=measure_with)
+        if not self._under_floor(outcome):
+            return outcome
+        return self._accuracy_aware(outcome, name, measure_with)
+
+    def _under_floor(self, outcome: TrialOutcome) -> bool:
+        """Whether accuracy-aware quantization applies to ``outcome``: it scores under the floor."""
+        b = self.budget
+        if b is None or b.max_drop is None or b.min_accuracy is None or outcome.failed or outcome.screened:
+            return False
+        assert outcome.measurement is not None
+        return outcome.plan.bits != 32 and bool(dict(self.ranking).get(outcome.plan.bits)) and (
+            outcome.measurement.accuracy < b.min_accuracy
+        )
+
+    def _accuracy_aware(self, first: TrialOutcome, name: str, measure_with: Measurer | None) -> TrialOutcome:
+        """``first`` built again with the fewest most-sensitive layers kept higher that hold the floor
+        (see the class doc); the chosen artifact is saved under ``name``, the others removed."""
+        assert self.budget is not None and self.budget.min_accuracy is not None
+        floor = self.budget.min_accuracy
+        table = dict(first.plan.layer_bits)
+        names = [n for n in dict(self.ranking)[first.plan.bits] if n not in table]
+        higher = 32 if first.plan.bits == 8 else 8
+        cap = max(1, len(names) // 2)
+        tried: dict[int, TrialOutcome] = {0: first}
+
+        def holds(count: int) -> bool:
+            plan = replace(first.plan, layer_bits=tuple((table | {n: higher for n in names[:count]}).items()))
+            tried[count] = outcome = self.candidate(plan, name=f"{name}-kept{count}", measure_with=measure_with)
+            return not outcome.failed and outcome.measurement is not None and outcome.measurement.accuracy >= floor
+
+        low, high, count = 0, None, 1
+        while high is None and low < cap:
+            count = min(count, cap)
+            if holds(count):
+                high = count
+            else:
+                low, count = count, count * 2
+        while high is not None and high - low > 1:
+            middle = (low + high) // 2
+            if holds(middle):
+                high = middle
+            else:
+                low = middle
+        scored = [o for o in tried.values() if not o.failed]
+        chosen = tried[high] if high is not None else max(scored, key=lambda o: o.values(("accuracy",))[0])
+        for outcome in tried.values():
+            if outcome is not chosen and outcome is not first and outcome.artifact_path:
+                Path(outcome.artifact_path).unlink(missing_ok=True)
+        path = chosen.artifact_path
+        if chosen is not first and path is not None:
+            if first.artifact_path:
+                Path(first.artifact_path).unlink(missing_ok=True)
+            target = self.artifacts_dir / f"{name}{Path(path).suffix}"
+            path = str(Path(path).replace(target))
+        return replace(
+            chosen, artifact_path=path, extra_builds=len(tried) - 1,
+            compress_s=sum(o.compress_s for o in tried.values()), measure_s=sum(o.measure_s for o in tried.values()),
+        )  # fmt: skip
+
+    def candidate(self, plan: Plan, *, name: str, measure_with: Measurer | None = None) -> TrialOutcome:
+        """``plan`` built, measured and saved as it is (see `__call__`)."""
         start = time.perf_counter()
         built = start
         where = socket.gethostname()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from autoshrink.config import ConfigError
-from autoshrink.data import DataLike, as_dataset
+from autoshrink.data import DataLike, as_dataset, has_labels
 from autoshrink.inputs import Inputs, is_inputs
 from autoshrink.measuring import Evaluate
 from autoshrink.outputs import OutputKey
@@ -22,7 +22,10 @@ class Workload:
     batch (batch size 1) in the form the model is called with: a tensor, a tuple of tensors,
     or a dict of named tensors (``input_ids``, ``attention_mask``, ...).
     ``evaluate(artifact, data) -> float`` (higher is better) replaces top-1 accuracy where the
-    model is scored otherwise (`autoshrink.measuring.accuracy.Fidelity` for embedding models).
+    model is scored otherwise. Without one, a validation split without labels is scored against
+    the original model: top-1 agreement (`autoshrink.measuring.accuracy.Agreement`) for a
+    classifier, the data a user of a pretrained model has; cosine fidelity
+    (`autoshrink.measuring.accuracy.Fidelity`) where ``task`` is ``"embedding"``.
     ``task`` (``"classification"``, ``"embedding"``, ``"regression"``) says what distillation
     matches, by default read from the labels; ``output`` picks one output when the model
     returns several (a dict key or tuple index; default ``logits`` or the first).
@@ -34,6 +37,8 @@ class Workload:
         >>> wl = Workload("toy", torch.nn.Linear(4, 2), (x, y), (x, y), (x, y), x[:1])
         >>> wl.name, wl.family
         ('toy', None)
+        >>> Workload("unlabelled", torch.nn.Linear(4, 2), (x,), (x,), (x,), x[:1]).evaluate.__name__
+        'agreement'
         >>> Workload("toy", "not a model", (x, y), (x, y), (x, y), x[:1])
         Traceback (most recent call last):
         ...
@@ -71,3 +76,8 @@ class Workload:
                 raise ConfigError(f"{where}: the {split} split is empty")
         if self.evaluate is not None and not callable(self.evaluate):
             raise ConfigError(f"{where}: evaluate must be callable(artifact, data) -> float")
+        if self.evaluate is None and self.task != "regression" and not has_labels(self.val):
+            from autoshrink.measuring.accuracy import Agreement, Fidelity
+
+            scorer = Fidelity(self.model) if self.task == "embedding" else Agreement(self.model)
+            object.__setattr__(self, "evaluate", scorer)  # label-free: scored against the original model

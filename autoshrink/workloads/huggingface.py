@@ -35,7 +35,6 @@ from torch import nn
 
 from autoshrink.config import ConfigError
 from autoshrink.data import NamedTensorDataset
-from autoshrink.measuring.accuracy import Fidelity
 from autoshrink.workloads.base import Workload
 from autoshrink.workloads.training import cached_finetune, finetune_key
 
@@ -139,7 +138,6 @@ def huggingface_workload(
         val=val,
         test=test,
         example_input={k: v[:1] for k, v in val.tensors.items() if k != "labels"},
-        evaluate=Fidelity(model) if task == "embedding" else None,
         family="transformer",
         task=task,
     )

@@ -11,7 +11,10 @@ Weights are never downloaded at run time. ``weights`` is one of:
 
 ``data`` is ``"digits"`` (scikit-learn's bundled digits, resized to ``image_size`` and made
 3-channel) or ``"imagefolder:PATH"`` (``PATH`` with ``train/``, ``val/`` and ``test/``
-sub-folders of class folders, or one folder of class folders split by ``split``).
+sub-folders of class folders, or one folder of class folders split by ``split``) or
+``"images:PATH"`` (image files under ``PATH``, no labels, split by ``split``: what a user of a
+pretrained model has; candidates are then scored by top-1 agreement with the original model,
+and the model keeps its own classes).
 
 Example:
     >>> from autoshrink.workloads import load
@@ -79,6 +82,8 @@ def torchvision_workload(
     size = image_size or _crop_size(tv_weights) or 224
     train, val, test, classes = image_data(data, image_size=size, split=split, seed=seed)
     num_classes = num_classes or classes
+    if num_classes is None and tv_weights is None:
+        raise ConfigError(f"torchvision:{name} with unlabelled images needs pretrained weights (or --num-classes)")
     model = _build(name, weights, tv_weights, num_classes, size)
     example = _first_input(val)
     if finetune_epochs:
@@ -122,7 +127,7 @@ def _cached_weight_file(tv_weights: Any) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(tv_weights.url)
 
 
-def _build(name: str, weights: str | None, tv_weights: Any, num_classes: int, size: int) -> nn.Module:
+def _build(name: str, weights: str | None, tv_weights: Any, num_classes: int | None, size: int) -> nn.Module:
     import torchvision
 
     if tv_weights is not None:
@@ -134,7 +139,8 @@ def _build(name: str, weights: str | None, tv_weights: Any, num_classes: int, si
                 "or pass --weights none / a state-dict path"
             )
         model = torchvision.models.get_model(name, weights=tv_weights)
-        _resize_head(model, num_classes, size)
+        if num_classes is not None:
+            _resize_head(model, num_classes, size)
         return model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # random weights are the same in every run (resume, run files)
@@ -172,7 +178,8 @@ def _resize_head(model: nn.Module, num_classes: int, size: int) -> None:
 
 
 def _first_input(data: Dataset) -> torch.Tensor:
-    x = data[0][0]
+    item = data[0]
+    x = item if isinstance(item, torch.Tensor) else item[0]
     return x.unsqueeze(0).contiguous()
 
 
@@ -181,14 +188,70 @@ def _first_input(data: Dataset) -> torch.Tensor:
 
 def image_data(
     spec: str, *, image_size: int, split: tuple[float, float, float] = (0.6, 0.2, 0.2), seed: int = 0
-) -> tuple[Dataset, Dataset, Dataset, int]:
-    """(train, val, test, number of classes) for ``"digits"`` or ``"imagefolder:PATH"``."""
+) -> tuple[Dataset, Dataset, Dataset, int | None]:
+    """(train, val, test, number of classes) for ``"digits"``, ``"imagefolder:PATH"`` or
+    ``"images:PATH"`` (unlabelled: the number of classes is None)."""
     if spec == "digits":
         return (*digits_images(image_size), 10)
     scheme, _, path = spec.partition(":")
     if scheme == "imagefolder" and path:
         return image_folder(Path(path), image_size=image_size, split=split, seed=seed)
-    raise ConfigError(f"unknown data {spec!r}; use 'digits' or 'imagefolder:PATH'")
+    if scheme == "images" and path:
+        return (*image_files(Path(path), image_size=image_size, split=split, seed=seed), None)
+    raise ConfigError(f"unknown data {spec!r}; use 'digits', 'imagefolder:PATH' or 'images:PATH'")
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class UnlabelledImages(Dataset):
+    """Image files as ImageNet-normalized tensors (resized, centre-cropped), no labels."""
+
+    def __init__(self, files: list[Path], image_size: int) -> None:
+        from torchvision import transforms
+
+        self.files = files
+        self.transform = transforms.Compose(
+            [
+                transforms.Resize(image_size),
+                transforms.CenterCrop(image_size),
+                transforms.ToTensor(),
+                transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            ]
+        )
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from PIL import Image
+
+        with Image.open(self.files[i]) as image:
+            return self.transform(image.convert("RGB"))
+
+
+def image_files(
+    root: Path, *, image_size: int, split: tuple[float, float, float], seed: int
+) -> tuple[Dataset, Dataset, Dataset]:
+    """The image files under ``root`` (any depth), split by ``split`` into unlabelled train
+    (calibration, distillation), val and test sets that share no file."""
+    if not root.is_dir():
+        raise ConfigError(f"image directory {root} does not exist")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    train, val, test = (UnlabelledImages([files[i] for i in p], image_size) for p in _split(len(files), split, seed, root))
+    return train, val, test
+
+
+def _split(n: int, split: tuple[float, float, float], seed: int, root: Path) -> tuple[list[int], ...]:
+    """Indices of ``n`` images in three disjoint seeded parts of the ``split`` fractions."""
+    if len(split) != 3 or abs(sum(split) - 1) > 1e-6 or min(split) <= 0:
+        raise ConfigError(f"split must be three positive fractions summing to 1, got {split}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_train, n_val = int(split[0] * n), int(split[1] * n)
+    pieces = (order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :])
+    if min(len(p) for p in pieces) == 0:
+        raise ConfigError(f"{root}: {n} images are too few to split {split} (a split would be empty)")
+    return pieces
 
 
 def digits_images(image_size: int) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
@@ -237,15 +300,8 @@ def image_folder(
         return train, val, test, len(train.classes)
     if any(p.is_dir() for p in parts):
         raise ConfigError(f"{root}: give all three of train/, val/ and test/, or none (then it is split)")
-    if len(split) != 3 or abs(sum(split) - 1) > 1e-6 or min(split) <= 0:
-        raise ConfigError(f"split must be three positive fractions summing to 1, got {split}")
     full = folder(root)
-    order = torch.randperm(len(full), generator=torch.Generator().manual_seed(seed)).tolist()
-    n_train, n_val = int(split[0] * len(full)), int(split[1] * len(full))
-    pieces = (order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :])
-    if min(len(p) for p in pieces) == 0:
-        raise ConfigError(f"{root}: {len(full)} images are too few to split {split} (a split would be empty)")
-    train, val, test = (Subset(full, p) for p in pieces)
+    train, val, test = (Subset(full, p) for p in _split(len(full), split, seed, root))
     return train, val, test, len(full.classes)
 
 

@@ -167,3 +167,29 @@ def test_random_weights_are_the_same_in_every_run(images: Path) -> None:
 def test_a_model_name_torchvision_does_not_have() -> None:
     with pytest.raises(ConfigError, match=r"no classification model 'resnet_18'; did you mean one of \['resnet18'"):
         load("torchvision:resnet_18", data="digits")
+
+
+def test_unlabelled_images_are_scored_by_agreement_with_the_original_model(tmp_path: Path, images: Path) -> None:
+    from autoshrink.data import batches
+    from autoshrink.inputs import call_model
+    from autoshrink.measuring.accuracy import score
+
+    photos = tmp_path / "photos"  # the class folders' files, mixed in one tree: no labels
+    photos.mkdir()
+    for i, file in enumerate(sorted(images.rglob("*.png"))):
+        (photos / f"{i:03d}.png").write_bytes(file.read_bytes())
+    with pytest.raises(ConfigError, match="needs pretrained weights"):
+        load("torchvision:resnet18", data=f"images:{photos}", image_size=32)
+    wl = load("torchvision:resnet18", data=f"images:{photos}", image_size=32, num_classes=3)
+    assert wl.evaluate is not None and wl.evaluate.__name__ == "agreement"
+    assert {len(wl.train), len(wl.val), len(wl.test)} == {18, 6} and wl.example_input.shape == (1, 3, 32, 32)
+    int8 = compress(wl.model, Plan(bits=8), train_data=wl.train, example_input=wl.example_input)
+    by_hand = [
+        (call_model(int8, x).argmax(-1) == wl.model(x).argmax(-1)).float()
+        for x in batches(wl.val, 4)
+    ]  # fmt: skip
+    assert score(int8, wl.val, wl.evaluate) == pytest.approx(float(torch.cat(by_hand).mean()))
+    assert score(compress(wl.model, Plan(), train_data=wl.train, example_input=wl.example_input), wl.val, wl.evaluate) == 1.0
+    with pytest.raises(ConfigError, match="too few to split"):
+        load("torchvision:resnet18", data=f"images:{tmp_path / 'photos' / '..' / 'photos'}", image_size=32,
+             num_classes=3, split=(0.98, 0.01, 0.01))  # fmt: skip

@@ -1,0 +1,65 @@
+"""Mixed precision in a search: the layers ranked once per study, kept, logged, reused on resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from autoshrink.config import Budget
+from autoshrink.searching import Progress
+from autoshrink.space import SearchSpace
+from tests.searching.conftest import HW, client, run_search, study
+
+# Only int8 plans, which keep none or the one most sensitive layer in float.
+MIXED = SearchSpace(prune=(0.0, 0.0, 0.1), rank=("off",), bits=(8,), distill_epochs=(0,), mixed=(0, 1))
+
+
+def test_a_search_ranks_the_layers_once_keeps_the_worst_in_float_and_a_resume_reuses_the_ranking(tmp_path: Path) -> None:
+    said: list[str] = []
+
+    def progress(p: Progress) -> None:
+        said.append(f"{p.stage}: {p.last}")
+
+    result = run_search(tmp_path, Budget(latency_ms=1000.0), trials=4, space=MIXED, sampler="random", progress=progress)
+    assert sum("measuring each layer quantized alone at 8 bits" in line for line in said) == 1
+    c = client(tmp_path)
+    logged = {a.path for a in c.list_artifacts(result.parent_run_id)}
+    assert {"sensitivity.json", "sensitivity.png"} <= logged
+    rows = json.loads(Path(c.download_artifacts(result.parent_run_id, "sensitivity.json", str(tmp_path))).read_text())
+    scored = [r for r in rows if not r["error"]]
+    assert len(scored) >= 3 and all(r["technique"] == "int8" for r in rows)
+    worst = max(scored, key=lambda r: r["loss"])["layer"]
+    plans = [t.user_attrs["plan"] for t in study(tmp_path).trials]
+    mixed = [p for p in plans if p.get("layer_bits")]
+    assert mixed, "a random sampler over two values drew mixed=1 in four trials"  # seed 0: it does
+    assert all(p["layer_bits"] == {worst: 32} for p in mixed)  # the most sensitive layer, in float
+    assert all(p.get("layer_bits") in (None, {worst: 32}) for p in plans)
+
+    said.clear()
+    run_search(tmp_path, Budget(latency_ms=1000.0), trials=6, space=MIXED, sampler="random", progress=progress)
+    assert not any("measuring each layer" in line for line in said)
+    assert any("reusing the per-layer sensitivity" in line for line in said)
+    assert len(study(tmp_path).trials) == 6
+
+
+def test_max_drop_keeps_the_fewest_sensitive_layers_in_float_that_hold_the_floor(tmp_path: Path) -> None:
+    from autoshrink.artifact import load_artifact
+    from autoshrink.searching import search
+    from tests.conftest import fragile_workload
+
+    wl = fragile_workload()  # uniform int8 loses most answers: the outlier between a1 and a2
+    space = SearchSpace(prune=(0.0, 0.0, 0.1), rank=("off",), bits=(8,), distill_epochs=(0,))
+    result = search(wl, budget=Budget(latency_ms=1000.0, max_drop=1.0), trials=1, space=space, experiment="drop",
+                    tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", hardware=HW)  # fmt: skip
+    (trial,) = study(tmp_path, "drop").trials
+    kept = trial.user_attrs["plan"]["layer_bits"]
+    rows = study(tmp_path, "drop").user_attrs["sensitivity"]["int8"]  # most sensitive first
+    assert {"a1", "a2"} <= set(kept) and set(kept) == {r["layer"] for r in rows[: len(kept)]}  # the top of the ranking
+    assert set(kept.values()) == {32}
+    floor = client(tmp_path).get_run(result.parent_run_id).data.metrics["budget_min_accuracy_resolved"]
+    assert floor == round(result.baseline.measurement.accuracy - 0.01, 12)
+    assert result.best is not None and result.best.measurement.accuracy >= floor
+    assert dict(result.best.plan.layer_bits) == kept == dict(load_artifact(result.best.artifact_path).plan.layer_bits)
+    assert not list(Path(result.best.artifact_path).parent.glob("*-kept*"))  # the other builds are gone
+    builds = client(tmp_path).get_run(trial.user_attrs["run_id"]).data.metrics["accuracy_aware_builds"]
+    assert builds >= 2  # one layer, two, ... re-measured each time
