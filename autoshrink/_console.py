@@ -50,12 +50,13 @@ class Reporter:
             print(text, flush=True)
 
     @contextlib.contextmanager
-    def progress(self, total: int) -> Iterator[Callable[[Progress], None]]:
+    def progress(self, total: int | None) -> Iterator[Callable[[Progress], None]]:
         if not self.interactive:
 
             def plain(p: Progress) -> None:
                 self.done = p.done
-                counts = f"{p.done}/{p.total} done, {p.feasible} meet the budget, {p.failed} failed"
+                done = f"{p.done} done" if p.total is None else f"{p.done}/{p.total} done"
+                counts = f"{done}, {p.feasible} meet the budget, {p.failed} failed"
                 prefix = f"[{clock(p.elapsed_s)}]"
                 print(f"{prefix} {p.last}" + (f" | {counts}" if p.stage == "trial" else ""), flush=True)
 
@@ -97,6 +98,8 @@ def print_result(result: SearchResult) -> None:
         console.print(table)
     else:  # a log file: a plain Markdown table, no box drawing
         print("\n".join([title, "", *markdown_table(result)]), flush=True)
+    if result.budget is not None:
+        console.print(f"budget: {result.budget.describe()}")
     style = "bold green" if result.met_budget else "bold red"
     console.print(result.message, style=style)
     if result.failures:

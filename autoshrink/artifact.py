@@ -128,14 +128,8 @@ class Artifact:
         if threads not in self._sessions:
             import onnxruntime as ort
 
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            opts.log_severity_level = 3
             self._sessions[threads] = ort.InferenceSession(
-                self.payload, opts, providers=["CPUExecutionProvider"]
+                self.payload, ort_session_options(threads), providers=["CPUExecutionProvider"]
             )
         return self._sessions[threads]
 
@@ -295,6 +289,20 @@ def warn_if_saturates(artifact: Artifact, info: dict[str, Any] | None = None) ->
         stacklevel=3,
     )
     return True
+
+
+def ort_session_options(threads: int) -> Any:
+    """The ONNX Runtime session options every artifact runs with: ``threads`` intra-op threads,
+    sequential execution, every graph optimization, errors only in the log."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return opts
 
 
 def _load(p: Path) -> Artifact:

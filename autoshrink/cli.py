@@ -36,7 +36,9 @@ def _default(setting: str) -> str:
 
 @app.command()
 def search(
-    latency_budget_ms: Optional[float] = typer.Option(None, help="Median latency limit per batch, in ms (required here or in --config)."),
+    latency_budget_ms: Optional[float] = typer.Option(None, help="Median latency limit per batch, in ms (this, --speedup or a run file's budget is required)."),
+    speedup: Optional[float] = typer.Option(None, help="At least this many times faster than the uncompressed model, measured in the same search (> 1); the same on every CPU. With --latency-budget-ms, both hold."),
+    size_ratio: Optional[float] = typer.Option(None, help="At least this many times smaller than the uncompressed model's artifact (> 1). With --size-budget-mb, both hold."),
     config: Optional[Path] = typer.Option(None, "--config", help="Run file (YAML) with workload, budget, space, hardware...; flags override it."),
     workload: Optional[str] = typer.Option(None, help=f"What to compress: {WORKLOAD_HELP} {_default('workload')}"),
     data: Optional[str] = typer.Option(None, help="Image data for torchvision models: digits or imagefolder:PATH."),
@@ -46,11 +48,13 @@ def search(
     finetune_epochs: Optional[int] = typer.Option(None, help="Fine-tune a torchvision model on the train split first (cached)."),
     workload_arg: list[str] = typer.Option([], "--workload-arg", help="key=value passed to the workload's function (repeatable)."),
     trials: Optional[int] = typer.Option(None, help=f"Total trials in the study (finished ones count when resuming) {_default('trials')}."),
+    time_budget: Optional[str] = typer.Option(None, help="Wall-clock limit: no trial starts after it (90s, 30m, 1.5h); the best so far is registered. Without --trials: as many trials as fit."),
     experiment: Optional[str] = typer.Option(None, help="MLflow experiment / Optuna study name (default: from the workload)."),
     space: Optional[Path] = typer.Option(None, help="Search space YAML (default: the workload family's)."),
     hardware: Optional[Path] = typer.Option(None, help=f"Hardware profile YAML (default: {_HW.threads} thread(s), batch {_HW.batch_size})."),
     size_budget_mb: Optional[float] = typer.Option(None, help="Artifact size limit in MB."),
     energy_budget_mj: Optional[float] = typer.Option(None, help="Energy per inference limit in mJ."),
+    memory_budget_mb: Optional[float] = typer.Option(None, help="Peak resident memory limit in MB: loading and running the model at the profile's batch size, its runtime included."),
     min_accuracy: Optional[float] = typer.Option(None, help="Lowest acceptable validation accuracy (0-1)."),
     max_drop: Optional[float] = typer.Option(None, help="Most points (0.01s of the score) a candidate may lose against the uncompressed model; int8 / 4-bit ones under it keep their most sensitive layers in float (accuracy-aware)."),
     sampler: Optional[str] = typer.Option(None, help=f"One of {', '.join(SAMPLERS)} {_default('sampler')}."),
@@ -73,7 +77,7 @@ def search(
     import torch
 
     from autoshrink import workloads
-    from autoshrink.config import ConfigError, HardwareProfile
+    from autoshrink.config import ConfigError, HardwareProfile, duration, parse_duration
     from autoshrink.searching import search as run_search
     from autoshrink.searching.call import backend_for, selection_for
     from autoshrink.space import SearchSpace
@@ -83,7 +87,10 @@ def search(
     try:
         run = _run_config(
             config, latency_budget_ms=latency_budget_ms, size_mb=size_budget_mb, energy_mj=energy_budget_mj,
-            min_accuracy=min_accuracy, max_drop=max_drop, workload=workload, trials=trials, experiment=experiment,
+            memory_mb=memory_budget_mb,
+            min_accuracy=min_accuracy, max_drop=max_drop, speedup=speedup, size_ratio=size_ratio, workload=workload,
+            trials=trials, experiment=experiment,
+            time_budget_s=parse_duration(time_budget) if time_budget is not None else None,
             space=SearchSpace.from_yaml(space) if space else None,
             hardware=HardwareProfile.from_yaml(hardware) if hardware else None,
             sampler=sampler, seed=seed, tracking_uri=tracking_uri,
@@ -103,7 +110,9 @@ def search(
         _die(str(exc))
     torch.set_num_threads(build_threads or os.cpu_count() or 1)
     _quiet_optuna()
-    say.line(f"searching {run.trials} trials of '{wl.name}' under {run.budget.to_dict()} -> experiment '{run.experiment}'")
+    how_many = f"{run.trials} trials" if run.trials else "trials"
+    limit = f" for at most {duration(run.time_budget_s)}" if run.time_budget_s else ""
+    say.line(f"searching {how_many}{limit} of '{wl.name}' under {run.budget.describe()} -> experiment '{run.experiment}'")
     try:
         with _sigterm_as_interrupt(), say.progress(run.trials) as update:
             result = run_search(wl, run, backend=backend_obj, progress=update)
@@ -151,6 +160,7 @@ def _workload_options(*, args: list[str], **flags: Any) -> dict[str, Any] | None
 
 def _run_config(config: Path | None, *, latency_budget_ms: float | None, size_mb: float | None,
                 energy_mj: float | None, min_accuracy: float | None, max_drop: float | None = None,
+                speedup: float | None = None, size_ratio: float | None = None, memory_mb: float | None = None,
                 **overrides: Any) -> RunConfig:  # fmt: skip
     """The run file (if any) with the command-line flags on top: the whole search, for `search`.
 
@@ -163,17 +173,22 @@ def _run_config(config: Path | None, *, latency_budget_ms: float | None, size_mb
     from autoshrink.store import experiment_name_for
 
     limits = {"latency_ms": latency_budget_ms, "size_mb": size_mb, "energy_mj": energy_mj, "min_accuracy": min_accuracy,
-              "max_drop": max_drop}  # fmt: skip
+              "max_drop": max_drop, "speedup": speedup, "size_ratio": size_ratio, "memory_mb": memory_mb}  # fmt: skip
     given = {k: v for k, v in limits.items() if v is not None}
     if config is not None:
         run = RunConfig.from_yaml(config)
         run = replace(run, budget=replace(run.budget, **given))
     else:
-        if latency_budget_ms is None:
-            raise ConfigError("a latency budget is required: --latency-budget-ms MS (or a run file with --config)")
+        if latency_budget_ms is None and speedup is None:
+            raise ConfigError(
+                "a latency budget is required: --speedup X (X times faster than the model) or --latency-budget-ms MS "
+                "(or a run file with --config)"
+            )
         run = RunConfig(budget=Budget(**given))
         if overrides.get("experiment") is None:
             overrides["experiment"] = experiment_name_for(overrides.get("workload") or run.workload)
+        if overrides.get("time_budget_s") is not None and overrides.get("trials") is None:
+            run = replace(run, trials=None, time_budget_s=overrides["time_budget_s"])  # as many trials as fit
     return run.with_overrides(**overrides)
 
 
@@ -197,9 +212,10 @@ def best(
     experiment: str = typer.Option(..., help="Experiment name of a finished search."),
     tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_URI_HELP),
     latency_budget_ms: Optional[float] = typer.Option(None, help="Pick the best logged model under this latency instead of the registered one."),
+    speedup: Optional[float] = typer.Option(None, help="Pick the best logged model at least this many times faster than the search's baseline."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
-    """Print the best model under the budget (the registered `best`, or under --latency-budget-ms)."""
+    """Print the best model under the budget (the registered `best`, or under --latency-budget-ms / --speedup)."""
     import json
 
     from autoshrink.config import Budget, ConfigError
@@ -207,7 +223,8 @@ def best(
     from autoshrink.tracking import METRIC, MODEL_URI, RUNTIME, TRIAL
 
     try:
-        budget = Budget(latency_budget_ms) if latency_budget_ms else None
+        given = latency_budget_ms is not None or speedup is not None
+        budget = Budget(latency_ms=latency_budget_ms, speedup=speedup) if given else None
         run = best_run(experiment, tracking_uri=tracking_uri, budget=budget)
     except (LookupError, ConfigError) as exc:
         _die(str(exc))

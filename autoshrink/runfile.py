@@ -8,10 +8,10 @@ Example ``run.yaml``::
       data: digits
       image_size: 64
       finetune_epochs: 3
-    budget: {latency_ms: 5.0, size_mb: 4}
+    budget: {speedup: 3, size_mb: 4}      # or latency_ms: 5.0; size_ratio: 4
     space: search_spaces/cnn.yaml        # a file (relative to this one) or a mapping
     hardware: {threads: 1, batch_size: 1}
-    trials: 20
+    trials: 20                           # or none, with time_budget_s: 30m
     experiment: resnet18-digits
     backend: {kind: ray, max_concurrent_trials: 2}   # optional; local by default
 
@@ -41,6 +41,7 @@ from autoshrink.config import (
     check_keys,
     check_search_settings,
     load_yaml_mapping,
+    parse_duration,
 )
 from autoshrink.space import SearchSpace
 
@@ -54,14 +55,20 @@ class RunConfig:
     """Everything a search needs besides the model itself: which workload, budget, space...
 
     Attributes:
-        budget: hard limits (latency required); candidates over any limit are infeasible.
+        budget: hard limits (a latency one required: ``latency_ms`` or ``speedup``); candidates
+            over any limit are infeasible.
         workload: the workload spec the command line loads (``digits``, ``torchvision:<model>``,
             ``hf:<path>``, ``module:function``, ``file.py:function``); `autoshrink.search` is
             given the workload itself and does not read this.
         workload_options: keyword arguments of that workload's function.
         space: ranges to sample; ``None``: the workload family's space (`SearchSpace.preset`).
         hardware: latency/energy protocol.
-        trials: total number of trials in the study (finished ones count on resume).
+        trials: total number of trials in the study (finished ones count on resume); ``None``
+            (only with ``time_budget_s``): as many as the time allows.
+        time_budget_s: wall-clock seconds for this run of the search (a run file also takes
+            ``30m``, ``1.5h``): no trial starts after it, the running one finishes, and the
+            best so far is registered. Counted from the start of this run (a resume gets it
+            again); the finishing steps (test split, model logging) come after it.
         experiment: MLflow experiment and Optuna study name; the same name resumes.
         sampler: ``"tpe-multivariate"`` (it won the replay benchmark of
             ``results/search-quality.md``), ``"tpe"``, ``"nsga2"`` or ``"random"``; seeded by ``seed``.
@@ -88,7 +95,7 @@ class RunConfig:
         >>> RunConfig.from_dict({"budget": {"latency_ms": 1.0}, "trails": 5})
         Traceback (most recent call last):
         ...
-        autoshrink.config.ConfigError: run file: unknown key(s) ['trails']; known: ['accuracy_tolerance', 'backend', 'budget', 'energy_objective', 'experiment', 'hardware', 'pareto_floor', 'sampler', 'seed', 'space', 'tracking_uri', 'trials', 'warm_start', 'workload', 'workload_options']
+        autoshrink.config.ConfigError: run file: unknown key(s) ['trails']; known: ['accuracy_tolerance', 'backend', 'budget', 'energy_objective', 'experiment', 'hardware', 'pareto_floor', 'sampler', 'seed', 'space', 'time_budget_s', 'tracking_uri', 'trials', 'warm_start', 'workload', 'workload_options']
     """
 
     budget: Budget
@@ -96,7 +103,8 @@ class RunConfig:
     workload_options: dict[str, Any] = field(default_factory=dict)
     space: SearchSpace | None = None
     hardware: HardwareProfile = field(default_factory=HardwareProfile)
-    trials: int = 20
+    trials: int | None = 20
+    time_budget_s: float | None = None
     experiment: str = "autoshrink"
     sampler: str = "tpe-multivariate"
     seed: int = 0
@@ -138,8 +146,10 @@ class RunConfig:
             raise ConfigError(f"run file: workload must be a spec string or a mapping, got {workload!r}")
         values["workload_options"] = _absolute_paths(dict(values.get("workload_options", {})), base)
         if "budget" not in values or not isinstance(values["budget"], dict):
-            raise ConfigError("run file: budget must be a mapping with at least latency_ms")
+            raise ConfigError("run file: budget must be a mapping with at least latency_ms or speedup")
         values["budget"] = build_checked(Budget, values["budget"], "budget")
+        if values.get("time_budget_s") is not None:
+            values["time_budget_s"] = parse_duration(values["time_budget_s"])
         if values.get("space") is not None:
             values["space"] = _space(values["space"], base)
         if values.get("hardware") is not None:
@@ -162,7 +172,7 @@ class RunConfig:
 
         if not isinstance(self.budget, Budget):
             raise ConfigError("budget must be an autoshrink.Budget, e.g. Budget(latency_ms=1.5)")
-        check_search_settings(self.trials, self.sampler)
+        check_search_settings(self.trials, self.sampler, self.time_budget_s)
         check_experiment_name(self.experiment)
         if self.space is not None and not isinstance(self.space, SearchSpace):
             raise ConfigError(f"space must be an autoshrink.SearchSpace, got {type(self.space).__name__}")

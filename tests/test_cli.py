@@ -54,24 +54,34 @@ def test_best_of_unknown_experiment_in_a_real_store(tmp_path) -> None:
     assert result.exit_code == 2 and "no model registered" in result.output
 
 
-def test_search_shows_progress_without_a_terminal(tmp_path) -> None:
-    # Redirected to a file, the search used to print nothing until the final table.
-    from tests.tiny import write_files
-
+def search_tiny(tmp_path: Path, *flags: str) -> tuple[dict[str, Path], Any]:
+    """``autoshrink search`` of the tiny workload file on its small space and fast profile, with ``flags``."""
     files = write_files(tmp_path)
     result = CliRunner().invoke(
         app,
-        ["search", "--workload", f"{files['workload']}:tiny", "--latency-budget-ms", "1000", "--trials", "2",
+        ["search", "--workload", f"{files['workload']}:tiny", "--latency-budget-ms", "1000", *flags,
          "--space", str(files["space"]), "--hardware", str(files["hardware"]),
          "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
+    return files, result
+
+
+def test_search_shows_progress_without_a_terminal(tmp_path) -> None:
+    # Redirected to a file, the search used to print nothing until the final table.
+    files, result = search_tiny(tmp_path, "--trials", "2")
     lines = result.output.splitlines()
     assert lines[0] == f"loading workload '{files['workload']}:tiny'"
     assert any("measuring the uncompressed model" in line for line in lines)
     trial_lines = [line for line in lines if "done," in line]
     assert len(trial_lines) == 2 and "trial 0 " in trial_lines[0] and "2/2 done" in trial_lines[1]
     assert "best under budget" in result.output and "registered: models:/autoshrink-" in result.output
+
+
+def test_a_time_budget_without_a_trial_count_runs_as_many_as_fit(tmp_path) -> None:
+    _, result = search_tiny(tmp_path, "--time-budget", "0.01s")
+    assert "searching trials for at most 0s of 'tiny'" in result.output
+    assert "NO candidate met the budget (0 measured) (time budget of 0s reached after" in result.output
 
 
 def test_search_reads_a_run_file_and_flags_override_it(tmp_path) -> None:
@@ -84,8 +94,12 @@ def test_search_reads_a_run_file_and_flags_override_it(tmp_path) -> None:
         "budget: {latency_ms: 1000}\nspace: space.yaml\nhardware: hw.yaml\ntrials: 1\nexperiment: from-file\n"
     )
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = CliRunner().invoke(app, ["search", "--config", str(run), "--trials", "2", "--tracking-uri", uri])
+    result = CliRunner().invoke(
+        app, ["search", "--config", str(run), "--trials", "2", "--tracking-uri", uri, "--speedup", "1.01"]
+    )
     assert result.exit_code == 0, result.output
+    # Both limits hold: the file's milliseconds and the flag's speed-up, resolved and shown.
+    assert "budget: latency <= " in result.output and "(1.01x faster than the baseline)" in result.output
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
@@ -96,6 +110,7 @@ def test_search_reads_a_run_file_and_flags_override_it(tmp_path) -> None:
 
     effective = yaml.safe_load(open(logged))
     assert effective["trials"] == 2 and effective["workload"]["classes"] == 3  # flag over file; file options kept
+    assert effective["budget"] == {"latency_ms": 1000, "speedup": 1.01}
     assert effective["space"]["bits"] == [32, 8]
 
 
@@ -167,7 +182,7 @@ def _printed_result(tracking_uri: str, capsys) -> str:
     result = SimpleNamespace(
         experiment="e", n_complete=1, n_failed=0, met_budget=True, message="best under budget", failures={},
         baseline=SimpleNamespace(measurement=SimpleNamespace(energy_method="none")), registered_model=None,
-        tracking_uri=tracking_uri,
+        tracking_uri=tracking_uri, budget=None,
     )  # fmt: skip
     print_result(result)  # type: ignore[arg-type]
     return capsys.readouterr().out
@@ -214,6 +229,11 @@ def assert_one_line_error(result: Any, message: str) -> None:
         (["--trials", "0"], "trials must be an integer >= 1"),
         (["--experiment", "a b"], "experiment name 'a b' must be"),
         (["--sampler", "grid"], "sampler must be one of"),
+        (["--speedup", "1"], "Budget.speedup must be a number > 1"),
+        (["--size-ratio", "-2"], "Budget.size_ratio must be a number > 1"),
+        (["--speedup", "fast"], "Invalid value for '--speedup'"),
+        (["--time-budget", "soon"], "a time budget is seconds or a number with s, m or h (90s, 30m, 1.5h), got 'soon'"),
+        (["--time-budget", "0m"], "the time budget must be positive"),
         (["--workload-arg", "oops"], "--workload-arg takes key=value"),
     ],
 )

@@ -97,3 +97,13 @@ def test_the_keyword_form_and_a_run_config_are_the_same_search(tmp_path: Path) -
     assert again.parent_run_id == first.parent_run_id and again.n_complete == first.n_complete == 1
     logged = {a.path for a in client(tmp_path).list_artifacts(first.parent_run_id)}
     assert "run.yaml" in logged  # a RunConfig passed whole is the run file of the search
+
+
+def test_a_run_file_takes_a_time_budget_as_a_duration_and_then_needs_no_trial_count() -> None:
+    rc = RunConfig.from_dict({"budget": {"speedup": 3}, "time_budget_s": "30m", "trials": None})
+    assert rc.time_budget_s == 1800.0 and rc.trials is None and rc.budget.speedup == 3
+    assert RunConfig.from_dict(rc.to_dict()) == rc
+    with pytest.raises(ConfigError, match="trials is required without a time budget"):
+        RunConfig.from_dict({"budget": {"speedup": 3}, "trials": None})
+    with pytest.raises(ConfigError, match="a time budget is seconds or a number with s, m or h"):
+        RunConfig.from_dict({"budget": {"speedup": 3}, "time_budget_s": "half an hour"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -17,7 +18,7 @@ Evaluate = Callable[[Artifact, DataLike], float]
 NOT_MEASURED = "not measured"
 
 #: The figures of a `Measurement` that are numbers, in the order reports show them.
-METRICS = ("accuracy", "latency_ms", "latency_p95_ms", "energy_mj", "size_bytes", "num_parameters")
+METRICS = ("accuracy", "latency_ms", "latency_p95_ms", "energy_mj", "size_bytes", "num_parameters", "peak_memory_mb")
 
 
 def score_name(metric: str) -> str:
@@ -33,6 +34,8 @@ class Measurement:
     workload's ``evaluate`` returns (higher is better; ``fidelity`` for embedding models).
     Latencies are milliseconds per batch of ``batch_size``; energy is CPU millijoules per
     batch, obtained as ``energy_method`` says; ``size_bytes`` is the saved artifact's size.
+    ``peak_memory_mb`` is the resident memory a process running it at that batch size needs at
+    its peak, its runtime's import included (`autoshrink.measuring.memory`; NaN: not measured).
     """
 
     accuracy: float
@@ -48,6 +51,7 @@ class Measurement:
     latency_spread: float
     energy_method: str
     metric: str = "top1"
+    peak_memory_mb: float = math.nan
 
     @property
     def score_name(self) -> str:
@@ -68,7 +72,7 @@ class Measurement:
         Example:
             >>> m = Measurement(0.9, 1.0, 1.2, 0.5, 1000, 10, "torch", 1, 1, 150, 1.1, "estimate")
             >>> sorted(m.metrics())
-            ['accuracy', 'energy_mj', 'latency_ms', 'latency_p95_ms', 'num_parameters', 'size_bytes']
+            ['accuracy', 'energy_mj', 'latency_ms', 'latency_p95_ms', 'num_parameters', 'peak_memory_mb', 'size_bytes']
         """
         return {name: float(getattr(self, name)) for name in METRICS}
 
@@ -122,12 +126,14 @@ def measure(
     from autoshrink.measuring.accuracy import score
     from autoshrink.measuring.energy import measure_energy
     from autoshrink.measuring.latency import measure_latency
+    from autoshrink.measuring.memory import measure_peak_memory
 
     hardware = hardware or HardwareProfile()
     quality = score(artifact, eval_data, evaluate) if accuracy else 0.0
     batch = timing_batch(eval_data, hardware.batch_size)
     latency = measure_latency(artifact, batch, hardware)
     energy = measure_energy(artifact, batch, hardware)
+    memory = measure_peak_memory(artifact, batch, hardware)
     return Measurement(
         metric=(getattr(evaluate, "__name__", type(evaluate).__name__) if evaluate is not None else "top1")
         if accuracy
@@ -144,4 +150,5 @@ def measure(
         latency_repeats=latency.repeats,
         latency_spread=latency.spread,
         energy_method=energy.method,
+        peak_memory_mb=memory.peak_mb,
     )

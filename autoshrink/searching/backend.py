@@ -27,7 +27,8 @@ class Backend(abc.ABC):
 
     Contract:
 
-    * `run` adds ``n_trials`` finished trials to ``study``. Each plan is drawn with
+    * `run` adds ``n_trials`` finished trials to ``study``, fewer when ``deadline`` (a
+      `time.monotonic` time) passes: no trial starts after it, those running finish. Each plan is drawn with
       ``space.sample(trial)`` from the study's own sampler, and each trial is recorded with
       ``recorder.start`` before and ``recorder.record`` after it runs, **in the process that
       owns the study** (workers only compute): both backends do it with `begin` and
@@ -51,6 +52,7 @@ class Backend(abc.ABC):
         *,
         n_trials: int,
         callbacks: Sequence[StudyCallback] = (),
+        deadline: float | None = None,
     ) -> None: ...
 
     def evaluate(self, runner: TrialRunner, plan: Plan, *, name: str) -> TrialOutcome:
@@ -82,6 +84,17 @@ class Pending:
     def name(self) -> str:
         """The trial's name, also its artifact's file name: ``trial-007``."""
         return trial_name(self.trial.number)
+
+
+def out_of_time(deadline: float | None) -> bool:
+    """Whether ``deadline`` (a `time.monotonic` time, or None for none) has passed: no trial starts then.
+
+    >>> out_of_time(None), out_of_time(0.0)
+    (False, True)
+    """
+    import time
+
+    return deadline is not None and time.monotonic() >= deadline
 
 
 def begin(study: optuna.Study, space: SearchSpace, recorder: Recorder) -> Pending:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from torch import nn
 
 from autoshrink.artifact import load_artifact
-from autoshrink.config import Budget, ConfigError, check_installed
+from autoshrink.config import Budget, ConfigError, check_installed, duration
 from autoshrink.data import dataset_size
 from autoshrink.measuring import Measurement, timing_batch
 from autoshrink.measuring.accuracy import score
@@ -88,7 +88,7 @@ def search(
     space, alternatives = _space_for(wl, run)
     selection = selection_for(run)
     backend = backend if backend is not None else backend_for(run.backend)
-    live = _Live(progress, run.trials, partial(selection.resolved_tolerance, dataset_size(wl.val)))
+    live = _Live(progress, run.trials, partial(selection.resolved_tolerance, dataset_size(wl.val)), run.time_budget_s)
     live.emit("start", f"opening experiment '{run.experiment}' (MLflow store and Optuna study)")
     uri = resolve_tracking_uri(run.tracking_uri)
     folder = prepare(uri)
@@ -106,8 +106,11 @@ def search(
             space = _ranked(space, opened, wl, run, live)
             runner = replace(runner, budget=run.budget, ranking=space.ranking)
             _run_trials(opened.study, backend, space, runner, recorder, live)
+            stopped = live.out_of_time(counted(opened.study))
+            if stopped:
+                live.emit("finish", stopped)
             live.emit("finish", "scoring the Pareto set on the test split, logging models, registering the best")
-            result, finish_s = _finish(opened, recorder, baseline, wl, backend, run, selection)
+            result, finish_s = _finish(opened, recorder, baseline, wl, backend, run, selection, stopped)
         except KeyboardInterrupt:
             opened.tracker.finish(opened.parent, "KILLED")
             raise
@@ -121,14 +124,25 @@ class _Live:
     its best so far is chosen with the search's own accuracy ``tolerance`` (as the final one is)."""
 
     def __init__(
-        self, progress: Callable[[Progress], None] | None, trials: int, tolerance: Callable[[float], float]
-    ) -> None:
+        self, progress: Callable[[Progress], None] | None, trials: int | None, tolerance: Callable[[float], float],
+        time_budget_s: float | None = None,
+    ) -> None:  # fmt: skip
         self.progress, self.trials, self.tolerance = progress, trials, tolerance
         self.started = time.perf_counter()
+        self.time_budget_s = time_budget_s
+        #: When no new trial may start (`time.monotonic`), or None without a time budget.
+        self.deadline = None if time_budget_s is None else time.monotonic() + time_budget_s
         self.study: optuna.Study | None = None
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
+
+    def out_of_time(self, done: int) -> str | None:
+        """Why the search stopped before its trial count (the time budget ran out), or None."""
+        if self.deadline is None or time.monotonic() < self.deadline or (self.trials is not None and done >= self.trials):
+            return None
+        assert self.time_budget_s is not None
+        return f"time budget of {duration(self.time_budget_s)} reached after {duration(self.elapsed())}: {done} trial(s) finished"
 
     def emit(self, stage: str, last: str) -> None:
         if self.progress is not None:
@@ -176,7 +190,7 @@ def _open(wl: Workload, run: RunConfig, uri: str, space: SearchSpace, objectives
         "seed": run.seed,
         "warm_start": run.warm_start,
     }
-    study = open_study(run.experiment, study_storage_for(uri), config, run.sampler, run.seed, run.trials, objectives,
+    study = open_study(run.experiment, study_storage_for(uri), config, run.sampler, run.seed, run.trials or PLANNED, objectives,
                        warm_start=space if run.warm_start else None)  # fmt: skip
     tracker = Tracker(uri, run.experiment)
     parent = tracker.start_parent(study.user_attrs.get("parent_run_id"), {STUDY: run.experiment})
@@ -193,7 +207,8 @@ def _resume(opened: _Opened, live: _Live, alternatives: tuple[str, ...]) -> None
     live.study = opened.study
     interrupted = recover_interrupted(opened.study, opened.tracker, opened.parent)
     if counted(opened.study):
-        live.emit("start", f"resuming: {counted(opened.study)} of {live.trials} trials already finished"
+        of = f" of {live.trials}" if live.trials is not None else ""
+        live.emit("start", f"resuming: {counted(opened.study)}{of} trials already finished"
                   + (f", {interrupted} interrupted one(s) queued to run again" if interrupted else ""))  # fmt: skip
     if alternatives:
         timed_in = ", ".join(alternatives)
@@ -267,45 +282,59 @@ def _ranked(space: SearchSpace, opened: _Opened, wl: Workload, run: RunConfig, l
     return space.ranked({b: ranking(rows[technique_of(b)]) for b in needed})
 
 
-#: The study's user attribute that keeps the score floor a ``max_drop`` budget resolved to.
-RESOLVED_FLOOR = "resolved_min_accuracy"
+#: The study's user attribute that keeps the absolute limits its relative ones resolved to.
+RESOLVED_LIMITS = "resolved_budget"
+#: Each resolved limit: the `Budget` field and the parent run's metric that logs it.
+_LIMIT_METRICS = {"latency_ms": "budget_latency_ms_resolved", "size_mb": "budget_size_mb_resolved",
+                  "min_accuracy": "budget_min_accuracy_resolved"}  # fmt: skip
 
 
 def _resolved(run: RunConfig, baseline: Candidate, opened: _Opened, live: _Live) -> tuple[RunConfig, Candidate]:
-    """The run with its budget's ``max_drop`` fixed as a score floor under the baseline's score,
-    once per study (a resumed search keeps the floor its finished trials were judged by), and the
-    baseline judged by it; logged on the parent run."""
-    if run.budget.max_drop is None:
+    """The run with its budget's relative limits (``speedup``, ``size_ratio``, ``max_drop``) fixed
+    as absolute ones from the baseline measured here, once per study: a resumed search keeps the
+    limits its finished trials were judged by, whatever the baseline measures now. The baseline
+    is judged by them; they are logged on the parent run and told."""
+    if not run.budget.relative:
         return run, baseline
     m = baseline.measurement
-    stored = opened.study.user_attrs.get(RESOLVED_FLOOR)
-    floor = float(stored if stored is not None else run.budget.resolved(m.accuracy).min_accuracy or 0.0)
-    opened.study.set_user_attr(RESOLVED_FLOOR, floor)
-    budget = replace(run.budget, min_accuracy=floor)
-    opened.tracker.log_metrics(opened.parent, {"budget_min_accuracy_resolved": floor})
-    live.emit("baseline", f"max drop {run.budget.max_drop:g} points: candidates must score at least {floor:.4f} "
-              f"({m.score_name}); int8 / 4-bit ones under it keep their most sensitive layers in float")  # fmt: skip
+    stored = opened.study.user_attrs.get(RESOLVED_LIMITS)
+    fresh = run.budget.resolved(m.metrics())
+    limits = stored if stored is not None else {k: getattr(fresh, k) for k in _LIMIT_METRICS if getattr(fresh, k) is not None}
+    opened.study.set_user_attr(RESOLVED_LIMITS, limits)
+    budget = run.budget.with_limits(limits)
+    opened.tracker.log_metrics(opened.parent, {_LIMIT_METRICS[k]: v for k, v in limits.items()})
+    kept = " (kept from the study's first run)" if stored is not None else ""
+    live.emit("baseline", f"budget: {budget.describe()}{kept}")
+    if run.budget.max_drop is not None:
+        live.emit("baseline", "int8 / 4-bit candidates under the score floor keep their most sensitive layers in float")
     return replace(run, budget=budget), replace(baseline, violations=budget.violations(m.metrics()))
+
+
+#: The trial count samplers are sized for when only a time budget limits the search.
+PLANNED = 30
+#: Trials a search may run when only its time budget limits it.
+UNCAPPED = 1_000_000
 
 
 def _run_trials(study: optuna.Study, backend: Backend, space: SearchSpace, runner: TrialRunner,
                 recorder: Recorder, live: _Live) -> None:  # fmt: skip
-    """The trials the study still lacks, on the backend."""
-    remaining = live.trials - counted(study)
+    """The trials the study still lacks (as many as the time allows without a trial count), on
+    the backend; none starts after the time budget."""
+    remaining = UNCAPPED if live.trials is None else live.trials - counted(study)
     if remaining > 0:
         callbacks = (
             [progress_callback(live.progress, live.trials, live.elapsed, tolerance=live.tolerance)] if live.progress else []
         )
-        backend.run(study, space, runner, recorder, n_trials=remaining, callbacks=callbacks)
+        backend.run(study, space, runner, recorder, n_trials=remaining, callbacks=callbacks, deadline=live.deadline)
 
 
 def _finish(opened: _Opened, recorder: Recorder, baseline: Candidate, wl: Workload, backend: Backend,
-            run: RunConfig, selection: Selection) -> tuple[SearchResult, float]:  # fmt: skip
+            run: RunConfig, selection: Selection, stopped: str | None) -> tuple[SearchResult, float]:  # fmt: skip
     """The Pareto set scored on the test split, its models logged, the best registered; and how
     long that took."""
     started = time.perf_counter()
     recheck = Recheck(backend, run.budget, run.hardware, timing_batch(wl.val, run.hardware.batch_size), opened.tracker)
-    result = finish(opened.study, recorder, baseline, wl, recheck, timing_batch(wl.val, 2), selection)
+    result = finish(opened.study, recorder, baseline, wl, recheck, timing_batch(wl.val, 2), selection, stopped)
     return result, time.perf_counter() - started
 
 

@@ -116,11 +116,13 @@ class Recheck:
         worst = worst_of(lambda: self.backend.retime(path, self.batch, self.hardware))
         if c.run_id:
             self.tracker.log_metrics(c.run_id, {RECHECK_LATENCY: worst})
-        ok = worst <= self.budget.latency_ms
+        limit = self.budget.latency_ms
+        assert limit is not None  # a relative limit is resolved before any trial runs
+        ok = worst <= limit
         if not ok:
             log.warning(
                 "trial %s: %.3f ms on re-timing (%.3f ms in the search) is over the %.3f ms budget; "
-                "trying the next candidate", c.trial, worst, c.measurement.latency_ms, self.budget.latency_ms,
+                "trying the next candidate", c.trial, worst, c.measurement.latency_ms, limit,
             )  # fmt: skip
         return ok
 
@@ -226,8 +228,10 @@ def finish(
     recheck: Callable[[Candidate], bool],
     example: Inputs,
     selection: Selection = Selection(),
+    stopped: str | None = None,
 ) -> SearchResult:
-    """Everything after the trials; safe to run again after an interruption."""
+    """Everything after the trials; safe to run again after an interruption. ``stopped`` says
+    why the search ran fewer trials than asked (`SearchResult.stopped`)."""
     tracker, budget = recorder.tracker, recorder.budget
     front, _ = pareto_trials(study)
     front = [t for t in front if outcome(t).duplicate_of is None]
@@ -264,6 +268,8 @@ def finish(
         n_complete=len(measured),
         n_failed=len(failed),
         failures=failed,
+        budget=budget,
+        stopped=stopped,
     )
     log_summary(tracker, recorder.parent_run_id, result, measured)
     return result
@@ -286,4 +292,5 @@ def log_summary(tracker: Tracker, parent: str, result: SearchResult, measured: l
             "n_pareto": len(result.pareto),
         },
     )
-    tracker.set_tags(parent, {"met_budget": result.met_budget, "outcome": result.message[:5000]})
+    tracker.set_tags(parent, {"met_budget": result.met_budget, "outcome": result.message[:5000]}
+                     | ({"stopped": result.stopped} if result.stopped else {}))  # fmt: skip

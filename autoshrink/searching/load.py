@@ -19,7 +19,8 @@ def best_run(experiment: str, *, tracking_uri: str | None = None, budget: Budget
     ``budget``: the first, in the search's own order (`ordered`, with the accuracy tolerance
     the search logged on its parent run), of the latest search's logged Pareto models that
     meet ``budget``; a model re-timed before registration must meet it with that slowest
-    timing too. With the search's own budget that is the registered model.
+    timing too. With the search's own budget that is the registered model. Relative limits
+    (``Budget(speedup=4)``) are taken against the baseline that search measured.
     """
     return _best_run(_open(experiment, tracking_uri), budget)
 
@@ -53,6 +54,7 @@ def _best_run(tracker: Tracker, budget: Budget | None) -> Any:
         filter_string=f"tags.mlflow.parentRunId = '{parents[0].info.run_id}' and tags.{PARETO} = '{True}'",
         max_results=10_000,
     )
+    budget = _resolved(budget, parents[0].data.metrics)
     ok = []
     for run in runs:
         metrics = run.data.metrics
@@ -65,6 +67,17 @@ def _best_run(tracker: Tracker, budget: Budget | None) -> Any:
         raise LookupError(f"no logged Pareto model of {experiment!r} meets {budget}")
     tolerance = parents[0].data.metrics.get(TOLERANCE, 0.0)  # 0 for searches logged before it was
     return ordered(ok, tolerance, _figures)[0]
+
+
+def _resolved(budget: Budget, parent: dict[str, float]) -> Budget:
+    """``budget`` with its relative limits resolved against the baseline the search measured
+    (logged on its parent run as ``baseline_latency_ms``, ...)."""
+    if not budget.relative:
+        return budget
+    try:
+        return budget.resolved({k: parent[f"baseline_{k}"] for k in ("latency_ms", "size_bytes", "accuracy")})
+    except KeyError as missing:
+        raise LookupError(f"the search logged no baseline figure {missing} to resolve {budget}") from None
 
 
 def _figures(run: Any) -> Figures:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from autoshrink.searching.backend import Backend, begin, conclude
+from autoshrink.searching.backend import Backend, begin, conclude, out_of_time
 from autoshrink.searching.recorder import Recorder
 from autoshrink.searching.trial import TrialRunner
 from autoshrink.space import SearchSpace
@@ -37,10 +37,13 @@ class LocalBackend(Backend):
         *,
         n_trials: int,
         callbacks: Sequence[StudyCallback] = (),
+        deadline: float | None = None,
     ) -> None:
         # ask/tell rather than optimize(): a failed candidate is recorded by us, not logged by
         # Optuna with a traceback, and an interruption leaves the trial RUNNING for resume.
         for _ in range(n_trials):
+            if out_of_time(deadline):
+                break
             pending = begin(study, space, recorder)
             outcome = pending.reused or runner(pending.plan, name=pending.name)
             conclude(study, recorder, pending, outcome, callbacks)

@@ -178,9 +178,10 @@ class RayBackend(Backend):
         *,
         n_trials: int,
         callbacks: Sequence[StudyCallback] = (),
+        deadline: float | None = None,
     ) -> None:
         self._ensure_ray()
-        search = DriverSearch(study, space, recorder, runner.artifacts_dir, callbacks)
+        search = DriverSearch(study, space, recorder, runner.artifacts_dir, callbacks, deadline)
         # Tune insists on a results folder; everything worth keeping is in the study and MLflow.
         storage = Path(tempfile.mkdtemp(prefix="autoshrink-ray-results-"))
         try:

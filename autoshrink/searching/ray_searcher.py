@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoshrink.plan import Plan
-from autoshrink.searching.backend import Pending, begin, conclude
+from autoshrink.searching.backend import Pending, begin, conclude, out_of_time
 from autoshrink.searching.recorder import Recorder
 from autoshrink.searching.trial import TrialOutcome
 from autoshrink.space import SearchSpace
@@ -41,16 +41,17 @@ class DriverSearch:
 
     def __init__(
         self, study: optuna.Study, space: SearchSpace, recorder: Recorder, artifacts_dir: Path,
-        callbacks: Sequence[StudyCallback],
+        callbacks: Sequence[StudyCallback], deadline: float | None = None,
     ) -> None:  # fmt: skip
         self.study, self.space, self.recorder = study, space, recorder
-        self.artifacts_dir, self.callbacks = artifacts_dir, callbacks
+        self.artifacts_dir, self.callbacks, self.deadline = artifacts_dir, callbacks, deadline
         self.pending: dict[str, Pending] = {}
         self.bug: BaseException | None = None
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        """`begin` a trial and give Tune its config; ``None`` once a bug has stopped the search."""
-        if self.bug is not None:
+        """`begin` a trial and give Tune its config; ``None`` once a bug has stopped the search or
+        the time budget has run out (the trials running then finish)."""
+        if self.bug is not None or out_of_time(self.deadline):
             return None
         pending = begin(self.study, self.space, self.recorder)
         self.pending[trial_id] = pending

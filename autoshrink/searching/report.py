@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from autoshrink.searching.result import Candidate, SearchResult
 
-COLUMNS = ("trial", "plan", "runtime", "val acc", "test acc", "p50 ms", "p95 ms", "speed-up", "kB", "mJ/inf", "budget")
+COLUMNS = ("trial", "plan", "runtime", "val acc", "test acc", "p50 ms", "p95 ms", "speed-up", "kB", "peak MB", "mJ/inf",
+           "budget")  # fmt: skip
 
 
 def pareto_rows(result: SearchResult) -> list[dict[str, str]]:
@@ -28,6 +30,7 @@ def pareto_rows(result: SearchResult) -> list[dict[str, str]]:
                 "p95 ms": f"{m.latency_p95_ms:.3f}",
                 "speed-up": f"{m.speedup_over(base):.1f}x",
                 "kB": f"{m.size_bytes / 1e3:.1f}",
+                "peak MB": "-" if math.isnan(m.peak_memory_mb) else f"{m.peak_memory_mb:.1f}",
                 "mJ/inf": f"{m.energy_mj:.3f}",
                 "budget": "met" if c.feasible else "over",
             }
@@ -56,6 +59,7 @@ def pareto_markdown(result: SearchResult) -> str:
         "",
         result.message,
         "",
+        *([f"Budget: {result.budget.describe()}.", ""] if result.budget is not None else []),
         f"Selection uses the validation split; `{headers(result)[COLUMNS.index('test acc')]}` is measured once on the test split.",
         "",
         *markdown_table(result),

@@ -93,7 +93,7 @@ class Progress:
 
     stage: str
     done: int
-    total: int
+    total: int | None  # None: as many trials as the time budget allows
     feasible: int
     failed: int
     last: str
@@ -118,6 +118,9 @@ class SearchResult:
         met_budget: whether any candidate met every limit.
         registered_model: ``"name@best"`` in the MLflow Model Registry, or None.
         n_complete / n_failed: trials measured / trials that failed (with their errors).
+        budget: the limits candidates were judged by, relative ones resolved against the
+            baseline (`Budget.describe` says both).
+        stopped: why the search ran fewer trials than asked (its time budget ran out), or None.
     """
 
     experiment: str
@@ -133,10 +136,15 @@ class SearchResult:
     n_failed: int
     failures: dict[int, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    budget: Budget | None = None
+    stopped: str | None = None
 
     @property
     def message(self) -> str:
-        """One sentence on the outcome, for people."""
+        """One sentence on the outcome, for people (and why the search stopped early, if it did)."""
+        return self._outcome() + (f" ({self.stopped})" if self.stopped else "")
+
+    def _outcome(self) -> str:
         if self.best is not None:
             m = self.best.measurement
             speedup = m.speedup_over(self.baseline.measurement)

@@ -8,6 +8,7 @@ closed, its half-written MLflow run deleted, and it is re-run.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
@@ -116,8 +117,9 @@ def open_study(
         study.set_user_attr("config", config)
     elif stored != config:
         changed = sorted(k for k in config.keys() | stored.keys() if stored.get(k) != config.get(k))
+        shown = [f"{k} (was {stored.get(k)}, now {config.get(k)})" if len(repr(stored.get(k))) < 100 else k for k in changed]
         raise ConfigError(
-            f"experiment {experiment!r} already exists with a different {', '.join(changed)}; "
+            f"experiment {experiment!r} already exists with a different {', '.join(shown)}; "
             "re-run with the same settings to resume it, or choose a new --experiment name"
         )
     return study
@@ -262,7 +264,8 @@ def describe(trial: FrozenTrial) -> str:
         )
     return (
         f"trial {trial.number} {label}: val {m.score_name} {m.accuracy:.4f}, {m.latency_ms:.3f} ms, "
-        f"{m.size_bytes / 1e3:.1f} kB, {'meets budget' if is_feasible(trial) else 'over budget'}{dup}"
+        f"{m.size_bytes / 1e3:.1f} kB, {'' if math.isnan(m.peak_memory_mb) else f'{m.peak_memory_mb:.0f} MB peak, '}"
+        f"{'meets budget' if is_feasible(trial) else 'over budget'}{dup}"
     )
 
 
@@ -275,7 +278,7 @@ def _plan_label(trial: FrozenTrial) -> str:
 
 def progress_callback(
     progress: Callable[[Progress], None],
-    total: int,
+    total: int | None,
     clock: Callable[[], float],
     *,
     tolerance: Callable[[float], float] | None = None,
@@ -293,7 +296,7 @@ def progress_callback(
 
 def snapshot(
     study: optuna.Study | None,
-    total: int,
+    total: int | None,
     stage: str,
     last: str,
     elapsed_s: float,

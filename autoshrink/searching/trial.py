@@ -185,7 +185,8 @@ class TrialRunner:
                 artifact, eval_data=self.workload.val, hardware=self.hardware, evaluate=self.workload.evaluate,
                 accuracy=accuracy,
             )  # fmt: skip
-            if self.budget is not None and abs(m.latency_ms / self.budget.latency_ms - 1) < NEAR_BUDGET:
+            limit = None if self.budget is None else self.budget.latency_ms  # None: a relative one, not resolved yet
+            if limit is not None and abs(m.latency_ms / limit - 1) < NEAR_BUDGET:
                 from autoshrink.measuring import latency, timing_batch
 
                 batch = timing_batch(self.workload.val, self.hardware.batch_size)

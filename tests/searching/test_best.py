@@ -48,6 +48,10 @@ def test_load_best_under_the_search_budget_is_the_registered_model(staged: Stage
 
     assert under(staged.budget) == under(None) == staged.result.best.run_id  # None: the registered one
     assert under(Budget(latency_ms=1.5)) == staged.result.best.run_id  # a budget fp32 misses: same rule
+    # Relative to the baseline that search measured (fp32, 2 ms): 1.5x is 1.33 ms, 3x is 0.67 ms.
+    assert under(Budget(speedup=1.5)) == staged.result.best.run_id
+    with pytest.raises(LookupError, match="meets"):
+        under(Budget(speedup=3))
     assert load_best(staged.experiment, tracking_uri=staged.uri, budget=staged.budget).plan.bits == 8
 
 
@@ -56,7 +60,7 @@ def test_autoshrink_best_under_the_search_budget_names_the_registered_model(stag
 
     from autoshrink.cli import app
 
-    for budget in ([], ["--latency-budget-ms", str(staged.budget.latency_ms)]):
+    for budget in ([], ["--latency-budget-ms", str(staged.budget.latency_ms)], ["--speedup", "1.5"]):
         args = ["best", "--experiment", staged.experiment, "--tracking-uri", staged.uri, "--json", *budget]
         out = CliRunner().invoke(app, args)
         assert out.exit_code == 0, out.output
