@@ -27,6 +27,28 @@ def die(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+def time_line(timings: dict[str, float]) -> str:
+    """Where a search's time went, from `SearchResult.timings`: in all, per trial, by phase.
+
+    >>> time_line({"total_s": 600, "trial_wall_s": 25, "distinct_trials": 20, "phase_distill_s": 300,
+    ...            "phase_quantize_s": 60, "phase_latency_s": 40})
+    'time: 10m in all; 25 s per trial on average (10 more trials: about 4m10s); by phase over 20 trials: distill 300.0 s, quantize 60.0 s, latency 40.0 s'
+    """
+    from autoshrink.config import duration
+    from autoshrink.phases import summary
+
+    if not timings.get("total_s"):
+        return ""
+    line = f"time: {duration(timings['total_s'])} in all"
+    per = timings.get("trial_wall_s")
+    if per:
+        line += f"; {per:.0f} s per trial on average (10 more trials: about {duration(10 * per)})"
+    phases = {k[len("phase_") : -len("_s")]: v for k, v in timings.items() if k.startswith("phase_")}
+    if phases:
+        line += f"; by phase over {timings.get('distinct_trials', 0):.0f} trials: {summary(phases)}"
+    return line
+
+
 def clock(seconds: float) -> str:
     """Minutes and seconds, as a progress line starts."""
     minutes, secs = divmod(int(seconds), 60)
@@ -106,6 +128,9 @@ def print_result(result: SearchResult) -> None:
         for number, error in result.failures.items():
             console.print(f"trial {number} failed: {error[:200]}", style="yellow")
     console.print(f"energy: {result.baseline.measurement.energy_method}")
+    spent = time_line(result.timings)
+    if spent:
+        console.print(spent)
     if result.registered_model:
         console.print(f"registered: models:/{result.registered_model}")
     default_store = result.tracking_uri == resolve_tracking_uri(None)

@@ -128,12 +128,18 @@ def measure(
     from autoshrink.measuring.latency import measure_latency
     from autoshrink.measuring.memory import measure_peak_memory
 
+    from autoshrink.phases import phase
+
     hardware = hardware or HardwareProfile()
-    quality = score(artifact, eval_data, evaluate) if accuracy else 0.0
+    with phase("score"):
+        quality = score(artifact, eval_data, evaluate) if accuracy else 0.0
     batch = timing_batch(eval_data, hardware.batch_size)
-    latency = measure_latency(artifact, batch, hardware)
-    energy = measure_energy(artifact, batch, hardware)
-    memory = measure_peak_memory(artifact, batch, hardware)
+    with phase("latency"):
+        latency = measure_latency(artifact, batch, hardware)
+    with phase("energy"):
+        energy = measure_energy(artifact, batch, hardware)
+    with phase("memory"):
+        memory = measure_peak_memory(artifact, batch, hardware)
     return Measurement(
         metric=(getattr(evaluate, "__name__", type(evaluate).__name__) if evaluate is not None else "top1")
         if accuracy

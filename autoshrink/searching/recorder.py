@@ -95,6 +95,7 @@ class Recorder:
             }
         if outcome.duplicate_of is None:
             metrics |= {"compress_s": outcome.compress_s, "measure_s": outcome.measure_s}
+            metrics |= {f"time_{name}_s": seconds for name, seconds in outcome.phases.items()}
         if outcome.screened:
             metrics.pop("accuracy")  # not measured: the candidate was over the budget before distillation
             tags[SCREENED] = "over the budget before distillation: not distilled, accuracy not measured"

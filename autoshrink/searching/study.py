@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from autoshrink.config import SAMPLERS, Budget, ConfigError
+from autoshrink.phases import summary
 from autoshrink.searching.recorder import OUTCOME
 from autoshrink.searching.result import Figures, Progress, ordered
 from autoshrink.searching.trial import OBJECTIVES, TrialOutcome
@@ -223,7 +224,8 @@ def pareto_trials(study: optuna.Study) -> tuple[list[FrozenTrial], bool]:
 
 
 def trial_timings(study: optuna.Study) -> dict[str, float]:
-    """Mean work (compress + measure), framework overhead and wall time per distinct trial."""
+    """Mean work (compress + measure), framework overhead and wall time per distinct trial, and
+    the seconds of each phase (`autoshrink.phases`) over all of them (``phase_<name>_s``)."""
     done = [
         (t, outcome(t))
         for t in complete(study)
@@ -237,7 +239,11 @@ def trial_timings(study: optuna.Study) -> dict[str, float]:
         for t, _ in done
         if t.datetime_complete and t.datetime_start
     ]
-    return {
+    phases: dict[str, float] = {}
+    for _, o in done:
+        for name, seconds in o.phases.items():
+            phases[f"phase_{name}_s"] = phases.get(f"phase_{name}_s", 0.0) + seconds
+    return phases | {
         "trial_work_s": sum(o.compress_s + o.measure_s for _, o in done) / n,
         "trial_overhead_s": sum(t.user_attrs.get("overhead_s", 0.0) for t, _ in done) / n,
         "trial_wall_s": sum(wall) / len(wall) if wall else 0.0,
@@ -257,15 +263,16 @@ def describe(trial: FrozenTrial) -> str:
     assert m is not None
     label = o.plan.measured_in(m.runtime).label
     dup = f" (same plan as trial {o.duplicate_of})" if o.duplicate_of is not None else ""
+    spent = f" [{summary(o.phases)}]" if o.phases and o.duplicate_of is None else ""
     if o.screened:
         return (
             f"trial {trial.number} {label}: {m.latency_ms:.3f} ms, {m.size_bytes / 1e3:.1f} kB before distillation: "
-            f"over budget, not distilled{dup}"
+            f"over budget, not distilled{dup}{spent}"
         )
     return (
         f"trial {trial.number} {label}: val {m.score_name} {m.accuracy:.4f}, {m.latency_ms:.3f} ms, "
         f"{m.size_bytes / 1e3:.1f} kB, {'' if math.isnan(m.peak_memory_mb) else f'{m.peak_memory_mb:.0f} MB peak, '}"
-        f"{'meets budget' if is_feasible(trial) else 'over budget'}{dup}"
+        f"{'meets budget' if is_feasible(trial) else 'over budget'}{dup}{spent}"
     )
 
 

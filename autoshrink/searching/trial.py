@@ -22,6 +22,7 @@ from autoshrink.artifact import Artifact
 from autoshrink.config import Budget, HardwareProfile
 from autoshrink.measuring import Measurement, measure
 from autoshrink.measuring.accuracy import score
+from autoshrink.phases import collecting
 from autoshrink.plan import Plan
 from autoshrink.runtimes import AUTO, runtime_supports
 from autoshrink.store import StoreError
@@ -72,6 +73,7 @@ class TrialOutcome:
     host: str = ""
     screened: bool = False  # over the budget before distillation: accuracy not measured
     extra_builds: int = 0  # accuracy-aware quantization: builds with more float layers, this one among them
+    phases: dict[str, float] = field(default_factory=dict)  # seconds by phase (`autoshrink.phases`), here
 
     @property
     def failed(self) -> bool:
@@ -316,10 +318,17 @@ class TrialRunner:
         return replace(
             chosen, artifact_path=path, extra_builds=len(tried) - 1,
             compress_s=sum(o.compress_s for o in tried.values()), measure_s=sum(o.measure_s for o in tried.values()),
+            phases={k: sum(o.phases.get(k, 0.0) for o in tried.values()) for k in {k for o in tried.values() for k in o.phases}},
         )  # fmt: skip
 
     def candidate(self, plan: Plan, *, name: str, measure_with: Measurer | None = None) -> TrialOutcome:
-        """``plan`` built, measured and saved as it is (see `__call__`)."""
+        """``plan`` built, measured and saved as it is (see `__call__`), with the seconds of each
+        phase that ran here (`autoshrink.phases`: techniques, scoring, timing...)."""
+        with collecting() as seconds:
+            outcome = self._candidate(plan, name=name, measure_with=measure_with)
+        return replace(outcome, phases=dict(seconds))
+
+    def _candidate(self, plan: Plan, *, name: str, measure_with: Measurer | None) -> TrialOutcome:
         start = time.perf_counter()
         built = start
         where = socket.gethostname()
