@@ -127,7 +127,6 @@ def measure(
     from autoshrink.measuring.energy import measure_energy
     from autoshrink.measuring.latency import measure_latency
     from autoshrink.measuring.memory import measure_peak_memory
-
     from autoshrink.phases import phase
 
     hardware = hardware or HardwareProfile()
