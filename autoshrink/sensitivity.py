@@ -82,16 +82,20 @@ def layer_sensitivity(
     """Every weight layer of ``wl.model``, most sensitive first (see the module's docstring).
 
     ``samples``: the first that many inputs of the validation split are scored, the same for
-    every layer. One build per layer, so a model with 80 layers costs 80 quantizations.
+    every layer. One build per layer, so a model with 80 layers costs 80 quantizations; in ONNX
+    Runtime the activation ranges are calibrated once (on the uniform build) and reused by every
+    layer's build, which is what made the analysis affordable on a pretrained CNN
+    (``results/pretrained.md``). OpenVINO (NNCF) calibrates each build again.
     """
     from autoshrink.pipeline import compress
     from autoshrink.searching.trial import candidate_errors
 
     subset = Subset(as_dataset(wl.val), range(min(samples, dataset_size(wl.val))))
+    shared: dict[str, object] = {}  # the calibrated ranges, reused by every build (quantize_static)
 
     def build(plan: Plan) -> Artifact:
         return compress(wl.model, plan, train_data=wl.train, example_input=wl.example_input, task=wl.task,
-                        output=wl.output, int8_range=int8_range)  # fmt: skip
+                        output=wl.output, int8_range=int8_range, cache=shared)  # fmt: skip
 
     baseline = score(build(Plan()), subset, wl.evaluate)
     uniform = build(Plan(bits=bits, runtime=runtime))

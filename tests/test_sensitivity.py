@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from autoshrink.sensitivity import layer_sensitivity
 from autoshrink.workloads import Workload
 from tests.conftest import fragile_workload, make_case
@@ -42,3 +44,23 @@ def test_a_layer_that_cannot_be_scored_alone_is_recorded_and_the_analysis_goes_o
     ranked = layer_sensitivity(wl, samples=64)
     assert len(ranked) == 7 and ranked[-1].layer == "head" and "the evaluator broke" in ranked[-1].error
     assert all(not r.error and r.loss == r.loss for r in ranked[:-1])  # every other layer scored
+
+
+@pytest.mark.slow
+def test_the_analysis_calibrates_once_for_all_layers(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    ort_quantize = importlib.import_module("onnxruntime.quantization.quantize")  # the module, not its function
+    calibrations = []
+    original = ort_quantize.create_calibrator
+
+    def counted(*args, **kwargs):
+        calibrations.append(args[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ort_quantize, "create_calibrator", counted)
+    model, (x, y), example = make_case("rescnn")
+    wl = Workload("t", model, (x[:256], y[:256]), (x[256:320], y[256:320]), (x[320:], y[320:]), example)
+    ranked = layer_sensitivity(wl, samples=32)
+    assert len(ranked) == 7 and all(not r.error for r in ranked)
+    assert len(calibrations) == 1, f"{len(calibrations)} calibrations for {len(ranked)} layers"

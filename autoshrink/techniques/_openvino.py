@@ -15,7 +15,7 @@ import json
 import re
 import tempfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ def from_onnx(onnx_bytes: bytes) -> Any:
 
 def quantize_nncf(
     model: Any, calibration: Inputs, spec: InputSpec, *, transformer: bool, reduce_range: bool = True,
-    ignored: Sequence[str] = (),
+    ignored: Sequence[str] = (), options: Mapping[str, Any] | None = None,
 ) -> Any:  # fmt: skip
     """int8 by NNCF post-training quantization, calibrated on ``calibration``.
 
@@ -54,6 +54,8 @@ def quantize_nncf(
     ``reduce_range``: NNCF's overflow fix on every layer (7-bit weights, for CPUs without VNNI);
     otherwise none (the full 8 bits). ``ignored``: ONNX node names kept in float (NNCF's ignored
     scope; OpenVINO names an op after its ONNX node, with suffixes such as ``/WithoutBiases``).
+    ``options``: keyword arguments of ``nncf.quantize`` that replace the ones chosen here (the
+    calibration choices ``results/pretrained.md`` compares).
     """
     try:
         import logging
@@ -70,17 +72,17 @@ def quantize_nncf(
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     fix = OverflowFix.ENABLE if reduce_range else OverflowFix.DISABLE
-    options: dict[str, Any] = {
+    kwargs: dict[str, Any] = {
         "subset_size": rows, "advanced_parameters": AdvancedQuantizationParameters(overflow_fix=fix),
     }  # fmt: skip
     if ignored:
         patterns = [f"^{re.escape(name)}(/.*)?$" for name in ignored]
-        options["ignored_scope"] = nncf.IgnoredScope(patterns=patterns, validate=False)
+        kwargs["ignored_scope"] = nncf.IgnoredScope(patterns=patterns, validate=False)
     if transformer:
-        options["model_type"] = nncf.ModelType.TRANSFORMER
+        kwargs["model_type"] = nncf.ModelType.TRANSFORMER
     else:
-        options["fast_bias_correction"] = False
-    return nncf.quantize(model, nncf.Dataset(items), **options)
+        kwargs["fast_bias_correction"] = False
+    return nncf.quantize(model, nncf.Dataset(items), **(kwargs | dict(options or {})))
 
 
 def pack(model: Any, meta: dict[str, Any]) -> bytes:

@@ -4,7 +4,10 @@
 * 8 bits, two recipes, chosen from the model's kind of layers (``scheme="auto"``):
 
   - **static** (convolutional models): ONNX Runtime static quantization in QDQ format, uint8
-    activations and per-channel int8 weights, calibrated on training data.
+    activations and per-channel int8 weights, calibrated on training data (MinMax ranges by
+    default; ``QuantizeConfig.calibration`` picks Percentile or Entropy, `CALIBRATIONS`). The
+    ranges are kept in the search's cache, so a candidate that only keeps other layers in float
+    is not calibrated again.
     ORT fuses the QDQ pairs into integer Conv/MatMul kernels; ../shared/DESIGN.md found it the
     fastest int8 path for convolutions on this kind of CPU (and dynamic int8 for convs slower
     than fp32).
@@ -31,11 +34,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import logging
 import tempfile
 import warnings
 from collections import Counter
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +72,22 @@ from autoshrink.techniques._onnx import (
 )
 
 CALIBRATION_SAMPLES = 256
+#: Prefix of the `Context.cache` keys that hold ONNX Runtime activation ranges (`quantize_static`).
+CALIBRATION_CACHE = "ort-calibration"
+#: ONNX Runtime's ways to choose each activation's int8 range from the calibration inputs: name ->
+#: (``CalibrationMethod`` member, ``extra_options``). MinMax covers every value seen; Percentile
+#: clips the top 0.001% (or 0.01%) of magnitudes; Entropy picks the range whose quantized histogram
+#: keeps the most information (KL divergence). ``results/pretrained.md`` measures them.
+CALIBRATIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "minmax": ("MinMax", {}),
+    "percentile": ("Percentile", {"CalibPercentile": 99.999}),
+    "percentile-99.99": ("Percentile", {"CalibPercentile": 99.99}),
+    "entropy": ("Entropy", {}),
+}
+# MinMax stays the default: on pretrained EfficientNet-Lite1 (results/pretrained.md) Percentile
+# tied it, Entropy and Percentile 99.99 did worse, and the histogram methods took 2.5-3x longer
+# to calibrate; none won clearly, so the method is a knob (`QuantizeConfig.calibration`).
+DEFAULT_CALIBRATION = "minmax"
 #: The report detail (and artifact metadata) that says which int8 weight range a model was built with.
 INT8_RANGE_KEY = "int8_weight_range"
 INT4_OPSET = 21  # the first opset with an int4 tensor type
@@ -84,6 +105,11 @@ class QuantizeConfig:
     int8_range: str = "auto"  # "full", "reduced" (7-bit weights) or "auto" (from this CPU)
     #: Mixed precision: (layer, bits) pairs, layers kept at 32 (float) or, in a 4-bit plan, 8 (`Plan.layer_bits`).
     layer_bits: tuple[tuple[str, int], ...] = ()
+    #: How ONNX Runtime's static int8 picks activation ranges: a name of `CALIBRATIONS`.
+    calibration: str = DEFAULT_CALIBRATION
+    #: Keyword arguments for ``nncf.quantize`` (OpenVINO int8) that replace autoshrink's, e.g.
+    #: ``(("fast_bias_correction", True),)`` or ``(("preset", nncf.QuantizationPreset.MIXED),)``.
+    nncf_options: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if self.bits not in (32, 8, 4):
@@ -96,6 +122,8 @@ class QuantizeConfig:
             raise ValueError(f"QuantizeConfig.openvino_int8 must be nncf or qdq, got {self.openvino_int8!r}")
         if self.int8_range not in INT8_RANGES:
             raise ValueError(f"QuantizeConfig.int8_range must be one of {INT8_RANGES}, got {self.int8_range!r}")
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(f"QuantizeConfig.calibration must be one of {tuple(CALIBRATIONS)}, got {self.calibration!r}")
         if self.scheme not in SCHEMES:
             raise ValueError(f"QuantizeConfig.scheme must be one of {SCHEMES}, got {self.scheme!r}")
 
@@ -111,6 +139,50 @@ def choose_scheme(model: onnx.ModelProto) -> str:
     return "static" if layers["conv"] >= layers["matmul"] and layers["conv"] > 0 else "dynamic"
 
 
+def _calibration_key(
+    graph: bytes, chunks: list[dict[str, np.ndarray]], op_types: list[str] | None, calibration: str
+) -> str:
+    """What the activation ranges of a calibration depend on: graph, inputs, op types and method."""
+    digest = hashlib.sha1(graph)
+    for chunk in chunks:
+        for name in sorted(chunk):
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(chunk[name]).data)
+    digest.update(repr((sorted(op_types) if op_types is not None else None, calibration)).encode())
+    return f"{CALIBRATION_CACHE}:{digest.hexdigest()}"
+
+
+def _caches_calibration() -> bool:
+    """Whether this ONNX Runtime's ``quantize_static`` takes a calibration cache
+    (``calibration_cache_path``, added in 2026 by onnxruntime pull request 28221; older versions
+    calibrate every build)."""
+    from onnxruntime.quantization import quantize_static
+
+    return "calibration_cache_path" in inspect.signature(quantize_static).parameters
+
+
+def _reader(chunks: list[dict[str, np.ndarray]]) -> Any:
+    """An ONNX Runtime calibration reader over ``chunks`` that the calibrator reads a range of at
+    a time (``CalibStridedMinMax``), so that it never holds every intermediate tensor of every
+    input at once: Percentile and Entropy ran out of 22 GB on EfficientNet-Lite1 otherwise."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.set_range(0, len(chunks))
+
+        def __len__(self) -> int:
+            return len(chunks)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self._batches = iter(chunks[start_index:end_index])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._batches, None)
+
+    return Reader()
+
+
 def quantize_static(
     model: onnx.ModelProto,
     calibration: Inputs,
@@ -120,25 +192,30 @@ def quantize_static(
     reduce_range: bool = True,
     keep: Collection[str] = (),
     only: Collection[str] | None = None,
+    cache: MutableMapping[str, Any] | None = None,
+    method: str = DEFAULT_CALIBRATION,
 ) -> onnx.ModelProto:
     """Static QDQ int8 (uint8 activations, per-channel int8 weights, 7-bit with ``reduce_range``)
-    calibrated on ``calibration``; the layers ``keep`` (module names) stay as they are, and with
-    ``only`` only those layers change."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    calibrated on ``calibration`` with ``method`` (a name of `CALIBRATIONS`); the layers ``keep``
+    (module names) stay as they are, and with ``only`` only those layers change.
+
+    ``cache`` (a dict shared by several calls, such as a search's or a sensitivity analysis'
+    `Context.cache`): the activation ranges of a graph calibrated on the same inputs are
+    computed once and reused. They cover every tensor of ``op_types``, whatever ``keep`` and
+    ``only`` say, so that a model built again with other layers in float (mixed precision, one
+    layer at a time) is only quantized again, not calibrated again: the slow half on a
+    pretrained CNN (``results/pretrained.md``).
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if method not in CALIBRATIONS:
+        raise ValueError(f"calibration method must be one of {tuple(CALIBRATIONS)}, got {method!r}")
+    calibrate, options = CALIBRATIONS[method]
     rows = batch_size(calibration)
     chunks = [
         {n: t[i : i + 32].numpy() for n, t in zip(spec.names, tensors(calibration))} for i in range(0, rows, 32)
     ]
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._batches = iter(chunks)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self._batches, None)
-
     with tempfile.TemporaryDirectory() as tmp, working_dir(Path(tmp)), root_logging_to_debug():
         src, pre, dst = (Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
         onnx.save(model, src)
@@ -148,12 +225,23 @@ def quantize_static(
             logging.getLogger("autoshrink").debug("quant_pre_process failed (%s); quantizing as exported", exc)
             pre = src
         graph = onnx.load(str(pre))  # node names as the quantizer sees them, after pre-processing
+        cached: dict[str, Any] = {}
+        if cache is not None and _caches_calibration():
+            key = _calibration_key(pre.read_bytes(), chunks, op_types, method)
+            ranges = Path(tmp) / "ranges.json"
+            if key in cache:
+                ranges.write_text(cache[key])
+            cached["calibration_cache_path"] = str(ranges)
         quantize_static(
-            str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=op_types,
+            str(pre), str(dst), _reader(chunks), quant_format=QuantFormat.QDQ, op_types_to_quantize=op_types,
             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             reduce_range=reduce_range, nodes_to_exclude=nodes_of(graph, keep) if keep else None,
             nodes_to_quantize=nodes_of(graph, only) if only is not None else None,
+            calibrate_method=getattr(CalibrationMethod, calibrate), extra_options={"CalibStridedMinMax": 1, **options},
+            **cached,
         )  # fmt: skip
+        if cached and cache is not None:
+            cache[key] = ranges.read_text()
         return onnx.load(str(dst))
 
 
@@ -225,10 +313,11 @@ def quantize_4bit(
 
 def lower(
     model: onnx.ModelProto, bits: int, scheme: str, context: Context, spec: InputSpec, *, reduce_range: bool = True,
-    layer_bits: Mapping[str, int] | None = None,
+    layer_bits: Mapping[str, int] | None = None, calibration: str = DEFAULT_CALIBRATION,
 ) -> onnx.ModelProto:  # fmt: skip
     """The exported fp32 model at ``bits`` with the given int8 ``scheme`` (7-bit int8 weights
-    with ``reduce_range``; 4-bit blocks multiply within int16's range either way).
+    with ``reduce_range``; 4-bit blocks multiply within int16's range either way) and static
+    ``calibration`` method.
 
     ``layer_bits`` (module name -> 32 or 8): layers kept in float, or at int8 in a 4-bit model.
     """
@@ -242,17 +331,19 @@ def lower(
             model = quantize_4bit(model, embeddings=has_embedding_tables(model), keep=floats + int8)
             return quantize_dynamic(model, reduce_range=reduce_range, only=int8) if int8 else model
         return quantize_dynamic(model, reduce_range=reduce_range, keep=floats)
-    calibration = stack_inputs(context.train_data, CALIBRATION_SAMPLES)
+    calibration_inputs = stack_inputs(context.train_data, CALIBRATION_SAMPLES)
     if bits == 4:
         model = quantize_4bit(model, embeddings=False, keep=floats + int8)
         convs = [op for op in WEIGHT_OPS if op not in ("MatMul", "Gemm")]
         if not int8:
-            return quantize_static(model, calibration, spec, convs, reduce_range=reduce_range, keep=floats)
+            return quantize_static(model, calibration_inputs, spec, convs, reduce_range=reduce_range, keep=floats,
+                                   cache=context.cache, method=calibration)  # fmt: skip
         # int8 for the convolutions and for the Linear layers named 8, and no other product
         chosen = [layer for layer in layers(model) if inside(layer, int8) or not _is_matmul_layer(model, layer)]
-        return quantize_static(model, calibration, spec, [*convs, "MatMul", "Gemm"], reduce_range=reduce_range,
-                               keep=floats, only=chosen)  # fmt: skip
-    return quantize_static(model, calibration, spec, reduce_range=reduce_range, keep=floats)
+        return quantize_static(model, calibration_inputs, spec, [*convs, "MatMul", "Gemm"], reduce_range=reduce_range,
+                               keep=floats, only=chosen, cache=context.cache, method=calibration)  # fmt: skip
+    return quantize_static(model, calibration_inputs, spec, reduce_range=reduce_range, keep=floats, cache=context.cache,
+                           method=calibration)  # fmt: skip
 
 
 def _is_matmul_layer(model: onnx.ModelProto, layer: str) -> bool:
@@ -279,12 +370,14 @@ def lower_openvino(
         return _openvino.from_onnx(exported.SerializeToString()), "fp32"
     calibration = stack_inputs(context.train_data, CALIBRATION_SAMPLES)
     if config.openvino_int8 == "qdq":
-        qdq = quantize_static(exported, calibration, spec, reduce_range=reduce_range, keep=keep)
+        qdq = quantize_static(exported, calibration, spec, reduce_range=reduce_range, keep=keep, cache=context.cache,
+                              method=config.calibration)  # fmt: skip
         return _openvino.from_onnx(qdq.SerializeToString()), "ONNX QDQ model (ONNX Runtime calibration)"
     with root_logging_to_debug(), output_to_debug():
         model = _openvino.quantize_nncf(
             _openvino.from_onnx(exported.SerializeToString()), calibration, spec,
             transformer=scheme == "dynamic", reduce_range=reduce_range, ignored=nodes_of(exported, keep),
+            options=dict(config.nncf_options),
         )  # fmt: skip
     return model, "NNCF post-training quantization"
 
@@ -355,7 +448,8 @@ def quantize(stage: Stage, config: QuantizeConfig, context: Context) -> Stage:
         )
         return stage.with_report(report, openvino_bytes=payload)
     try:
-        model = lower(exported, config.bits, scheme, context, spec, reduce_range=reduce_range, layer_bits=table)
+        model = lower(exported, config.bits, scheme, context, spec, reduce_range=reduce_range, layer_bits=table,
+                      calibration=config.calibration)  # fmt: skip
         check_runs(model, stage.module, context.example_input, spec)
     except onnx_errors() as exc:
         raise CompressionError(f"{config.bits}-bit ONNX Runtime lowering failed: {exc}") from exc

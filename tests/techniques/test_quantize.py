@@ -113,3 +113,61 @@ def test_a_hardware_profile_forces_the_range() -> None:
     assert "int8_range" not in HardwareProfile().to_dict()  # the default keeps stored studies matching
     with pytest.raises(ConfigError, match="int8_range"):
         HardwareProfile(int8_range="7bit")
+
+
+def test_a_shared_cache_calibrates_once_and_builds_the_same_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    ort_quantize = importlib.import_module("onnxruntime.quantization.quantize")  # the module, not its function
+    calibrations = []
+    original = ort_quantize.create_calibrator
+
+    def counted(*args, **kwargs):
+        calibrations.append(args[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ort_quantize, "create_calibrator", counted)
+    model, x = _cnn()
+
+    def build(plan: Plan, cache: dict | None) -> onnx.ModelProto:
+        return compress(model, plan, train_data=(x,), example_input=x[:1], cache=cache).onnx_model
+
+    fresh = build(Plan(bits=8, layer_bits={"module.0": 32}), None)
+    assert len(calibrations) == 1
+    shared: dict = {}
+    build(Plan(bits=8), shared)
+    reused = build(Plan(bits=8, layer_bits={"module.0": 32}), shared)  # other layers in float: the same ranges
+    assert len(calibrations) == 2, "the second build with the shared cache calibrated again"
+    scales = {t.name: numpy_helper.to_array(t) for t in fresh.graph.initializer if t.name.endswith("_scale")}
+    again = {t.name: numpy_helper.to_array(t) for t in reused.graph.initializer if t.name.endswith("_scale")}
+    assert scales and scales.keys() == again.keys()
+    assert all(np.array_equal(scales[k], again[k]) for k in scales)
+
+
+def _input_scale(model: onnx.ModelProto) -> float:
+    """The scale of the QuantizeLinear that quantizes the graph's input."""
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    first = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == model.graph.input[0].name)
+    return float(inits[first.input[1]])
+
+
+def test_percentile_calibration_clips_an_outlier_that_minmax_keeps() -> None:
+    from autoshrink.pipeline import prepare, run_techniques
+    from autoshrink.techniques import Stage
+    from autoshrink.techniques.quantize import QuantizeConfig
+
+    model, x = _cnn()
+    x = x.clone()
+    x[0, 0, 0, 0] = 1000.0  # 1 value in 12288 (under 0.01%), far outside the rest
+
+    def scale(calibration: str) -> float:
+        context = prepare(model, train_data=(x,), example_input=x[:1])
+        stage = run_techniques(Stage(module=model), [QuantizeConfig(bits=8, calibration=calibration)], context)
+        assert stage.onnx_bytes is not None
+        return _input_scale(onnx.load_from_string(stage.onnx_bytes))
+
+    minmax = scale("minmax")
+    assert minmax > 1000 / 255 * 0.99  # every value seen fits
+    assert scale("percentile-99.99") < minmax / 10
+    with pytest.raises(ValueError, match="calibration must be one of"):
+        QuantizeConfig(bits=8, calibration="kl")
