@@ -18,6 +18,7 @@ from autoshrink.techniques.distill import DistillConfig
 from autoshrink.techniques.lowrank import LowRankConfig
 from autoshrink.techniques.prune import PruneConfig
 from autoshrink.techniques.quantize import QuantizeConfig
+from autoshrink.techniques.tensor_train import TensorTrainConfig
 
 
 def technique_configs(plan: Plan, *, int8_range: str = "auto") -> list[Any]:
@@ -27,11 +28,15 @@ def technique_configs(plan: Plan, *, int8_range: str = "auto") -> list[Any]:
     Example:
         >>> [type(c).__name__ for c in technique_configs(Plan(prune=0.5, bits=8))]
         ['PruneConfig', 'QuantizeConfig']
+        >>> [type(c).__name__ for c in technique_configs(Plan(rank=0.5, rank_method="tt", distill_epochs=1))]
+        ['TensorTrainConfig', 'DistillConfig', 'QuantizeConfig']
     """
     configs: list[Any] = []
     if plan.prune > 0:
         configs.append(PruneConfig(ratio=plan.prune))
-    if plan.rank is not None:
+    if plan.rank is not None and plan.rank_method == "tt":
+        configs.append(TensorTrainConfig(fraction=plan.rank))
+    elif plan.rank is not None:
         configs.append(LowRankConfig(fraction=plan.rank))
     if plan.distill_epochs > 0:
         configs.append(DistillConfig(epochs=plan.distill_epochs))

@@ -20,6 +20,14 @@ from autoshrink.runtimes import (
     runtime_supports,
 )
 
+#: How ``Plan.rank`` factorizes a layer: truncated SVD or a tensor train (MPO).
+RANK_METHODS = ("svd", "tt")
+
+
+def _shown(name: str, value: Any) -> bool:
+    """Fields at their default that older plans lacked are left out of ``repr``."""
+    return not ((name == "layer_bits" and not value) or (name == "rank_method" and value == "svd"))
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -31,6 +39,9 @@ class Plan:
         prune: fraction of channels/neurons removed by structured pruning, in [0, 0.9].
         rank: fraction of each factorizable layer's weights kept by low-rank
             factorization, in (0, 1); ``None`` turns low rank off.
+        rank_method: how ``rank`` factorizes: ``"svd"`` (two thin layers by truncated SVD) or
+            ``"tt"`` (a tensor train of two cores, `autoshrink.techniques.tensor_train`; layers
+            where it would be slower than dense are left dense).
         bits: 32 (float), 8 (int8 with integer kernels) or 4 (4-bit weights where the
             runtime has a kernel, int8 elsewhere).
         distill_epochs: epochs of knowledge distillation from the original model, >= 0.
@@ -49,6 +60,9 @@ class Plan:
         Traceback (most recent call last):
         ...
         ValueError: Plan.bits must be one of (32, 8, 4), got 3
+        >>> tt = Plan(rank=0.25, rank_method="tt", bits=8)
+        >>> tt.label, Plan.from_json(tt.to_json()) == tt
+        ('rank0.25tt-int8', True)
         >>> mixed = Plan(bits=8, layer_bits={"features.0": 32, "classifier": 32})
         >>> mixed.label, mixed.layer_bits, Plan.from_json(mixed.to_json()) == mixed
         ('int8-mixed2', (('classifier', 32), ('features.0', 32)), True)
@@ -60,6 +74,7 @@ class Plan:
     distill_epochs: int = 0
     runtime: str = "auto"
     layer_bits: tuple[tuple[str, int], ...] = ()
+    rank_method: str = "svd"
 
     def __post_init__(self) -> None:
         table = dict(self.layer_bits.items() if isinstance(self.layer_bits, dict) else self.layer_bits)
@@ -72,6 +87,10 @@ class Plan:
             raise ValueError(
                 f"Plan.rank must be None (off) or a number in (0, 1), got {self.rank!r}"
             )
+        if self.rank_method not in RANK_METHODS:
+            raise ValueError(f"Plan.rank_method must be one of {RANK_METHODS}, got {self.rank_method!r}")
+        if self.rank_method != "svd" and self.rank is None:
+            raise ValueError(f"Plan.rank_method={self.rank_method!r} needs a rank (a fraction in (0, 1)), got rank=None")
         if self.bits not in ALLOWED_BITS:
             raise ValueError(f"Plan.bits must be one of {ALLOWED_BITS}, got {self.bits!r}")
         if not isinstance(self.distill_epochs, int) or self.distill_epochs < 0:
@@ -93,7 +112,7 @@ class Plan:
                 )
 
     def __repr__(self) -> str:  # a uniform plan reads as it always has: no empty table
-        shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "layer_bits" or self.layer_bits}
+        shown = {f.name: getattr(self, f.name) for f in fields(self) if _shown(f.name, getattr(self, f.name))}
         return f"Plan({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     @property
@@ -121,7 +140,7 @@ class Plan:
         if self.prune:
             parts.append(f"prune{self.prune:g}")
         if self.rank is not None:
-            parts.append(f"rank{self.rank:g}")
+            parts.append(f"rank{self.rank:g}{'' if self.rank_method == 'svd' else self.rank_method}")
         parts.append("fp32" if self.bits == 32 else f"int{self.bits}")
         if self.resolved_runtime != default_runtime(self.bits):  # e.g. -ort for fp32, -ov
             parts.append(get(self.resolved_runtime).tag)
@@ -136,6 +155,8 @@ class Plan:
         out["layer_bits"] = dict(self.layer_bits)  # a table keyed by layer in JSON, YAML and MLflow
         if not self.layer_bits:
             del out["layer_bits"]  # uniform plans read as they always have
+        if self.rank_method == "svd":
+            del out["rank_method"]  # likewise for the default factorization
         return out
 
     @classmethod

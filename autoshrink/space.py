@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from autoshrink.config import ConfigError, check_keys, load_yaml_mapping
-from autoshrink.plan import Plan
+from autoshrink.plan import RANK_METHODS, Plan
 from autoshrink.runtimes import ALLOWED_BITS, AUTO, DEFAULT_RUNTIMES, RUNTIMES, runtime_supports
 
 OFF = "off"
@@ -29,6 +29,9 @@ class SearchSpace:
     Attributes:
         prune: ``(low, high, step)`` for the structured-pruning ratio.
         rank: low-rank fractions to try; ``"off"`` means no factorization.
+        rank_method: how a drawn rank factorizes (``svd``, ``tt``: `Plan.rank_method`); drawn
+            after the rank, only when the rank is not ``off`` and more than one is listed
+            (parameter ``rank_method``).
         bits: bit widths to try (32, 8, 4).
         runtime: runtimes to try (``auto``, ``torch``, ``onnxruntime``, ``openvino``). The
             runtime is drawn after the bit width, among those that run it (parameter
@@ -48,10 +51,16 @@ class SearchSpace:
         >>> space = SearchSpace()
         >>> space.sample(optuna.trial.FixedTrial({"prune": 0.5, "rank": "off", "bits": 8, "distill_epochs": 2}))
         Plan(prune=0.5, rank=None, bits=8, distill_epochs=2, runtime='auto')
+        >>> both = SearchSpace(rank=(0.5,), rank_method=("svd", "tt"))
+        >>> both.sample(optuna.trial.FixedTrial({"prune": 0.0, "rank": 0.5, "rank_method": "tt", "bits": 32,
+        ...                                      "distill_epochs": 0})).label
+        'rank0.5tt-fp32'
+
     """
 
     prune: tuple[float, float, float] = (0.0, 0.7, 0.1)
     rank: tuple[float | str, ...] = (OFF, 0.25, 0.5)
+    rank_method: tuple[str, ...] = ("svd",)
     bits: tuple[int, ...] = (32, 8, 4)
     runtime: tuple[str, ...] = (AUTO,)
     distill_epochs: tuple[int, ...] = (0, 2, 4)
@@ -68,6 +77,10 @@ class SearchSpace:
         for r in self.rank:
             if r != OFF and not (isinstance(r, (int, float)) and 0.0 < r < 1.0):
                 raise ConfigError(f"space.rank values must be 'off' or in (0, 1), got {r!r}")
+        _nonempty("rank_method", self.rank_method)
+        for m in self.rank_method:
+            if m not in RANK_METHODS:
+                raise ConfigError(f"space.rank_method values must be in {RANK_METHODS}, got {m!r}")
         _nonempty("bits", self.bits)
         for b in self.bits:
             if b not in ALLOWED_BITS:
@@ -122,6 +135,9 @@ class SearchSpace:
         low, high, step = self.prune
         prune = trial.suggest_float("prune", low, high, step=step) if high > low else low
         rank = trial.suggest_categorical("rank", list(self.rank))
+        method = self.rank_method[0]
+        if rank != OFF and len(self.rank_method) > 1:
+            method = trial.suggest_categorical("rank_method", list(self.rank_method))
         bits = trial.suggest_categorical("bits", list(self.bits))
         epochs = trial.suggest_categorical("distill_epochs", list(self.distill_epochs))
         runtimes = self.runtimes_for(int(bits))
@@ -132,6 +148,7 @@ class SearchSpace:
         return Plan(
             prune=round(float(prune), 6),
             rank=None if rank == OFF else float(rank),
+            rank_method="svd" if rank == OFF else str(method),
             bits=int(bits),
             distill_epochs=int(epochs),
             runtime=str(runtime),
@@ -205,6 +222,8 @@ class SearchSpace:
             data.pop("runtime")  # the default, as before the knob existed: stored studies still match
         if self.mixed == (0,):
             data.pop("mixed")  # likewise
+        if self.rank_method == ("svd",):
+            data.pop("rank_method")  # likewise
         low, high, step = self.prune
         data["prune"] = {"low": low, "high": high, "step": step}
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in data.items()}
@@ -218,7 +237,7 @@ class SearchSpace:
             if not isinstance(p, dict) or set(p) - {"low", "high", "step"}:
                 raise ConfigError(f"space.prune must be a mapping with low, high, step; got {p!r}")
             kwargs["prune"] = (float(p.get("low", 0.0)), float(p.get("high", 0.0)), float(p.get("step", 0.1)))
-        for key in ("rank", "bits", "distill_epochs", "runtime", "mixed"):
+        for key in ("rank", "rank_method", "bits", "distill_epochs", "runtime", "mixed"):
             if key in data:
                 values = data[key]
                 if isinstance(values, dict):

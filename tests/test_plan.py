@@ -23,6 +23,8 @@ def test_json_round_trip() -> None:
         ({"distill_epochs": 1.5}, "Plan.distill_epochs"),
         ({"runtime": "tensorrt"}, "Plan.runtime"),
         ({"runtime": "torch", "bits": 8}, "Plan.runtime"),
+        ({"rank": 0.5, "rank_method": "cp"}, "Plan.rank_method"),
+        ({"rank_method": "tt"}, "Plan.rank_method"),
     ],
 )
 def test_invalid_plan_names_the_field(kwargs: dict, field: str) -> None:
@@ -44,3 +46,12 @@ def test_runtime_resolution_and_label() -> None:
 def test_plan_with_a_wrongly_typed_field() -> None:
     with pytest.raises(ValueError, match="Plan.prune must be a number in"):
         Plan(prune="0.5")  # type: ignore[arg-type]
+
+
+def test_rank_method_round_trips_and_the_default_is_not_written() -> None:
+    tt = Plan(rank=0.25, rank_method="tt", bits=8, distill_epochs=1)
+    assert tt.label == "rank0.25tt-int8-kd1"
+    assert Plan.from_json(tt.to_json()) == tt and tt.to_dict()["rank_method"] == "tt"
+    svd = Plan(rank=0.25)
+    assert "rank_method" not in svd.to_dict() and "rank_method" not in repr(svd)  # stored plans read as before
+    assert Plan.from_dict({"rank": 0.25}) == svd and svd.label == "rank0.25-fp32"

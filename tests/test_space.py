@@ -83,3 +83,19 @@ def test_mixed_values_are_checked_and_read_from_files(tmp_path: Path) -> None:
     path.write_text("bits: [8]\nmixed: [0, 0.1, 3]\n")
     assert SearchSpace.from_yaml(path).mixed == (0, 0.1, 3)
     assert SearchSpace.from_dict(SearchSpace(mixed=(0, 2)).to_dict()).mixed == (0, 2)
+
+
+def test_rank_method_is_drawn_only_for_a_rank_and_round_trips() -> None:
+    space = SearchSpace(rank=("off", 0.5), rank_method=("svd", "tt"))
+    params = {"prune": 0.0, "bits": 32, "distill_epochs": 0}
+    assert space.sample(optuna.trial.FixedTrial({**params, "rank": 0.5, "rank_method": "tt"})).rank_method == "tt"
+    off = space.sample(optuna.trial.FixedTrial({**params, "rank": "off"}))  # no rank_method parameter needed
+    assert off.rank is None and off.rank_method == "svd"
+    assert SearchSpace.from_dict(json.loads(json.dumps(space.to_dict()))) == space
+    assert "rank_method" not in SearchSpace().to_dict()  # the default space reads as before
+    study = optuna.create_study()
+    trial = study.ask()
+    plan = space.sample(trial)
+    assert space.sample(optuna.trial.FixedTrial(trial.params)) == plan
+    with pytest.raises(ConfigError, match="rank_method"):
+        SearchSpace(rank_method=("svd", "cp"))

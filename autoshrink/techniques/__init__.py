@@ -8,7 +8,7 @@ a config, a handler decorated with ``@register(Config)`` and an import in `_load
 Example:
     >>> from autoshrink.techniques import registered
     >>> sorted(registered())
-    ['DistillConfig', 'LowRankConfig', 'PruneConfig', 'QuantizeConfig']
+    ['DistillConfig', 'LowRankConfig', 'PruneConfig', 'QuantizeConfig', 'TensorTrainConfig']
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def register(config_type: type[C]) -> Callable[[Callable[[Stage, C, Context], St
 
 
 def _load_all() -> None:
-    from autoshrink.techniques import distill, lowrank, prune, quantize  # noqa: F401
+    from autoshrink.techniques import distill, lowrank, prune, quantize, tensor_train  # noqa: F401
 
 
 def registered() -> list[str]:

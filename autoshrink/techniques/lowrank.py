@@ -21,12 +21,14 @@ smaller; the output layer, grouped/depthwise convs and projections used function
 from __future__ import annotations
 
 import heapq
+import re
 from dataclasses import dataclass
 from typing import cast
 
 import torch
 from torch import nn
 
+from autoshrink.inputs import Inputs
 from autoshrink.techniques import (
     CompressionError,
     Context,
@@ -42,13 +44,29 @@ from autoshrink.techniques import (
 
 @dataclass(frozen=True)
 class LowRankConfig:
-    """Keep ``fraction`` (0 < fraction < 1) of each factorizable layer's weights."""
+    """Keep ``fraction`` (0 < fraction < 1) of each factorizable layer's weights.
+
+    ``layers``, a regular expression, restricts the technique to the layers whose module names it
+    finds (``re.search``); ``None`` considers every layer.
+    """
 
     fraction: float
+    layers: str | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction < 1.0:
             raise ValueError(f"LowRankConfig.fraction must be in (0, 1), got {self.fraction}")
+        check_pattern("LowRankConfig", self.layers)
+
+
+def check_pattern(owner: str, pattern: str | None) -> None:
+    """Raise `ValueError` naming ``owner`` when ``pattern`` is not a valid regular expression."""
+    if pattern is None:
+        return
+    try:
+        re.compile(pattern)
+    except (re.error, TypeError) as exc:
+        raise ValueError(f"{owner}.layers must be a regular expression, got {pattern!r}: {exc}") from None
 
 
 def _split(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,31 +170,54 @@ def _energy(matrix: torch.Tensor) -> torch.Tensor:
     return squared / squared.sum().clamp(min=1e-30)
 
 
-@register(LowRankConfig)
-def lowrank(stage: Stage, config: LowRankConfig, context: Context) -> Stage:
-    model = stage.module.eval()
-    expected = output_shape(model, context.example_input)
-    before = count_parameters(model)
-    changed: list[str] = []
-    skipped: dict[str, str] = {}
+def weight_layers(
+    model: nn.Module, example_input: Inputs, pattern: str | None = None
+) -> tuple[list[tuple[str, nn.Module]], dict[str, str]]:
+    """The Linear and Conv2d layers a factorization may replace, and those it must leave whole.
+
+    Left whole, with the reason: the output layer (a low-rank head caps the logits' rank) and
+    projections used functionally inside ``nn.MultiheadAttention``. Layers whose names
+    ``pattern`` does not find are neither returned nor reported.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> found, skipped = weight_layers(net, torch.randn(1, 8))
+        >>> [name for name, _ in found], list(skipped)
+        (['0'], ['2'])
+    """
     attention_parts = {
         id(m)
         for a in model.modules()
         if isinstance(a, nn.MultiheadAttention)
         for m in a.modules()
     }
-    heads = {id(m) for m in output_layers(model, context.example_input)}
-    layers: list[_Layer] = []
-    modules: dict[str, nn.Module] = {}
+    heads = {id(m) for m in output_layers(model, example_input)}
+    found: list[tuple[str, nn.Module]] = []
+    skipped: dict[str, str] = {}
     for name, module in list(model.named_modules()):
         if not isinstance(module, (nn.Linear, nn.Conv2d)):
             continue
+        if pattern is not None and not re.search(pattern, name):
+            continue
         if id(module) in heads:
             skipped[name] = "output layer keeps full rank (a low-rank head caps the logits' rank)"
-            continue
-        if id(module) in attention_parts:
+        elif id(module) in attention_parts:
             skipped[name] = "projection inside nn.MultiheadAttention is used functionally"
-            continue
+        else:
+            found.append((name, module))
+    return found, skipped
+
+
+@register(LowRankConfig)
+def lowrank(stage: Stage, config: LowRankConfig, context: Context) -> Stage:
+    model = stage.module.eval()
+    expected = output_shape(model, context.example_input)
+    before = count_parameters(model)
+    changed: list[str] = []
+    layers: list[_Layer] = []
+    modules: dict[str, nn.Module] = {}
+    candidates, skipped = weight_layers(model, context.example_input, config.layers)
+    for name, module in candidates:
         matrix, reason = _layer_matrix(module)
         if matrix is None:
             skipped[name] = reason or "cannot be factorized"
@@ -208,6 +249,7 @@ def lowrank(stage: Stage, config: LowRankConfig, context: Context) -> Stage:
         skipped=skipped,
         details={
             "fraction": config.fraction,
+            **({"layers": config.layers} if config.layers is not None else {}),
             "params_before": before,
             "params_after": count_parameters(model),
         },

@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from autoshrink.inputs import InputSpec
+from autoshrink.pipeline import compress, prepare, run_techniques, to_artifact
+from autoshrink.plan import Plan
+from autoshrink.techniques import CompressionError, Stage, count_parameters
+from autoshrink.techniques.quantize import QuantizeConfig
+from autoshrink.techniques.tensor_train import (
+    PointwiseTensorTrain,
+    TensorTrainConfig,
+    TensorTrainLinear,
+    max_bonds,
+    tt_macs,
+    tt_parameters,
+    tt_shape,
+    tt_svd,
+)
+
+
+def _random_chain(out_shape: tuple[int, ...], in_shape: tuple[int, ...], ranks: list[int]) -> TensorTrainLinear:
+    torch.manual_seed(0)
+    chain = TensorTrainLinear(out_shape, in_shape, ranks, bias=False)
+    for core in chain.cores:
+        core.data.normal_()
+    return chain
+
+
+@pytest.mark.parametrize(
+    ("out_shape", "in_shape", "ranks"),
+    [((8, 6), (4, 10), [3]), ((4, 3, 2), (3, 4, 4), [2, 3])],
+    ids=["2 cores", "3 cores"],
+)
+def test_tt_svd_recovers_a_matrix_of_low_tt_rank(out_shape, in_shape, ranks) -> None:
+    weight = _random_chain(out_shape, in_shape, ranks).dense_weight()
+    rebuilt = TensorTrainLinear(out_shape, in_shape, ranks, bias=False)
+    rebuilt.load_cores(tt_svd(weight, out_shape, in_shape, ranks))
+    error = (rebuilt.dense_weight() - weight).norm() / weight.norm()
+    assert error < 1e-5, float(error)
+    # One bond less cannot hold it: the truncation is real.
+    fewer = [max(1, r - 1) for r in ranks]
+    short = TensorTrainLinear(out_shape, in_shape, fewer, bias=False)
+    short.load_cores(tt_svd(weight, out_shape, in_shape, fewer))
+    assert (short.dense_weight() - weight).norm() / weight.norm() > 1e-2
+
+
+@pytest.mark.parametrize("cores", [2, 3])
+def test_untruncated_chain_equals_the_dense_layer(cores: int) -> None:
+    # Tolerance: float32 round-off of an exact factorization, 1e-5 absolute on outputs of order 1.
+    torch.manual_seed(0)
+    layer = nn.Linear(48, 24)
+    shape = tt_shape(24, 48, cores)
+    chain = TensorTrainLinear.from_linear(layer, max_bonds(*shape))
+    x = torch.randn(2, 7, 48)
+    torch.testing.assert_close(chain(x), layer(x), atol=1e-5, rtol=0)
+    assert chain(x).shape == (2, 7, 24)
+
+
+def test_pointwise_convolution_with_stride_equals_the_conv() -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 12, 1, stride=2)
+    linear = nn.Linear(16, 12)
+    linear.weight.data, linear.bias.data = conv.weight.detach().flatten(1), conv.bias.detach()
+    chain = PointwiseTensorTrain(TensorTrainLinear.from_linear(linear, max_bonds(*tt_shape(12, 16, 2))), (2, 2))
+    x = torch.randn(2, 16, 9, 9)
+    torch.testing.assert_close(chain(x), conv(x), atol=1e-5, rtol=0)
+
+
+def test_counts_of_the_reshape_rule() -> None:
+    out_shape, in_shape = tt_shape(1536, 384, 2)
+    assert (out_shape, in_shape) == ((48, 32), (16, 24))
+    assert tt_parameters(out_shape, in_shape, [96]) == 96 * (48 * 16 + 32 * 24)
+    assert tt_macs(out_shape, in_shape, [96]) == 96 * (384 * 32 + 16 * 1536)
+    chain = TensorTrainLinear(out_shape, in_shape, [96])
+    assert count_parameters(chain) == tt_parameters(out_shape, in_shape, [96]) + 1536
+
+
+def _mlp() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 256), nn.GELU(), nn.Linear(256, 10)).eval()
+    return model, torch.randn(64, 64)
+
+
+def test_plan_with_tt_has_fewer_parameters_and_leaves_slow_layers_dense() -> None:
+    model, x = _mlp()
+    art = compress(model, Plan(rank=0.05, rank_method="tt"), train_data=(x,), example_input=x[:1])
+    report = next(r for r in art.reports if r.technique == "tensor_train")
+    assert isinstance(art.torch_module[2], TensorTrainLinear)
+    assert art.num_parameters < count_parameters(model)
+    assert count_parameters(art.torch_module[2]) < count_parameters(model[2])
+    assert "output layer" in report.skipped["4"]
+    # At half the weights a balanced chain costs several times the dense multiply-adds: left dense.
+    with pytest.raises(CompressionError, match="slower than dense"):
+        compress(model, Plan(rank=0.5, rank_method="tt"), train_data=(x,), example_input=x[:1])
+
+
+def test_bonds_go_to_the_layer_that_needs_them() -> None:
+    # Same shapes: one weight is a Kronecker product (TT rank 1 in this reshape), one is random.
+    torch.manual_seed(0)
+    easy, hard = nn.Linear(64, 64, bias=False), nn.Linear(64, 64, bias=False)
+    easy.weight.data = torch.kron(torch.randn(8, 8), torch.randn(8, 8)) + 0.01 * torch.randn(64, 64)
+    model = nn.Sequential(easy, nn.Tanh(), hard, nn.Tanh(), nn.Linear(64, 3)).eval()
+    x = torch.randn(32, 64)
+    config = TensorTrainConfig(fraction=0.3, max_macs=None)
+    context = prepare(model, train_data=(x,), example_input=x[:1])
+    net = run_techniques(Stage(module=nn.Sequential(*model)), [config], context).module
+    assert net[0].ranks[0] <= 2 < net[2].ranks[0], (net[0].ranks, net[2].ranks)
+    factorized = sum(tt_parameters(net[i].out_shape, net[i].in_shape, net[i].ranks) for i in (0, 2))
+    assert factorized <= 0.3 * 2 * 64 * 64
+
+
+def _built(runtime: str, bits: int = 32) -> tuple[nn.Module, torch.Tensor, object]:
+    import copy
+
+    model, x = _mlp()
+    context = prepare(model, train_data=(x,), example_input=x[:1])
+    configs = [TensorTrainConfig(fraction=0.5, max_macs=None), QuantizeConfig(bits=bits, runtime=runtime)]
+    stage = run_techniques(Stage(module=copy.deepcopy(model)), configs, context)
+    art = to_artifact(stage, Plan(bits=bits, runtime=runtime), InputSpec.of(x[:1]))
+    return stage.module, x, art
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_chain_exports_and_runs_in_both_runtimes(runtime: str) -> None:
+    module, x, art = _built(runtime)
+    assert isinstance(module[0], TensorTrainLinear) and isinstance(module[2], TensorTrainLinear)
+    with torch.no_grad():
+        expected = module(x)
+    torch.testing.assert_close(art(x), expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(art(x[:3]), expected[:3], atol=1e-4, rtol=1e-4)  # batch stays dynamic
+
+
+def test_int8_on_top_quantizes_the_cores() -> None:
+    module, x, art = _built("onnxruntime", bits=8)
+    ops = [n.op_type for n in art.onnx_model.graph.node]
+    assert ops.count("MatMulInteger") >= 4  # two cores for each of the two chains
+    with torch.no_grad():
+        expected = module(x)
+    cosine = torch.nn.functional.cosine_similarity(art(x), expected, dim=-1).mean()
+    assert cosine > 0.99, float(cosine)
