@@ -12,6 +12,7 @@ from autoshrink.artifact import Artifact, onnx_payload, openvino_payload, torch_
 from autoshrink.data import DataLike
 from autoshrink.inputs import Inputs, InputSpec, call_model, is_inputs
 from autoshrink.outputs import OutputKey, single_output
+from autoshrink.phases import phase
 from autoshrink.plan import Plan
 from autoshrink.techniques import Context, Stage, apply, count_parameters
 from autoshrink.techniques.distill import DistillConfig
@@ -131,9 +132,11 @@ def prepare(
 
 
 def run_techniques(stage: Stage, configs: list[Any], context: Context) -> Stage:
-    """Apply ``configs`` in order to a stage (a copy of the teacher, or a stage built before)."""
+    """Apply ``configs`` in order to a stage (a copy of the teacher, or a stage built before);
+    each is timed as a phase named after it (``PruneConfig`` -> ``prune``, `autoshrink.phases`)."""
     for config in configs:
-        stage = apply(stage, config, context)
+        with phase(type(config).__name__.removesuffix("Config").lower()):
+            stage = apply(stage, config, context)
     return stage
 
 

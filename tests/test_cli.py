@@ -182,7 +182,7 @@ def _printed_result(tracking_uri: str, capsys) -> str:
     result = SimpleNamespace(
         experiment="e", n_complete=1, n_failed=0, met_budget=True, message="best under budget", failures={},
         baseline=SimpleNamespace(measurement=SimpleNamespace(energy_method="none")), registered_model=None,
-        tracking_uri=tracking_uri, budget=None,
+        tracking_uri=tracking_uri, budget=None, timings={},
     )  # fmt: skip
     print_result(result)  # type: ignore[arg-type]
     return capsys.readouterr().out

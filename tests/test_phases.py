@@ -47,4 +47,5 @@ def test_a_search_records_each_trials_phases_and_their_totals(tmp_path: Path) ->
     assert len(trials) == 2
     for run in trials:
         assert {"time_score_s", "time_latency_s", "time_energy_s", "time_memory_s"} <= run.data.metrics.keys()
+    assert all("time_quantize_s" in run.data.metrics for run in trials)  # every plan is lowered by quantize, fp32 too
     assert result.timings["phase_latency_s"] > 0 and result.timings["phase_score_s"] > 0

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -103,18 +104,65 @@ print(status()["VmHWM"] - before)
 
 
 def runtime_footprint_mb(runtime: str) -> float:
-    """The resident memory importing ``runtime`` costs a fresh interpreter (cached per process).
+    """The resident memory importing ``runtime`` costs a fresh interpreter.
 
-    ONNX Runtime and OpenVINO artifacts are run with numpy inputs; torch ones need torch.
+    ONNX Runtime and OpenVINO artifacts are run with numpy inputs; torch ones need torch. The
+    figure depends on the machine and the installed packages only, so it is measured once per
+    interpreter and package versions and kept in `autoshrink.store.cache_dir` (a probe costs
+    1-6 s; every process that measures, a Ray worker say, would pay it otherwise).
     """
     if runtime not in _FOOTPRINTS:
         modules = RUNTIME_MODULES[runtime]
-        done = subprocess.run([sys.executable, "-c", _IMPORT_PROBE, *modules], capture_output=True, text=True, timeout=300)
-        try:
-            _FOOTPRINTS[runtime] = float(done.stdout.strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            _FOOTPRINTS[runtime] = math.nan
+        key = _footprint_key(modules)
+        stored = _stored_footprints()
+        if key not in stored:
+            done = subprocess.run([sys.executable, "-c", _IMPORT_PROBE, *modules], capture_output=True, text=True, timeout=300)
+            try:
+                stored[key] = float(done.stdout.strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                return math.nan  # not measured: asked again next time
+            _store_footprints(stored)
+        _FOOTPRINTS[runtime] = stored[key]
     return _FOOTPRINTS[runtime]
+
+
+def _footprint_key(modules: list[str]) -> str:
+    """What a runtime's import footprint depends on: the interpreter, the modules and their versions."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(module: str) -> str:
+        try:
+            return version(module)
+        except PackageNotFoundError:
+            return "?"
+
+    return f"{sys.executable}|" + ",".join(f"{m}={of(m)}" for m in modules)
+
+
+def _footprints_file() -> Path:
+    from autoshrink.store import cache_dir
+
+    return cache_dir() / "runtime-footprints.json"
+
+
+def _stored_footprints() -> dict[str, float]:
+    try:
+        found = json.loads(_footprints_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: float(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+
+def _store_footprints(footprints: dict[str, float]) -> None:
+    """Written through a temporary file and a rename: concurrent processes never read half a file."""
+    path = _footprints_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps(footprints, indent=1))
+        partial.replace(path)
+    except OSError:  # a read-only cache: measured again next time
+        pass
 
 
 class _Server:
@@ -152,10 +200,14 @@ def artifact_peak_mb(artifact: Artifact, batch: Inputs, threads: int = 1) -> flo
 
     if _SERVER is None or _SERVER.process.poll() is not None:
         _SERVER = _Server()
-    with tempfile.TemporaryDirectory(prefix="autoshrink-memory-") as folder:
-        path = artifact.save(Path(folder) / f"model{artifact.suffix}")
-        torch.save(artifact.feed(batch), Path(folder) / "feed.pt")
-        answer = _SERVER.ask({"path": str(path), "runtime": artifact.runtime, "threads": threads})
+    try:
+        with tempfile.TemporaryDirectory(prefix="autoshrink-memory-") as folder:
+            path = Path(folder) / f"model{artifact.suffix}"
+            path.write_bytes(artifact.payload)  # the deployable file, as `Artifact.save` writes it
+            torch.save(artifact.feed(batch), Path(folder) / "feed.pt")
+            answer = _SERVER.ask({"path": str(path), "runtime": artifact.runtime, "threads": threads})
+    except OSError as exc:  # no room for the temporary copy, the server gone: the figure is not measured
+        answer = f"{type(exc).__name__}: {exc}"
     try:
         return float(answer)
     except ValueError:

