@@ -35,6 +35,9 @@ from autoshrink.inputs import Inputs, batch_size, call_model, tree_index
 #: Rows (samples x positions) of one batch that enter the normal equations; a random subset
 #: of a convolution's output positions beyond it.
 ROWS_PER_BATCH = 2048
+#: Rows per unknown (weights of one output channel) after which no more batches are read: a
+#: large input gives many positions per image, so a few images are enough.
+ROWS_PER_UNKNOWN = 20
 BATCH = 32
 #: Ridge term, relative to the mean diagonal of the inputs' Gram matrix.
 RIDGE = 1e-4
@@ -61,23 +64,34 @@ def _rows(module: nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Genera
     return x2, y2
 
 
+class _Reached(Exception):
+    """Raised by a hook once the layer's tensor is captured: the rest of the forward is not needed."""
+
+
 def _captured(model: nn.Module, name: str, inputs: Inputs, *, output: bool) -> torch.Tensor:
-    """The input (or output) of ``model``'s layer ``name`` when ``model`` runs on ``inputs``."""
+    """The input (or output) of ``model``'s layer ``name`` when ``model`` runs on ``inputs``; the
+    forward stops there (the layers after it are not run)."""
     module = model.get_submodule(name)
     seen: list[torch.Tensor] = []
 
     def pre(_: nn.Module, args: tuple[Any, ...]) -> None:
         seen.append(args[0].detach())
+        raise _Reached
 
     def post(_: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> None:
         seen.append(out.detach())
+        raise _Reached
 
     handle = module.register_forward_hook(post) if output else module.register_forward_pre_hook(pre)
     try:
         with torch.no_grad():
             call_model(model, inputs)
+    except _Reached:
+        pass
     finally:
         handle.remove()
+    if not seen:
+        raise RuntimeError(f"layer {name!r} was not called by the model's forward")
     return seen[0]
 
 
@@ -133,7 +147,10 @@ def reconstruct(
         cross: torch.Tensor | None = None
         check: tuple[torch.Tensor, torch.Tensor] | None = None
         kept = torch.tensor(kept_outputs[name]) if name in kept_outputs else None
+        rows = 0
         for start in range(0, total, BATCH):
+            if gram is not None and rows >= ROWS_PER_UNKNOWN * gram.shape[0]:
+                break  # the normal equations are well determined already
             part = tree_index(inputs, torch.arange(start, min(start + BATCH, total)))
             x = _captured(student, name, part, output=False)
             y = _captured(teacher, name, part, output=True)
@@ -144,6 +161,7 @@ def reconstruct(
             if module.bias is not None:
                 x2 = torch.cat([x2, torch.ones(x2.shape[0], 1, dtype=x2.dtype)], 1)
             # float32 products of one batch, summed in float64 over the batches
+            rows += x2.shape[0]
             g, c = (x2.T @ x2).double(), (x2.T @ y2).double()
             gram, cross = (g, c) if gram is None else (gram + g, cross + c)
         assert gram is not None and cross is not None and check is not None
