@@ -47,7 +47,7 @@ def test_the_selection_rule_is_on_the_run(finished) -> None:
     assert "fastest feasible candidate within" in parent.data.tags["selection_rule"]
 
 
-def test_mlflow_layout(finished) -> None:
+def test_mlflow_layout(finished, backend_name: str) -> None:
     tmp, result = finished
     c = client(tmp)
     exp = c.get_experiment_by_name("exp")
@@ -66,7 +66,10 @@ def test_mlflow_layout(finished) -> None:
     over_before_distilling = [
         r for r in children if int(r.data.params["distill_epochs"]) > 0 and r.data.metrics["size_bytes"] > 0.05e6
     ]
-    assert screened and {r.info.run_id for r in screened} == {r.info.run_id for r in over_before_distilling}
+    # Locally the seeded sampler draws such a plan; under Ray, which plans are drawn depends on which
+    # of two concurrent trials finishes first, so only the rule is checked there.
+    assert screened or backend_name == "ray"
+    assert {r.info.run_id for r in screened} == {r.info.run_id for r in over_before_distilling}
     assert all("accuracy" not in r.data.metrics and "latency_ms" in r.data.metrics for r in screened)
     pareto = [r for r in children if r.data.tags["pareto"] == "True"]
     assert len(pareto) == len(result.pareto) >= 1
