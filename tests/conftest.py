@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from typing import Any
 
 import pytest
 import torch
@@ -178,3 +179,19 @@ def fast_hardware() -> HardwareProfile:
 def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
     """Share of rows where two logit tensors pick the same class."""
     return float((a.argmax(-1) == b.argmax(-1)).float().mean())
+
+
+def count_calibrations(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The graphs ONNX Runtime calibrates from now on (its ``create_calibrator`` calls), counted."""
+    import importlib
+
+    ort_quantize = importlib.import_module("onnxruntime.quantization.quantize")  # the module, not its function
+    calibrations: list[Any] = []
+    original = ort_quantize.create_calibrator
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calibrations.append(args[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ort_quantize, "create_calibrator", counted)
+    return calibrations

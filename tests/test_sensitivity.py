@@ -6,7 +6,7 @@ import pytest
 
 from autoshrink.sensitivity import layer_sensitivity
 from autoshrink.workloads import Workload
-from tests.conftest import fragile_workload, make_case
+from tests.conftest import count_calibrations, fragile_workload, make_case
 
 
 def test_layers_made_fragile_on_purpose_are_ranked_first() -> None:
@@ -48,17 +48,7 @@ def test_a_layer_that_cannot_be_scored_alone_is_recorded_and_the_analysis_goes_o
 
 @pytest.mark.slow
 def test_the_analysis_calibrates_once_for_all_layers(monkeypatch: pytest.MonkeyPatch) -> None:
-    import importlib
-
-    ort_quantize = importlib.import_module("onnxruntime.quantization.quantize")  # the module, not its function
-    calibrations = []
-    original = ort_quantize.create_calibrator
-
-    def counted(*args, **kwargs):
-        calibrations.append(args[0])
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(ort_quantize, "create_calibrator", counted)
+    calibrations = count_calibrations(monkeypatch)
     model, (x, y), example = make_case("rescnn")
     wl = Workload("t", model, (x[:256], y[:256]), (x[256:320], y[256:320]), (x[320:], y[320:]), example)
     ranked = layer_sensitivity(wl, samples=32)

@@ -17,6 +17,7 @@ from autoshrink.artifact import SaturationWarning, load_artifact
 from autoshrink.data import NamedTensorDataset
 from autoshrink.pipeline import compress
 from autoshrink.plan import Plan
+from tests.conftest import count_calibrations
 from tests.transformer_models import SEQ, VOCAB, TokenTransformer
 
 AVX2 = {"model": "AMD EPYC (test)", "int8_isa": ["avx2"]}
@@ -116,17 +117,7 @@ def test_a_hardware_profile_forces_the_range() -> None:
 
 
 def test_a_shared_cache_calibrates_once_and_builds_the_same_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    import importlib
-
-    ort_quantize = importlib.import_module("onnxruntime.quantization.quantize")  # the module, not its function
-    calibrations = []
-    original = ort_quantize.create_calibrator
-
-    def counted(*args, **kwargs):
-        calibrations.append(args[0])
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(ort_quantize, "create_calibrator", counted)
+    calibrations = count_calibrations(monkeypatch)
     model, x = _cnn()
 
     def build(plan: Plan, cache: dict | None) -> onnx.ModelProto:
