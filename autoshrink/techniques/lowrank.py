@@ -23,7 +23,7 @@ from __future__ import annotations
 import heapq
 import re
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -237,23 +237,24 @@ def lowrank(stage: Stage, config: LowRankConfig, context: Context) -> Stage:
             pair = factorize_conv(module, rank)  # type: ignore[arg-type]
         _set_submodule(model, layer.name, pair)
         changed.append(f"{layer.name} (rank {rank}, keeps {100 * float(layer.energy[:rank].sum()):.0f}% of its energy)")
+    details = {"fraction": config.fraction, **({"layers": config.layers} if config.layers is not None else {})}
+    return factorized(stage, model, context, expected, before=before, technique="lowrank",
+                      what=f"low rank at {config.fraction:g}", changed=changed, skipped=skipped,
+                      reasons=", ".join(sorted(set(skipped.values()))[:3]), details=details)  # fmt: skip
+
+
+def factorized(
+    stage: Stage, model: nn.Module, context: Context, expected: torch.Size, *, before: int, technique: str, what: str,
+    changed: list[str], skipped: dict[str, str], reasons: str, details: dict[str, Any],
+) -> Stage:  # fmt: skip
+    """The end of a factorization (low rank, tensor train): one that changed no layer is refused
+    with the ``reasons`` layers were skipped for, the model must still run with the same output,
+    and the report says what changed, what did not, and the parameters before and after."""
     if not changed:
-        raise CompressionError(
-            f"low rank at {config.fraction:g} changed no layer of this model "
-            f"({len(skipped)} considered: {', '.join(sorted(set(skipped.values()))[:3]) or 'none'})"
-        )
-    check_forward(model, context.example_input, expected, "low-rank factorization")
-    report = TechniqueReport(
-        technique="lowrank",
-        changed=tuple(changed),
-        skipped=skipped,
-        details={
-            "fraction": config.fraction,
-            **({"layers": config.layers} if config.layers is not None else {}),
-            "params_before": before,
-            "params_after": count_parameters(model),
-        },
-    )
+        raise CompressionError(f"{what} changed no layer of this model ({len(skipped)} considered: {reasons or 'none'})")
+    check_forward(model, context.example_input, expected, f"{technique} factorization")
+    details = {**details, "params_before": before, "params_after": count_parameters(model)}
+    report = TechniqueReport(technique=technique, changed=tuple(changed), skipped=skipped, details=details)
     return stage.with_report(report, module=model)
 
 

@@ -45,16 +45,21 @@ import torch
 from torch import nn
 
 from autoshrink.techniques import (
-    CompressionError,
     Context,
     Stage,
-    TechniqueReport,
-    check_forward,
     count_parameters,
     output_shape,
     register,
 )
-from autoshrink.techniques.lowrank import _energy, _Layer, _set_submodule, allocate_ranks, check_pattern, weight_layers
+from autoshrink.techniques.lowrank import (
+    _energy,
+    _Layer,
+    _set_submodule,
+    allocate_ranks,
+    check_pattern,
+    factorized,
+    weight_layers,
+)
 
 MAX_CORES = 4
 
@@ -407,24 +412,9 @@ def tensor_train(stage: Stage, config: TensorTrainConfig, context: Context) -> S
             replacement = PointwiseTensorTrain(tt, module.stride)  # type: ignore[arg-type]
         _set_submodule(model, plan.name, replacement)
         changed.append(_describe(plan, dense))
-    if not changed:
-        reasons = sorted({re.sub(r"[\d.]+x", "Nx", r) for r in skipped.values()})
-        raise CompressionError(
-            f"tensor train at {config.fraction:g} changed no layer of this model "
-            f"({len(skipped)} considered: {'; '.join(reasons[:3]) or 'none'})"
-        )
-    check_forward(model, context.example_input, expected, "tensor-train factorization")
-    report = TechniqueReport(
-        technique="tensor_train",
-        changed=tuple(changed),
-        skipped=skipped,
-        details={
-            "fraction": config.fraction,
-            "cores": config.cores,
-            "max_macs": config.max_macs,
-            **({"layers": config.layers} if config.layers is not None else {}),
-            "params_before": before,
-            "params_after": count_parameters(model),
-        },
-    )
-    return stage.with_report(report, module=model)
+    reasons = sorted({re.sub(r"[\d.]+x", "Nx", r) for r in skipped.values()})
+    details = {"fraction": config.fraction, "cores": config.cores, "max_macs": config.max_macs,
+               **({"layers": config.layers} if config.layers is not None else {})}  # fmt: skip
+    return factorized(stage, model, context, expected, before=before, technique="tensor_train",
+                      what=f"tensor train at {config.fraction:g}", changed=changed, skipped=skipped,
+                      reasons="; ".join(reasons[:3]), details=details)  # fmt: skip
