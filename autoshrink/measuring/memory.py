@@ -119,8 +119,9 @@ def runtime_footprint_mb(runtime: str) -> float:
             done = subprocess.run([sys.executable, "-c", _IMPORT_PROBE, *modules], capture_output=True, text=True, timeout=300)
             try:
                 stored[key] = float(done.stdout.strip().splitlines()[-1])
-            except (ValueError, IndexError):
-                return math.nan  # not measured: asked again next time
+            except (ValueError, IndexError):  # no VmHWM here (not Linux): not measured, and not probed again
+                _FOOTPRINTS[runtime] = math.nan  # in this process; another process asks again
+                return math.nan
             _store_footprints(stored)
         _FOOTPRINTS[runtime] = stored[key]
     return _FOOTPRINTS[runtime]

@@ -106,7 +106,7 @@ def search(
             space = _ranked(space, opened, wl, run, live)
             runner = replace(runner, budget=run.budget, ranking=space.ranking)
             _run_trials(opened.study, backend, space, runner, recorder, live)
-            stopped = live.out_of_time(counted(opened.study))
+            stopped = live.stopped_early(counted(opened.study))
             if stopped:
                 live.emit("finish", stopped)
             live.emit("finish", "scoring the Pareto set on the test split, logging models, registering the best")
@@ -137,7 +137,7 @@ class _Live:
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
-    def out_of_time(self, done: int) -> str | None:
+    def stopped_early(self, done: int) -> str | None:
         """Why the search stopped before its trial count (the time budget ran out), or None."""
         if self.deadline is None or time.monotonic() < self.deadline or (self.trials is not None and done >= self.trials):
             return None

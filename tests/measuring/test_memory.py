@@ -50,3 +50,21 @@ def test_a_memory_budget_is_a_limit_and_an_unmeasured_figure_misses_it() -> None
     assert b.violations(figures | {"peak_memory_mb": 300.0})["memory_mb"] == 44.0
     assert b.violations(figures | {"peak_memory_mb": math.nan})["memory_mb"] == math.inf
     assert b.describe() == "latency <= 1.000 ms, peak memory <= 256 MB"
+
+
+def test_a_system_without_vmhwm_is_probed_once_per_process(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    from autoshrink.measuring import memory
+
+    monkeypatch.setenv("AUTOSHRINK_CACHE", str(tmp_path))
+    monkeypatch.setattr(memory, "_FOOTPRINTS", {})
+    probes: list[object] = []
+
+    def no_vmhwm(*args: object, **kwargs: object) -> subprocess.CompletedProcess:
+        probes.append(args)
+        return subprocess.CompletedProcess(args, 1, stdout="", stderr="FileNotFoundError: /proc/self/status")
+
+    monkeypatch.setattr(memory.subprocess, "run", no_vmhwm)
+    assert math.isnan(runtime_footprint_mb("onnxruntime")) and math.isnan(runtime_footprint_mb("onnxruntime"))
+    assert len(probes) == 1 and not (tmp_path / "runtime-footprints.json").exists()  # not kept as a measurement
