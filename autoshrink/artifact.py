@@ -7,7 +7,7 @@ import json
 import pickle
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from torch import nn
 from autoshrink.inputs import Inputs, InputSpec, call_model
 from autoshrink.plan import Plan
 from autoshrink.runtimes import OPENVINO, TORCH, Runtime, from_suffix, get
+from autoshrink.sessions import SessionOptions, ort_session_options
 from autoshrink.techniques import TechniqueReport, count_parameters
 
 FORMAT_VERSION = 2
@@ -34,7 +35,8 @@ class Artifact:
     model for ``runtime="onnxruntime"``); ``size_bytes`` is its length. The artifact is called
     the way the model is called (``art(x)``, ``art(ids, mask)``, ``art(input_ids=...,
     attention_mask=...)``) and returns the model's (chosen) output tensor; ``spec`` holds the
-    input names, dtypes and dynamic axes. Dtypes are passed through unchanged.
+    input names, dtypes and dynamic axes. Dtypes are passed through unchanged. ``options`` are
+    the session options it runs with (`autoshrink.sessions`), kept in its metadata.
 
     Example:
         >>> import torch
@@ -52,6 +54,7 @@ class Artifact:
     reports: tuple[TechniqueReport, ...] = ()
     module: nn.Module | None = None
     spec: InputSpec = field(default_factory=lambda: LEGACY_SPEC)
+    options: SessionOptions = field(default_factory=SessionOptions)
     _sessions: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -105,13 +108,49 @@ class Artifact:
         xml, weights, _ = unpack(self.payload)
         return openvino().Core().read_model(model=xml, weights=weights)
 
-    def session(self, threads: int = 1, shapes: Mapping[str, tuple[int, ...]] | None = None) -> Any:
-        """An ONNX Runtime session, or a compiled OpenVINO model, using ``threads`` (cached).
+    def with_options(self, options: SessionOptions) -> Artifact:
+        """The same model run with session ``options``, written into its metadata (the payload
+        changes by those few bytes). A torch artifact takes only the defaults and ``threads``.
+
+        Example:
+            >>> import torch
+            >>> from autoshrink import Plan, compress
+            >>> art = compress(torch.nn.Linear(8, 4), Plan(bits=8), train_data=(torch.randn(16, 8),),
+            ...                example_input=torch.randn(1, 8))
+            >>> art.with_options(SessionOptions(memory_arena=False)).options.describe()
+            'memory arena off'
+        """
+        if options == self.options:
+            return self
+        if self.runtime == TORCH.name and replace(options, threads=None) != SessionOptions():
+            raise ValueError(f"a torch artifact has no session options but threads, got {options.describe()}")
+        meta = self._meta() | {"session": options.to_dict()}
+        if self.runtime == "onnxruntime":
+            payload = _with_onnx_meta(self.payload, meta)
+        elif self.runtime == OPENVINO.name:
+            from autoshrink.techniques._openvino import with_meta
+
+            payload = with_meta(self.payload, meta)
+        else:
+            payload = self.payload  # torch: threads only, which its caller sets
+        return replace(self, payload=payload, options=options, _sessions={})
+
+    def _meta(self) -> dict[str, Any]:
+        if self.runtime == OPENVINO.name:
+            return _openvino_meta(self.payload)
+        if self.runtime == "onnxruntime":
+            return _onnx_meta(self.payload)
+        return {}
+
+    def session(self, threads: int | None = None, shapes: Mapping[str, tuple[int, ...]] | None = None) -> Any:
+        """An ONNX Runtime session, or a compiled OpenVINO model, with its `options` on
+        ``threads`` (None: the options' threads, else 1; cached).
 
         OpenVINO compiles for fixed input ``shapes`` when they are given (it runs static shapes
         faster: 0.23 vs 0.28 ms at batch 1 on the digits student, one development measurement), for up to
         `OPENVINO_SHAPES` different shapes, then for any shape.
         """
+        threads = self.options.threads_for(threads)
         if self.runtime == "openvino":
             fixed = tuple(sorted(shapes.items())) if shapes else None
             if fixed is not None and (threads, fixed) not in self._sessions:
@@ -121,7 +160,7 @@ class Artifact:
             if key not in self._sessions:
                 from autoshrink.techniques._openvino import compile_model
 
-                self._sessions[key] = compile_model(self.payload, threads, dict(fixed) if fixed else None)
+                self._sessions[key] = compile_model(self.payload, threads, dict(fixed) if fixed else None, self.options)
             return self._sessions[key]
         if self.runtime != "onnxruntime":
             raise TypeError(f"a {self.runtime} artifact has no ONNX Runtime session")
@@ -129,11 +168,11 @@ class Artifact:
             import onnxruntime as ort
 
             self._sessions[threads] = ort.InferenceSession(
-                self.payload, ort_session_options(threads), providers=["CPUExecutionProvider"]
+                self.payload, ort_session_options(self.options, threads), providers=["CPUExecutionProvider"]
             )
         return self._sessions[threads]
 
-    def runner(self, threads: int = 1) -> Any:
+    def runner(self, threads: int | None = None) -> Any:
         """A callable ``feed -> output`` with the least per-call overhead, for timing.
 
         Its ``feed`` is what `feed` returns: a dict of numpy arrays for ONNX Runtime (which
@@ -175,7 +214,7 @@ class Artifact:
             return _numpy(named)
         return inputs
 
-    def __call__(self, *args: Any, threads: int = 1, **kwargs: Any) -> torch.Tensor:
+    def __call__(self, *args: Any, threads: int | None = None, **kwargs: Any) -> torch.Tensor:
         named = self.spec.bind(args, kwargs)
         if self._runtime.feed == "numpy":
             return torch.from_numpy(np.array(self.runner(threads)(_numpy(named))))
@@ -218,19 +257,11 @@ def torch_payload(module: nn.Module, plan: Plan, reports: tuple[TechniqueReport,
 def onnx_payload(
     onnx_bytes: bytes, plan: Plan, reports: tuple[TechniqueReport, ...], num_parameters: int, spec: InputSpec
 ) -> bytes:
-    import onnx
-
-    model = onnx.load_from_string(onnx_bytes)
     meta = {
-        "format": FORMAT_VERSION,
-        "plan": plan.to_dict(),
-        "reports": [r.to_dict() for r in reports],
-        "num_parameters": num_parameters,
-        "inputs": spec.to_dict(),
-    }
-    del model.metadata_props[:]
-    model.metadata_props.add(key="autoshrink", value=json.dumps(meta))
-    return model.SerializeToString()
+        "format": FORMAT_VERSION, "plan": plan.to_dict(), "reports": [r.to_dict() for r in reports],
+        "num_parameters": num_parameters, "inputs": spec.to_dict(),
+    }  # fmt: skip
+    return _with_onnx_meta(onnx_bytes, meta)
 
 
 def openvino_payload(
@@ -291,20 +322,6 @@ def warn_if_saturates(artifact: Artifact, info: dict[str, Any] | None = None) ->
     return True
 
 
-def ort_session_options(threads: int) -> Any:
-    """The ONNX Runtime session options every artifact runs with: ``threads`` intra-op threads,
-    sequential execution, every graph optimization, errors only in the log."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    return opts
-
-
 def _load(p: Path) -> Artifact:
     payload = p.read_bytes()
     runtime = from_suffix(p.suffix)
@@ -317,6 +334,7 @@ def _load(p: Path) -> Artifact:
             num_parameters=int(meta.get("num_parameters", 0)),
             reports=tuple(TechniqueReport.from_dict(r) for r in meta.get("reports", [])),
             spec=_spec(meta),
+            options=SessionOptions.from_dict(meta.get("session")),
         )
     data = torch.load(io.BytesIO(payload), weights_only=False)
     meta = json.loads(data["autoshrink"])
@@ -344,6 +362,15 @@ def _onnx_meta(payload: bytes) -> dict[str, Any]:
     model = onnx.load_from_string(payload)
     meta: dict[str, Any] = json.loads({m.key: m.value for m in model.metadata_props}.get("autoshrink", "{}"))
     return meta
+
+
+def _with_onnx_meta(payload: bytes, meta: dict[str, Any]) -> bytes:
+    import onnx
+
+    model = onnx.load_from_string(payload)
+    del model.metadata_props[:]
+    model.metadata_props.add(key="autoshrink", value=json.dumps(meta))
+    return model.SerializeToString()
 
 
 def _numpy(named: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:

@@ -55,6 +55,7 @@ def search(
     size_budget_mb: Optional[float] = typer.Option(None, help="Artifact size limit in MB."),
     energy_budget_mj: Optional[float] = typer.Option(None, help="Energy per inference limit in mJ."),
     memory_budget_mb: Optional[float] = typer.Option(None, help="Peak resident memory limit in MB: loading and running the model at the profile's batch size, its runtime included."),
+    memory_objective: bool = typer.Option(False, "--memory-objective", help="Minimize peak memory too (a Pareto objective), where no fixed limit fits."),
     min_accuracy: Optional[float] = typer.Option(None, help="Lowest acceptable validation accuracy (0-1)."),
     max_drop: Optional[float] = typer.Option(None, help="Most points (0.01s of the score) a candidate may lose against the uncompressed model; int8 / 4-bit ones under it keep their most sensitive layers in float (accuracy-aware)."),
     sampler: Optional[str] = typer.Option(None, help=f"One of {', '.join(SAMPLERS)} {_default('sampler')}."),
@@ -95,6 +96,7 @@ def search(
             hardware=HardwareProfile.from_yaml(hardware) if hardware else None,
             sampler=sampler, seed=seed, tracking_uri=tracking_uri,
             accuracy_tolerance=accuracy_tolerance, pareto_floor=pareto_floor, warm_start=warm_start,
+            memory_objective=memory_objective or None,  # not given: the run file's
             backend=_backend_options(backend, address=ray_address, max_concurrent_trials=max_concurrent_trials,
                                      trial_cpus=trial_cpus, trial_gpus=trial_gpus, measure_on=measure_on),
             workload_options=_workload_options(

@@ -171,9 +171,13 @@ class Budget:
         ):
             raise ConfigError(f"Budget.min_accuracy must be in [0, 1], got {self.min_accuracy!r}")
         if self.max_drop is not None and (
-            isinstance(self.max_drop, bool) or not isinstance(self.max_drop, (int, float)) or not 0 <= self.max_drop <= 100
+            isinstance(self.max_drop, bool)
+            or not isinstance(self.max_drop, (int, float))
+            or not 0 <= self.max_drop <= 100
         ):
-            raise ConfigError(f"Budget.max_drop must be points in [0, 100] (1.0 = 0.01 of the score), got {self.max_drop!r}")
+            raise ConfigError(
+                f"Budget.max_drop must be points in [0, 100] (1.0 = 0.01 of the score), got {self.max_drop!r}"
+            )
 
     @property
     def relative(self) -> bool:
@@ -201,7 +205,9 @@ class Budget:
         if self.size_ratio is not None:
             out = replace(out, size_mb=_tighter(self.size_mb, baseline["size_bytes"] / 1e6 / self.size_ratio))
         if self.max_drop is not None:
-            out = replace(out, min_accuracy=_tighter(self.min_accuracy, baseline["accuracy"] - self.max_drop / 100, floor=True))
+            out = replace(
+                out, min_accuracy=_tighter(self.min_accuracy, baseline["accuracy"] - self.max_drop / 100, floor=True)
+            )
         return out
 
     def with_limits(self, limits: Mapping[str, float]) -> Budget:
@@ -330,6 +336,10 @@ class HardwareProfile:
         int8_range: int8 weights over their ``full`` range, or a ``reduced`` (7-bit) one that
             cannot saturate the int16 sums of x86 CPUs without VNNI; ``auto`` (default) chooses
             for the CPU that builds the model. Force it when the target is another kind of CPU.
+        session: how ONNX Runtime and OpenVINO sessions are set up: ``tune`` (default) times a
+            few option sets on every candidate and keeps the fastest (within the memory
+            budget), ``default`` uses the defaults, a mapping of `autoshrink.sessions.SessionOptions`
+            fields (``{memory_arena: false}``) fixes them. The options used travel with the artifact.
 
     Example:
         >>> HardwareProfile().threads
@@ -346,9 +356,18 @@ class HardwareProfile:
     country_iso_code: str = "USA"
     runtimes: tuple[str, ...] | None = None
     int8_range: str = "auto"
+    session: Any = "tune"
 
     def __post_init__(self) -> None:
         from autoshrink.host import INT8_RANGES
+        from autoshrink.sessions import SessionOptions
+
+        if isinstance(self.session, Mapping):
+            object.__setattr__(self, "session", SessionOptions.from_dict(self.session))
+        elif not isinstance(self.session, SessionOptions) and self.session not in ("tune", "default"):
+            raise ConfigError(
+                f"HardwareProfile.session must be 'tune', 'default' or a mapping of session options, got {self.session!r}"
+            )
 
         if self.device != "cpu":
             raise ConfigError(f"HardwareProfile.device must be 'cpu', got {self.device!r}")
@@ -378,6 +397,10 @@ class HardwareProfile:
             data["runtimes"] = list(self.runtimes)
         if self.int8_range == "auto":
             data.pop("int8_range")  # the default, as before it existed: stored studies still match
+        if self.session == "tune":
+            data.pop("session")  # likewise
+        elif not isinstance(self.session, str):
+            data["session"] = self.session.to_dict()
         return data
 
     @classmethod

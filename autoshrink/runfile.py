@@ -85,6 +85,8 @@ class RunConfig:
         energy_objective: optimize energy too. ``None``: only where the machine has energy
             counters (CodeCarbon's estimate, CPU load x TDP, follows latency and adds noise, so
             it is then reported and may be constrained but does not steer the sampler).
+        memory_objective: minimize peak memory too (`autoshrink.measuring.memory`), for a target
+            where memory is scarce but has no fixed limit (a limit is ``budget.memory_mb``).
 
     Example:
         >>> rc = RunConfig.from_dict({"workload": "digits", "budget": {"latency_ms": 1.0}, "trials": 5})
@@ -95,7 +97,7 @@ class RunConfig:
         >>> RunConfig.from_dict({"budget": {"latency_ms": 1.0}, "trails": 5})
         Traceback (most recent call last):
         ...
-        autoshrink.config.ConfigError: run file: unknown key(s) ['trails']; known: ['accuracy_tolerance', 'backend', 'budget', 'energy_objective', 'experiment', 'hardware', 'pareto_floor', 'sampler', 'seed', 'space', 'time_budget_s', 'tracking_uri', 'trials', 'warm_start', 'workload', 'workload_options']
+        autoshrink.config.ConfigError: run file: unknown key(s) ['trails']; known: ['accuracy_tolerance', 'backend', 'budget', 'energy_objective', 'experiment', 'hardware', 'memory_objective', 'pareto_floor', 'sampler', 'seed', 'space', 'time_budget_s', 'tracking_uri', 'trials', 'warm_start', 'workload', 'workload_options']
     """
 
     budget: Budget
@@ -114,6 +116,7 @@ class RunConfig:
     pareto_floor: float = 0.05
     warm_start: bool = True
     energy_objective: bool | None = None
+    memory_objective: bool = False
 
     @classmethod
     def default(cls, name: str) -> Any:

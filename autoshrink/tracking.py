@@ -43,6 +43,7 @@ METRIC = "metric"  # what "accuracy" means for this workload: top1, fidelity, ..
 SKIPPED = "layers_skipped"
 ACCURACY_AWARE = "accuracy_aware"
 SCREENED = "screened"
+SESSION = "session"  # the session options the artifact was measured and saved with, in words
 MODEL_FILE_DIR = "artifact"
 MODEL_NAME = "model"
 # The experiment's kind, as MLflow 3's experiment-kind selector writes it: model training. (Which
@@ -148,9 +149,7 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(
-            run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()]
-        )
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from autoshrink.artifact import Artifact
@@ -36,6 +36,8 @@ class Measurement:
     batch, obtained as ``energy_method`` says; ``size_bytes`` is the saved artifact's size.
     ``peak_memory_mb`` is the resident memory a process running it at that batch size needs at
     its peak, its runtime's import included (`autoshrink.measuring.memory`; NaN: not measured).
+    ``session`` holds the session options it was measured with (`autoshrink.sessions`, only
+    those that differ from the defaults), which the artifact is saved with.
     """
 
     accuracy: float
@@ -52,6 +54,7 @@ class Measurement:
     energy_method: str
     metric: str = "top1"
     peak_memory_mb: float = math.nan
+    session: dict[str, Any] = field(default_factory=dict)
 
     @property
     def score_name(self) -> str:
@@ -99,12 +102,18 @@ def measure(
     hardware: HardwareProfile | None = None,
     evaluate: Evaluate | None = None,
     accuracy: bool = True,
+    memory_limit_mb: float | None = None,
 ) -> Measurement:
     """Measure ``artifact``: accuracy on ``eval_data``, latency, energy and size.
 
     With ``accuracy=False`` only speed, energy and size are measured (accuracy reads 0.0 and
     ``metric`` says it was not measured): a search screens candidates that way before
     spending distillation on them.
+
+    ONNX Runtime and OpenVINO artifacts are measured with the session options the profile asks
+    for: by default the fastest of a few, timed here (`autoshrink.measuring.tuning`), among those
+    that fit ``memory_limit_mb``; ``Measurement.session`` says which (apply them with
+    `Artifact.with_options` before saving the artifact, as a search does).
 
     Args:
         artifact: what `autoshrink.compress` returned.
@@ -127,12 +136,17 @@ def measure(
     from autoshrink.measuring.energy import measure_energy
     from autoshrink.measuring.latency import measure_latency
     from autoshrink.measuring.memory import measure_peak_memory
+    from autoshrink.measuring.tuning import tune_session
     from autoshrink.phases import phase
 
     hardware = hardware or HardwareProfile()
+    batch = timing_batch(eval_data, hardware.batch_size)
+    with phase("session"):
+        options = tune_session(artifact, batch, hardware, memory_limit_mb).options
+    if options != artifact.options:
+        artifact = replace(artifact, options=options, _sessions={})
     with phase("score"):
         quality = score(artifact, eval_data, evaluate) if accuracy else 0.0
-    batch = timing_batch(eval_data, hardware.batch_size)
     with phase("latency"):
         latency = measure_latency(artifact, batch, hardware)
     with phase("energy"):
@@ -156,4 +170,5 @@ def measure(
         latency_spread=latency.spread,
         energy_method=energy.method,
         peak_memory_mb=memory.peak_mb,
+        session=options.to_dict(),
     )

@@ -57,7 +57,8 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[index]
 
 
-def _block(run: Callable[[Any], Any], feed: Any, repeats: int) -> list[float]:
+def timed_block(run: Callable[[Any], Any], feed: Any, repeats: int) -> list[float]:
+    """Milliseconds of ``repeats`` back-to-back calls ``run(feed)``, sorted."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -107,7 +108,7 @@ def measure_latency(artifact: Artifact, batch: Inputs, hardware: HardwareProfile
             iters += 1
         best: list[float] = []
         for _attempt in range(2):
-            blocks = [_block(run, feed, hardware.repeats) for _ in range(BLOCKS)]
+            blocks = [timed_block(run, feed, hardware.repeats) for _ in range(BLOCKS)]
             best = min(blocks, key=statistics.median)
             if _percentile(best, 0.9) / max(_percentile(best, 0.1), 1e-9) <= UNSTABLE_SPREAD:
                 break

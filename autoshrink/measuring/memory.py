@@ -116,7 +116,9 @@ def runtime_footprint_mb(runtime: str) -> float:
         key = _footprint_key(modules)
         stored = _stored_footprints()
         if key not in stored:
-            done = subprocess.run([sys.executable, "-c", _IMPORT_PROBE, *modules], capture_output=True, text=True, timeout=300)
+            done = subprocess.run(
+                [sys.executable, "-c", _IMPORT_PROBE, *modules], capture_output=True, text=True, timeout=300
+            )
             try:
                 stored[key] = float(done.stdout.strip().splitlines()[-1])
             except (ValueError, IndexError):  # no VmHWM here (not Linux): not measured, and not probed again
@@ -206,7 +208,14 @@ def artifact_peak_mb(artifact: Artifact, batch: Inputs, threads: int = 1) -> flo
             path = Path(folder) / f"model{artifact.suffix}"
             path.write_bytes(artifact.payload)  # the deployable file, as `Artifact.save` writes it
             torch.save(artifact.feed(batch), Path(folder) / "feed.pt")
-            answer = _SERVER.ask({"path": str(path), "runtime": artifact.runtime, "threads": threads})
+            answer = _SERVER.ask(
+                {
+                    "path": str(path),
+                    "runtime": artifact.runtime,
+                    "threads": threads,
+                    "session": artifact.options.to_dict(),
+                }
+            )
     except OSError as exc:  # no room for the temporary copy, the server gone: the figure is not measured
         answer = f"{type(exc).__name__}: {exc}"
     try:
@@ -218,10 +227,17 @@ def artifact_peak_mb(artifact: Artifact, batch: Inputs, threads: int = 1) -> flo
         return math.nan
 
 
-def _measure_file(path: str, runtime: str, threads: int) -> str:
+def _measure_file(path: str, runtime: str, threads: int, session: dict[str, Any]) -> str:
     """In a fresh measuring process: load the feed, reset the high-water mark, load ``path`` as
-    a deployment would, run the feed `RUNS` times; the high-water mark above where it started."""
+    a deployment would with ``session`` options, run the feed `RUNS` times; the high-water mark
+    above where it started."""
+    import dataclasses
+
     import torch
+
+    from autoshrink.sessions import SessionOptions, ort_session_options
+
+    options = SessionOptions.from_dict(session)
 
     feed = torch.load(Path(path).parent / "feed.pt", weights_only=False)
     reset_peak()
@@ -231,16 +247,16 @@ def _measure_file(path: str, runtime: str, threads: int) -> str:
     if runtime == "onnxruntime":
         import onnxruntime as ort
 
-        from autoshrink.artifact import ort_session_options
-
-        session = ort.InferenceSession(path, ort_session_options(threads), providers=["CPUExecutionProvider"])
+        ort_session = ort.InferenceSession(
+            path, ort_session_options(options, threads), providers=["CPUExecutionProvider"]
+        )
         for _ in range(RUNS):
-            session.run(None, feed)
+            ort_session.run(None, feed)
     else:
         from autoshrink.artifact import load_artifact
 
         torch.set_num_threads(threads)
-        run = load_artifact(path).runner(threads)
+        run = dataclasses.replace(load_artifact(path), options=options).runner(threads)
         for _ in range(RUNS):
             run(feed)
     end = memory_status()
@@ -264,7 +280,9 @@ def _serve() -> None:
         if child == 0:  # the measuring process
             os.close(read)
             try:
-                answer = _measure_file(request["path"], request["runtime"], int(request["threads"]))
+                answer = _measure_file(
+                    request["path"], request["runtime"], int(request["threads"]), request.get("session", {})
+                )
             except BaseException as exc:  # told to the caller, which records the figure as not measured
                 answer = f"{type(exc).__name__}: {exc}"
             os.write(write, answer.encode()[:4000])

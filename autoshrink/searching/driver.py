@@ -92,7 +92,7 @@ def search(
     live.emit("start", f"opening experiment '{run.experiment}' (MLflow store and Optuna study)")
     uri = resolve_tracking_uri(run.tracking_uri)
     folder = prepare(uri)
-    objectives = objectives_for(_energy_objective(run))
+    objectives = objectives_for(_energy_objective(run), _memory_objective(run))
     with experiment_lock(folder, run.experiment):
         opened = _open(wl, run, uri, space, objectives, backend, run_file)
         _resume(opened, live, alternatives)
@@ -166,6 +166,17 @@ def _space_for(wl: Workload, run: RunConfig) -> tuple[SearchSpace, tuple[str, ..
     alternatives = space.compared_by_auto(run.hardware.runtimes)
     check_installed({*space.runtime, *alternatives})
     return space, alternatives
+
+
+def _memory_objective(run: RunConfig) -> bool:
+    """Whether peak memory is an objective: where asked for, and only where it can be measured."""
+    if not run.memory_objective:
+        return False
+    from autoshrink.measuring.memory import memory_status
+
+    if memory_status() is None:
+        raise ConfigError("peak memory cannot be measured on this system (no VmHWM in /proc/self/status), so it cannot be an objective")
+    return True
 
 
 def _energy_objective(run: RunConfig) -> bool:

@@ -14,6 +14,7 @@ from autoshrink.config import Budget
 from autoshrink.measuring import Measurement
 from autoshrink.plan import Plan
 from autoshrink.searching.trial import OBJECTIVES, TrialOutcome
+from autoshrink.sessions import SessionOptions
 from autoshrink.tracking import (
     ACCURACY_AWARE,
     DUPLICATE_OF,
@@ -25,6 +26,7 @@ from autoshrink.tracking import (
     PARETO,
     RUNTIME,
     SCREENED,
+    SESSION,
     SKIPPED,
     Tracker,
     trial_name,
@@ -107,6 +109,8 @@ class Recorder:
             self.tracker.log_json(run_id, dict(outcome.plan.layer_bits), "layer_bits.json")
         self.tracker.log_metrics(run_id, metrics)
         tags |= {FEASIBLE: Budget.met(violations), RUNTIME: m.runtime, ENERGY_METHOD: m.energy_method, METRIC: m.metric}
+        if m.runtime != "torch":
+            tags[SESSION] = SessionOptions.from_dict(m.session).describe()
         ran = outcome.plan.measured_in(m.runtime)
         if ran != outcome.plan or outcome.extra_builds:  # named after what was built and ran
             tags["mlflow.runName"] = f"{trial_name(trial.number)}-{ran.label}"

@@ -25,21 +25,29 @@ from autoshrink.measuring.accuracy import score
 from autoshrink.phases import collecting
 from autoshrink.plan import Plan
 from autoshrink.runtimes import AUTO, runtime_supports
+from autoshrink.sessions import SessionOptions
 from autoshrink.store import StoreError
 from autoshrink.workloads.base import Workload
 
 #: What a search optimizes, in this order: maximize the first, minimize the others. Energy
-#: is an objective only where it is measured by counters (`objectives_for`).
+#: is an objective only where it is measured by counters, peak memory where asked for
+#: (`objectives_for`).
 OBJECTIVES = ("accuracy", "latency_ms", "energy_mj")
+MEMORY_OBJECTIVE = "peak_memory_mb"
 
 
 #: Latencies this close to the budget (relative) are timed three times; the slowest counts.
 NEAR_BUDGET = 0.2
 
 
-def objectives_for(energy: bool) -> tuple[str, ...]:
-    """The objectives of a search: accuracy and latency, and energy when it is an objective."""
-    return OBJECTIVES if energy else OBJECTIVES[:2]
+def objectives_for(energy: bool, memory: bool = False) -> tuple[str, ...]:
+    """The objectives of a search: accuracy and latency, then energy and peak memory where they are objectives.
+
+    Example:
+        >>> objectives_for(False, memory=True)
+        ('accuracy', 'latency_ms', 'peak_memory_mb')
+    """
+    return (OBJECTIVES if energy else OBJECTIVES[:2]) + ((MEMORY_OBJECTIVE,) if memory else ())
 
 
 def candidate_errors() -> tuple[type[Exception], ...]:
@@ -185,7 +193,7 @@ class TrialRunner:
         with measurement_lock():
             m = measure(
                 artifact, eval_data=self.workload.val, hardware=self.hardware, evaluate=self.workload.evaluate,
-                accuracy=accuracy,
+                accuracy=accuracy, memory_limit_mb=None if self.budget is None else self.budget.memory_mb,
             )  # fmt: skip
             limit = None if self.budget is None else self.budget.latency_ms  # None: a relative one, not resolved yet
             if limit is not None and abs(m.latency_ms / limit - 1) < NEAR_BUDGET:
@@ -196,7 +204,9 @@ class TrialRunner:
                     m.latency_ms, m.latency_p95_ms, m.latency_repeats, m.threads, m.batch_size, m.latency_spread
                 )
                 slowest = latency.worst_of(
-                    lambda: latency.measure_latency(artifact, batch, self.hardware), key=lambda t: t.median_ms, taken=[first]
+                    lambda: latency.measure_latency(artifact, batch, self.hardware),
+                    key=lambda t: t.median_ms,
+                    taken=[first],
                 )
                 m = replace(
                     m, latency_ms=slowest.median_ms, latency_p95_ms=slowest.p95_ms, latency_spread=slowest.spread,
@@ -223,7 +233,9 @@ class TrialRunner:
         for runtime in choices:
             last_chance = len(choices) == 1 or runtime == choices[-1] and best is None
             candidate = replace(plan, runtime=runtime, distill_epochs=0)
-            key = json.dumps([plan.prune, plan.rank, plan.rank_method, plan.bits, candidate.resolved_runtime, plan.layer_bits])
+            key = json.dumps(
+                [plan.prune, plan.rank, plan.rank_method, plan.bits, candidate.resolved_runtime, plan.layer_bits]
+            )
             if key in failed and not last_chance:
                 continue
             if key not in cached:
@@ -271,8 +283,10 @@ class TrialRunner:
         if b is None or b.max_drop is None or b.min_accuracy is None or outcome.failed or outcome.screened:
             return False
         assert outcome.measurement is not None
-        return outcome.plan.bits != 32 and bool(dict(self.ranking).get(outcome.plan.bits)) and (
-            outcome.measurement.accuracy < b.min_accuracy
+        return (
+            outcome.plan.bits != 32
+            and bool(dict(self.ranking).get(outcome.plan.bits))
+            and (outcome.measurement.accuracy < b.min_accuracy)
         )
 
     def _accuracy_aware(self, first: TrialOutcome, name: str, measure_with: Measurer | None) -> TrialOutcome:
@@ -345,16 +359,18 @@ class TrialRunner:
                     return TrialOutcome(plan, speed, compress_s=now - start, host=where, screened=True)
             artifact = timed[settled] if settled in timed else self.build(settled)
             built = time.perf_counter()
-            if screen:
+            if screen:  # the architecture's speed figures and session options, its own accuracy
+                artifact = artifact.with_options(SessionOptions.from_dict(speed.session))
                 m = replace(
                     speed, accuracy=score(artifact, self.workload.val, self.workload.evaluate),
-                    metric=_metric(self.workload.evaluate), size_bytes=artifact.size_bytes,
-                    num_parameters=artifact.num_parameters,
+                    metric=_metric(self.workload.evaluate), num_parameters=artifact.num_parameters,
                 )  # fmt: skip
             elif measure_with is None:
                 m = self.measure(artifact)
             else:
                 m, where = measure_with(artifact, True)
+            artifact = artifact.with_options(SessionOptions.from_dict(m.session))  # saved as measured
+            m = replace(m, size_bytes=artifact.size_bytes)
         except candidate_errors() as exc:
             now = time.perf_counter()
             return TrialOutcome(

@@ -17,9 +17,12 @@ import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autoshrink.inputs import Inputs, InputSpec, batch_size, tensors
+
+if TYPE_CHECKING:
+    from autoshrink.sessions import SessionOptions
 from autoshrink.techniques import CompressionError
 
 SUFFIX = ".ovz"
@@ -66,9 +69,7 @@ def quantize_nncf(
     except ImportError:
         raise CompressionError("OpenVINO int8 needs NNCF: pip install 'autoshrink[openvino]'") from None
     rows = batch_size(calibration)
-    items = [
-        {n: t[i : i + 1].numpy() for n, t in zip(spec.names, tensors(calibration))} for i in range(rows)
-    ]
+    items = [{n: t[i : i + 1].numpy() for n, t in zip(spec.names, tensors(calibration))} for i in range(rows)]
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     fix = OverflowFix.ENABLE if reduce_range else OverflowFix.DISABLE
@@ -115,22 +116,24 @@ def with_meta(payload: bytes, meta: dict[str, Any]) -> bytes:
     return _zip(xml, weights, meta)
 
 
-def compile_model(payload: bytes, threads: int, shapes: dict[str, tuple[int, ...]] | None = None) -> Any:
-    """Compiled for latency: ``threads`` inference threads, one stream, the latency hint, and
-    fixed input ``shapes`` (by input name) when given."""
+def compile_model(
+    payload: bytes,
+    threads: int,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+    options: SessionOptions | None = None,
+) -> Any:
+    """Compiled with session ``options`` (`autoshrink.sessions.openvino_config`; by default one
+    stream and the latency hint) on ``threads`` inference threads, for fixed input ``shapes``
+    (by input name) when given."""
+    from autoshrink.sessions import SessionOptions, openvino_config
+
     ov = openvino()
     xml, weights, _ = unpack(payload)
     core = ov.Core()
     model = core.read_model(model=xml, weights=weights)
     if shapes:
         model.reshape({name: ov.PartialShape(list(shape)) for name, shape in shapes.items()})
-    # f32 inference precision: on CPUs with bf16 support OpenVINO otherwise runs float layers in
-    # bf16 (0.03 off torch on the small CNN here), which would change accuracy unasked.
-    config = {
-        "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
-        "INFERENCE_PRECISION_HINT": "f32",
-    }  # fmt: skip
-    return core.compile_model(model, "CPU", config)
+    return core.compile_model(model, "CPU", openvino_config(options or SessionOptions(), threads))
 
 
 #: Ops between a compressed weight constant and the layer that multiplies by it.

@@ -283,3 +283,24 @@ def test_a_memory_budget_between_two_runtimes_marks_the_bigger_candidates_infeas
     assert result.best.measurement.peak_memory_mb < limit
     trial_runs = [r for r in runs(tmp_path, "e") if r.data.tags.get("autoshrink.role") == "trial"]
     assert len(trial_runs) == 4 and all(r.data.metrics["peak_memory_mb"] > 0 for r in trial_runs)
+
+
+def test_peak_memory_is_an_objective_where_asked_for(tmp_path: Path) -> None:
+    import optuna
+
+    from tests.searching.conftest import study
+
+    tiny_search(tmp_path, tiny_workload(tmp_path), trials=3, memory_objective=True)
+    found = study(tmp_path, "e")
+    assert len(found.directions) == 3 and found.directions[2] == optuna.study.StudyDirection.MINIMIZE
+    done = [t for t in found.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert done and all(t.values[2] == t.user_attrs["outcome"]["measurement"]["peak_memory_mb"] > 0 for t in done)
+
+
+def test_peak_memory_cannot_be_an_objective_where_it_cannot_be_measured(tmp_path: Path, monkeypatch) -> None:
+    from autoshrink.config import ConfigError
+    from autoshrink.measuring import memory
+
+    monkeypatch.setattr(memory, "memory_status", lambda: None)
+    with pytest.raises(ConfigError, match="peak memory cannot be measured on this system"):
+        tiny_search(tmp_path, tiny_workload(tmp_path), trials=1, memory_objective=True)

@@ -62,6 +62,8 @@ def test_mlflow_layout(finished, backend_name: str) -> None:
     assert measured and all(
         {"accuracy", "latency_ms", "latency_p95_ms", "energy_mj", "size_bytes"} <= set(r.data.metrics) for r in measured
     )
+    onnx = [r for r in children if r.data.tags.get("runtime") == "onnxruntime"]
+    assert onnx and all(r.data.tags["session"] for r in onnx)  # the session options chosen, in words
     screened = [r for r in children if "screened" in r.data.tags]  # over budget before distillation
     over_before_distilling = [
         r for r in children if int(r.data.params["distill_epochs"]) > 0 and r.data.metrics["size_bytes"] > 0.05e6
