@@ -110,7 +110,8 @@ def print_result(result: SearchResult) -> None:
     from autoshrink.searching.report import COLUMNS, headers, markdown_table, pareto_rows
 
     console = Console(soft_wrap=True)  # long lines stay whole in a log file
-    title = f"Pareto set of '{result.experiment}' ({result.n_complete} measured, {result.n_failed} failed)"
+    stopped = f", {result.n_early_stopped} stopped early" if result.n_early_stopped else ""
+    title = f"Pareto set of '{result.experiment}' ({result.n_complete} measured, {result.n_failed} failed{stopped})"
     if console.is_terminal:
         table = Table(title=title)
         for col in headers(result):

@@ -70,6 +70,7 @@ def search(
     trial_gpus: Optional[float] = typer.Option(None, help="Ray: GPUs each trial reserves (default: RayBackend's)."),
     measure_on: Optional[str] = typer.Option(None, help="Ray: measure latency and energy only on nodes with this custom resource."),
     accuracy_tolerance: Optional[float] = typer.Option(None, help="Validation-accuracy differences up to this are noise: the fastest within it of the best wins (default: 1 standard error)."),
+    early_stop_margin: Optional[str] = typer.Option(None, help=f"Stop a distillation that can no longer reach the Pareto front, granting it this many points of the score beyond the best gain seen; 'off': never {_default('early_stop_margin')}."),
     pareto_floor: Optional[float] = typer.Option(None, help=f"Keep candidates more than this below the baseline's accuracy out of the Pareto set; 0 keeps all {_default('pareto_floor')}."),
 ) -> None:
     """Search compression plans under a latency budget; log to MLflow; register the best."""
@@ -97,6 +98,7 @@ def search(
             sampler=sampler, seed=seed, tracking_uri=tracking_uri,
             accuracy_tolerance=accuracy_tolerance, pareto_floor=pareto_floor, warm_start=warm_start,
             memory_objective=memory_objective or None,  # not given: the run file's
+            early_stop_margin=_margin(early_stop_margin),
             backend=_backend_options(backend, address=ray_address, max_concurrent_trials=max_concurrent_trials,
                                      trial_cpus=trial_cpus, trial_gpus=trial_gpus, measure_on=measure_on),
             workload_options=_workload_options(
@@ -104,6 +106,10 @@ def search(
                 finetune_epochs=finetune_epochs, args=workload_arg,
             ),
         )  # fmt: skip
+        if early_stop_margin is not None and early_stop_margin.strip().lower() == "off":
+            from dataclasses import replace
+
+            run = replace(run, early_stop_margin=None)
         backend_obj = backend_for(run.backend)
         selection_for(run)  # a bad tolerance or floor is refused now, not after the workload has loaded
         say.line(f"loading workload '{run.workload}'")
@@ -158,6 +164,18 @@ def _workload_options(*, args: list[str], **flags: Any) -> dict[str, Any] | None
             raise ConfigError(f"--workload-arg takes key=value, got {arg!r}")
         options[key.strip()] = yaml.safe_load(value)
     return options or None
+
+
+def _margin(text: str | None) -> float | None:
+    """``--early-stop-margin`` as a number (None: not given, or ``off``, which `search` applies)."""
+    from autoshrink.config import ConfigError
+
+    if text is None or text.strip().lower() == "off":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"--early-stop-margin takes a number or 'off', got {text!r}") from None
 
 
 def _run_config(config: Path | None, *, latency_budget_ms: float | None, size_mb: float | None,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -58,6 +60,7 @@ def compress(
     task: str | None = None,
     output: OutputKey = None,
     int8_range: str = "auto",
+    on_epoch: Callable[[int, nn.Module], None] | None = None,
 ) -> Artifact:
     """Build the artifact ``plan`` describes; ``model`` itself is never modified.
 
@@ -78,6 +81,8 @@ def compress(
         int8_range: int8 weights over their ``"full"`` range or a ``"reduced"`` 7-bit one,
             which CPUs without VNNI need (they saturate otherwise); ``"auto"`` chooses for the
             CPU this runs on. Set it when the artifact will run on another kind of CPU.
+        on_epoch: called after each distillation epoch with the epoch (from 1) and the student
+            in eval mode; an exception it raises stops the build and propagates.
 
     Example:
         >>> import torch
@@ -106,6 +111,7 @@ def compress(
             torch.manual_seed(seed)
             context = prepare(model, train_data=train_data, example_input=example_input, seed=seed,
                               cache=cache, task=task, output=output)  # fmt: skip
+            context = replace(context, on_epoch=on_epoch)
             stage = run_techniques(Stage(module=copy.deepcopy(context.teacher).eval()), technique_configs(plan, int8_range=int8_range), context)
     finally:
         model.train(was_training)

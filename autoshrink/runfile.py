@@ -85,6 +85,9 @@ class RunConfig:
         energy_objective: optimize energy too. ``None``: only where the machine has energy
             counters (CodeCarbon's estimate, CPU load x TDP, follows latency and adds noise, so
             it is then reported and may be constrained but does not steer the sampler).
+        early_stop_margin: a distilling candidate that scores, after an epoch, so low that even
+            the largest gain earlier candidates made from that epoch on plus this margin cannot
+            reach the Pareto front is stopped (`autoshrink.searching.fidelity`); ``None``: never.
         memory_objective: minimize peak memory too (`autoshrink.measuring.memory`), for a target
             where memory is scarce but has no fixed limit (a limit is ``budget.memory_mb``).
 
@@ -97,7 +100,7 @@ class RunConfig:
         >>> RunConfig.from_dict({"budget": {"latency_ms": 1.0}, "trails": 5})
         Traceback (most recent call last):
         ...
-        autoshrink.config.ConfigError: run file: unknown key(s) ['trails']; known: ['accuracy_tolerance', 'backend', 'budget', 'energy_objective', 'experiment', 'hardware', 'memory_objective', 'pareto_floor', 'sampler', 'seed', 'space', 'time_budget_s', 'tracking_uri', 'trials', 'warm_start', 'workload', 'workload_options']
+        autoshrink.config.ConfigError: run file: unknown key(s) ['trails']; known: ['accuracy_tolerance', 'backend', 'budget', 'early_stop_margin', 'energy_objective', 'experiment', 'hardware', 'memory_objective', 'pareto_floor', 'sampler', 'seed', 'space', 'time_budget_s', 'tracking_uri', 'trials', 'warm_start', 'workload', 'workload_options']
     """
 
     budget: Budget
@@ -117,6 +120,7 @@ class RunConfig:
     warm_start: bool = True
     energy_objective: bool | None = None
     memory_objective: bool = False
+    early_stop_margin: float | None = 0.01
 
     @classmethod
     def default(cls, name: str) -> Any:
@@ -183,6 +187,9 @@ class RunConfig:
             raise ConfigError(f"hardware must be an autoshrink.HardwareProfile, got {type(self.hardware).__name__}")
         if not isinstance(self.backend, dict):
             raise ConfigError(f"backend settings must be a mapping such as {{'kind': 'ray'}}, got {self.backend!r}")
+        margin = self.early_stop_margin
+        if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1):
+            raise ConfigError(f"early_stop_margin must be a number in [0, 1) (points of the score) or null, got {margin!r}")
         if self.backend.get("kind", BACKEND_KINDS[0]) not in BACKEND_KINDS:
             raise ConfigError(f"backend kind must be one of {BACKEND_KINDS}, got {self.backend.get('kind')!r}")
 

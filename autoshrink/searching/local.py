@@ -45,5 +45,5 @@ class LocalBackend(Backend):
             if out_of_time(deadline):
                 break
             pending = begin(study, space, recorder)
-            outcome = pending.reused or runner(pending.plan, name=pending.name)
+            outcome = pending.reused or runner(pending.plan, name=pending.name, front=pending.front)
             conclude(study, recorder, pending, outcome, callbacks)

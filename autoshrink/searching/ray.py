@@ -39,6 +39,7 @@ from autoshrink.inputs import Inputs
 from autoshrink.measuring import Measurement
 from autoshrink.plan import Plan
 from autoshrink.searching.backend import Backend
+from autoshrink.searching.fidelity import Front
 from autoshrink.searching.ray_searcher import DriverSearch, registered, study_searcher
 from autoshrink.searching.recorder import Recorder
 from autoshrink.searching.trial import Measurer, TrialOutcome, TrialRunner
@@ -243,8 +244,9 @@ def _trial(
         return
     measure_with = _RemoteMeasure(runner_ref[0], measure_on) if measure_on else None
     plan = Plan.from_dict(config["plan"])
+    front = Front.from_dict(config["front"]) if "front" in config else None
     try:  # the runner records a candidate's own errors in the outcome: what reaches here is a bug
-        outcome = runner(plan, name=config["name"], measure_with=measure_with)
+        outcome = runner(plan, name=config["name"], measure_with=measure_with, front=front)
     except Exception as exc:  # reported with its traceback: Tune would keep only "the trial failed"
         tune.report({"bug": f"{type(exc).__name__} on {socket.gethostname()}: {exc}\n{traceback.format_exc()}"})
         return

@@ -56,6 +56,8 @@ class DriverSearch:
         pending = begin(self.study, self.space, self.recorder)
         self.pending[trial_id] = pending
         config: dict[str, Any] = {"plan": pending.plan.to_dict(), "name": pending.name}
+        if pending.front is not None:  # the driver's front, by which the worker may stop a distillation
+            config["front"] = pending.front.to_dict()
         if pending.reused is not None:  # the same plan was measured: the worker only reports it back
             config["reuse"] = json.dumps(pending.reused.to_dict())
         return config

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from autoshrink.config import Budget
 from autoshrink.measuring import Measurement
 from autoshrink.plan import Plan
+from autoshrink.searching.fidelity import SUBSET
 from autoshrink.searching.trial import OBJECTIVES, TrialOutcome
 from autoshrink.sessions import SessionOptions
 from autoshrink.tracking import (
@@ -28,6 +29,7 @@ from autoshrink.tracking import (
     SCREENED,
     SESSION,
     SKIPPED,
+    STOPPED_EARLY,
     Tracker,
     trial_name,
 )
@@ -43,13 +45,19 @@ class CandidateFailed(Exception):
     """Raised after a failed candidate has been recorded, so that Optuna marks it FAIL."""
 
 
+class CandidateStopped(Exception):
+    """Raised after a candidate stopped early (`fidelity`) has been recorded: Optuna marks it PRUNED."""
+
+
 class Recorder:
     """Writes trials of one search to its Optuna study and its MLflow parent run."""
 
     def __init__(
-        self, tracker: Tracker, parent_run_id: str, budget: Budget, objectives: tuple[str, ...] = OBJECTIVES
-    ) -> None:
+        self, tracker: Tracker, parent_run_id: str, budget: Budget, objectives: tuple[str, ...] = OBJECTIVES,
+        early_stop_margin: float | None = None,
+    ) -> None:  # fmt: skip
         self.tracker = tracker
+        self.early_stop_margin = early_stop_margin  # None: distillation is never stopped early (`fidelity`)
         self.parent_run_id = parent_run_id
         self.budget = budget
         self.objectives = objectives
@@ -88,6 +96,8 @@ class Recorder:
             raise CandidateFailed(error)
         m = outcome.measurement
         assert m is not None  # not failed
+        if outcome.stopped_epoch is not None:
+            self._record_stopped(trial, run_id, outcome, tags)
         violations = self.budget.violations(m.metrics())
         metrics = m.metrics()
         if self.baseline is not None:
@@ -107,6 +117,9 @@ class Recorder:
             tags[ACCURACY_AWARE] = (f"{len(outcome.plan.layer_bits)} layer(s) kept at a higher precision, "
                                     f"{outcome.extra_builds} more build(s)")  # fmt: skip
             self.tracker.log_json(run_id, dict(outcome.plan.layer_bits), "layer_bits.json")
+        if outcome.curve:  # distilled under the early-stop rule: its learning curve on the validation subset
+            metrics["subset_score"] = outcome.curve[-1]
+            self.tracker.log_json(run_id, list(outcome.curve), "curve.json")
         self.tracker.log_metrics(run_id, metrics)
         tags |= {FEASIBLE: Budget.met(violations), RUNTIME: m.runtime, ENERGY_METHOD: m.energy_method, METRIC: m.metric}
         if m.runtime != "torch":
@@ -122,3 +135,26 @@ class Recorder:
         for name, value in violations.items():
             trial.set_constraint(name, value)
         return outcome.values(self.objectives)
+
+    def _record_stopped(
+        self, trial: optuna.trial.BaseTrial, run_id: str, outcome: TrialOutcome, tags: dict[str, object]
+    ) -> NoReturn:
+        """Record a candidate whose distillation was stopped early: its speed figures, the epoch
+        and subset score it stopped at, its curve; then raise `CandidateStopped` (PRUNED)."""
+        m, epoch = outcome.measurement, outcome.stopped_epoch
+        assert m is not None and epoch is not None and outcome.curve
+        reason = (
+            f"after epoch {epoch} of {outcome.plan.distill_epochs}: {outcome.curve[-1]:.4f} on the first "
+            f"{SUBSET} validation samples, it could no longer reach the Pareto front"
+        )
+        metrics = {k: v for k, v in m.metrics().items() if k != "accuracy"}  # accuracy: not measured
+        metrics |= {"stopped_epoch": float(epoch), "subset_score": outcome.curve[-1], "compress_s": outcome.compress_s}
+        metrics |= {f"time_{name}_s": seconds for name, seconds in outcome.phases.items()}
+        self.tracker.log_metrics(run_id, metrics)
+        self.tracker.log_json(run_id, list(outcome.curve), "curve.json")
+        self.tracker.set_tags(run_id, tags | {STOPPED_EARLY: reason, RUNTIME: m.runtime})
+        self.tracker.finish(run_id)
+        trial.set_user_attr(OUTCOME, outcome.to_dict())
+        trial.set_user_attr(STOPPED_EARLY, reason)
+        self._started.pop(trial.number, None)
+        raise CandidateStopped(reason)

@@ -118,6 +118,8 @@ class SearchResult:
         met_budget: whether any candidate met every limit.
         registered_model: ``"name@best"`` in the MLflow Model Registry, or None.
         n_complete / n_failed: trials measured / trials that failed (with their errors).
+        n_early_stopped: trials whose distillation was stopped early, as it could no longer
+            reach the Pareto front (`autoshrink.searching.fidelity`; PRUNED in the study).
         budget: the limits candidates were judged by, relative ones resolved against the
             baseline (`Budget.describe` says both).
         stopped: why the search ran fewer trials than asked (its time budget ran out), or None.
@@ -138,6 +140,7 @@ class SearchResult:
     timings: dict[str, float] = field(default_factory=dict)
     budget: Budget | None = None
     stopped: str | None = None
+    n_early_stopped: int = 0
 
     @property
     def message(self) -> str:

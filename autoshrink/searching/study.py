@@ -151,9 +151,19 @@ def complete(study: optuna.Study) -> list[FrozenTrial]:
     return list(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
+def early_stopped(study: optuna.Study) -> dict[int, str]:
+    """Trial number -> why, for trials whose distillation was stopped early (PRUNED, `fidelity`)."""
+    from optuna.trial import TrialState
+
+    return {
+        t.number: t.user_attrs.get("stopped_early", "stopped early")
+        for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+    }
+
+
 def counted(study: optuna.Study) -> int:
-    """Trials that count towards the total: measured, or failed with a recorded error."""
-    return len(complete(study)) + len(failures(study))
+    """Trials that count towards the total: measured, failed with a recorded error, or stopped early."""
+    return len(complete(study)) + len(failures(study)) + len(early_stopped(study))
 
 
 def outcome(trial: FrozenTrial) -> TrialOutcome:
@@ -251,11 +261,26 @@ def trial_timings(study: optuna.Study) -> dict[str, float]:
     }
 
 
+def _over(trial: FrozenTrial) -> str:
+    """``over budget (latency, peak memory)``: the limits a finished trial missed."""
+    constraints = trial.constraints or {}
+    named = constraints if isinstance(constraints, dict) else {}
+    missed = [LIMIT_WORDS.get(k, k) for k, v in named.items() if v > 0]
+    return f"over budget ({', '.join(missed)})" if missed else "over budget"
+
+
+#: How progress lines name a budget's limits.
+LIMIT_WORDS = {"latency_ms": "latency", "size_mb": "size", "energy_mj": "energy", "memory_mb": "peak memory",
+               "min_accuracy": "accuracy"}  # fmt: skip
+
+
 def describe(trial: FrozenTrial) -> str:
     """One line about a finished trial, for progress output."""
     from optuna.trial import TrialState
 
     label = _plan_label(trial)
+    if trial.state == TrialState.PRUNED:
+        return f"trial {trial.number} {label}: distillation stopped {trial.user_attrs.get('stopped_early', '')}"
     if trial.state != TrialState.COMPLETE:
         return f"trial {trial.number} {label}: FAILED {trial.user_attrs.get('error', '')[:160]}"
     o = outcome(trial)
@@ -267,12 +292,12 @@ def describe(trial: FrozenTrial) -> str:
     if o.screened:
         return (
             f"trial {trial.number} {label}: {m.latency_ms:.3f} ms, {m.size_bytes / 1e3:.1f} kB before distillation: "
-            f"over budget, not distilled{dup}{spent}"
+            f"{_over(trial)}, not distilled{dup}{spent}"
         )
     return (
         f"trial {trial.number} {label}: val {m.score_name} {m.accuracy:.4f}, {m.latency_ms:.3f} ms, "
         f"{m.size_bytes / 1e3:.1f} kB, {'' if math.isnan(m.peak_memory_mb) else f'{m.peak_memory_mb:.0f} MB peak, '}"
-        f"{'meets budget' if is_feasible(trial) else 'over budget'}{dup}{spent}"
+        f"{'meets budget' if is_feasible(trial) else _over(trial)}{dup}{spent}"
     )
 
 

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from autoshrink.artifact import Artifact
 from autoshrink.config import Budget, HardwareProfile
 from autoshrink.measuring import Measurement, measure
@@ -25,6 +27,7 @@ from autoshrink.measuring.accuracy import score
 from autoshrink.phases import collecting
 from autoshrink.plan import Plan
 from autoshrink.runtimes import AUTO, runtime_supports
+from autoshrink.searching.fidelity import Front, StoppedEarly
 from autoshrink.sessions import SessionOptions
 from autoshrink.store import StoreError
 from autoshrink.workloads.base import Workload
@@ -82,6 +85,8 @@ class TrialOutcome:
     screened: bool = False  # over the budget before distillation: accuracy not measured
     extra_builds: int = 0  # accuracy-aware quantization: builds with more float layers, this one among them
     phases: dict[str, float] = field(default_factory=dict)  # seconds by phase (`autoshrink.phases`), here
+    curve: tuple[float, ...] = ()  # distillation: the score on the validation subset after each epoch
+    stopped_epoch: int | None = None  # distillation stopped early after this epoch (`fidelity`): not scored
 
     @property
     def failed(self) -> bool:
@@ -109,6 +114,7 @@ class TrialOutcome:
         fields_["plan"] = Plan.from_dict(fields_["plan"])
         m = fields_.get("measurement")
         fields_["measurement"] = Measurement.from_dict(m) if m else None
+        fields_["curve"] = tuple(fields_.get("curve", ()))
         return cls(**fields_)
 
 
@@ -173,14 +179,32 @@ class TrialRunner:
     runtimes: tuple[str, ...] = ()
     ranking: tuple[tuple[int, tuple[str, ...]], ...] = ()
 
-    def build(self, plan: Plan) -> Artifact:
+    def build(self, plan: Plan, on_epoch: Callable[[int, nn.Module], None] | None = None) -> Artifact:
         from autoshrink.pipeline import compress
 
         wl = self.workload
         return compress(
             wl.model, plan, train_data=wl.train, example_input=wl.example_input, seed=self.seed,
             cache=self.cache, task=wl.task, output=wl.output, int8_range=self.hardware.int8_range,
+            on_epoch=on_epoch,
         )  # fmt: skip
+
+    def epoch_score(self, student: nn.Module, plan: Plan) -> float:
+        """A distilling student's score on the first `fidelity.SUBSET` validation samples (torch, as it is)."""
+        from torch.utils.data import Subset
+
+        from autoshrink.data import as_dataset
+        from autoshrink.inputs import InputSpec
+        from autoshrink.phases import phase
+        from autoshrink.searching.fidelity import SUBSET
+
+        subset = self.cache.get("fidelity_subset")
+        if subset is None:
+            val = as_dataset(self.workload.val)
+            subset = self.cache["fidelity_subset"] = Subset(val, range(min(SUBSET, len(val))))
+        art = Artifact(plan, "torch", b"", 0, module=student, spec=InputSpec.of(self.workload.example_input))
+        with phase("fidelity"):
+            return score(art, subset, self.workload.evaluate)
 
     def measure(self, artifact: Artifact, accuracy: bool = True) -> Measurement:
         """Measure on this machine, never at the same time as another measurement on it.
@@ -265,14 +289,18 @@ class TrialRunner:
         found = [r for r in self.runtimes if runtime_supports(r, plan.bits)]
         return sorted(found, key=lambda r: r != plan.resolved_runtime) or [plan.runtime]  # the default first
 
-    def __call__(self, plan: Plan, *, name: str, measure_with: Measurer | None = None) -> TrialOutcome:
+    def __call__(
+        self, plan: Plan, *, name: str, measure_with: Measurer | None = None, front: Front | None = None
+    ) -> TrialOutcome:
         """Build, measure and save ``plan``'s artifact as ``<artifacts_dir>/<name>.<suffix>``.
 
         ``measure_with(artifact, accuracy) -> (measurement, where)`` measures elsewhere (a
         target node); by default the artifact is measured here. Under an accuracy-aware budget
-        the outcome's plan is the one built, which may keep more layers in float.
+        the outcome's plan is the one built, which may keep more layers in float. With a
+        ``front`` (`autoshrink.searching.fidelity`), a distilling candidate is scored on the
+        validation subset after each epoch and stopped when it can no longer reach it.
         """
-        outcome = self.candidate(plan, name=name, measure_with=measure_with)
+        outcome = self.candidate(plan, name=name, measure_with=measure_with, front=front)
         if not self._under_floor(outcome):
             return outcome
         return self._accuracy_aware(outcome, name, measure_with)
@@ -335,20 +363,36 @@ class TrialRunner:
             phases={k: sum(o.phases.get(k, 0.0) for o in tried.values()) for k in {k for o in tried.values() for k in o.phases}},
         )  # fmt: skip
 
-    def candidate(self, plan: Plan, *, name: str, measure_with: Measurer | None = None) -> TrialOutcome:
+    def candidate(
+        self, plan: Plan, *, name: str, measure_with: Measurer | None = None, front: Front | None = None
+    ) -> TrialOutcome:
         """``plan`` built, measured and saved as it is (see `__call__`), with the seconds of each
         phase that ran here (`autoshrink.phases`: techniques, scoring, timing...)."""
         with collecting() as seconds:
-            outcome = self._candidate(plan, name=name, measure_with=measure_with)
+            outcome = self._candidate(plan, name=name, measure_with=measure_with, front=front)
         return replace(outcome, phases=dict(seconds))
 
-    def _candidate(self, plan: Plan, *, name: str, measure_with: Measurer | None) -> TrialOutcome:
+    def _watch(self, plan: Plan, front: Front, speed: Measurement | None, curve: list[float]) -> Callable[[int, nn.Module], None]:
+        """The epoch callback of a distilling candidate: its subset score into ``curve``, and
+        `StoppedEarly` when ``front`` says it can no longer reach it (never without ``speed``)."""
+        costs = tuple(float(getattr(speed, k)) for k in front.costs) if speed is not None else None
+
+        def watch(epoch: int, student: nn.Module) -> None:
+            curve.append(self.epoch_score(student, plan))
+            if costs is not None and not front.reachable(epoch, plan.distill_epochs, curve[-1], costs):
+                raise StoppedEarly(epoch, curve[-1], front.to_beat(costs) or 0.0)
+
+        return watch
+
+    def _candidate(self, plan: Plan, *, name: str, measure_with: Measurer | None, front: Front | None = None) -> TrialOutcome:
         start = time.perf_counter()
         built = start
         where = socket.gethostname()
         choices = self.runtime_choices(plan)
         choose = len(choices) > 1
         screen = choose or (self.budget is not None and plan.distill_epochs > 0)
+        curve: list[float] = []
+        speed: Measurement | None = None
         try:
             settled = plan if choose else plan.measured_in(choices[0])  # an "auto" left with one runtime runs in it
             timed: dict[Plan, Artifact] = {}  # without distillation, the timed artifact is the candidate
@@ -357,7 +401,8 @@ class TrialRunner:
                 if self._over_budget(speed):
                     now = time.perf_counter()
                     return TrialOutcome(plan, speed, compress_s=now - start, host=where, screened=True)
-            artifact = timed[settled] if settled in timed else self.build(settled)
+            watch = self._watch(settled, front, speed, curve) if front is not None and settled.distill_epochs else None
+            artifact = timed[settled] if settled in timed else self.build(settled, watch)
             built = time.perf_counter()
             if screen:  # the architecture's speed figures and session options, its own accuracy
                 artifact = artifact.with_options(SessionOptions.from_dict(speed.session))
@@ -371,6 +416,12 @@ class TrialRunner:
                 m, where = measure_with(artifact, True)
             artifact = artifact.with_options(SessionOptions.from_dict(m.session))  # saved as measured
             m = replace(m, size_bytes=artifact.size_bytes)
+        except StoppedEarly as stop:
+            assert speed is not None  # only a screened candidate is stopped
+            return TrialOutcome(
+                plan, speed, compress_s=time.perf_counter() - start, host=where, curve=tuple(curve),
+                stopped_epoch=stop.epoch,
+            )  # fmt: skip
         except candidate_errors() as exc:
             now = time.perf_counter()
             return TrialOutcome(
@@ -390,6 +441,7 @@ class TrialRunner:
             measure_s=measured - built,
             skipped=artifact.skipped,
             host=where,
+            curve=tuple(curve),
         )
 
     def _over_budget(self, speed: Measurement) -> bool:

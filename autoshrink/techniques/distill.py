@@ -127,7 +127,9 @@ def distill(stage: Stage, config: DistillConfig, context: Context) -> Stage:
         labels = y_all[idx] if y_all is not None else None
         return distill_loss(out, t_all[idx], labels, context.task, config), len(idx)
 
-    losses = fit(student, shuffled, loss, epochs=config.epochs, lr=config.lr)
+    watch = context.on_epoch
+    losses = fit(student, shuffled, loss, epochs=config.epochs, lr=config.lr,
+                 on_epoch=(lambda epoch: watch(epoch, student)) if watch is not None else None)  # fmt: skip
     order = shuffled.order
     recalibrate_batchnorm(student, (tree_index(x_all, order[i : i + 64]) for i in range(0, min(n, 2048), 64)))
     report = TechniqueReport(

@@ -23,7 +23,7 @@ def test_auto_passes_over_a_runtime_that_cannot_take_the_model(tmp_path: Path, m
     tried: list[str] = []
     original = TrialRunner.build
 
-    def build(self: TrialRunner, plan: Plan):
+    def build(self: TrialRunner, plan: Plan, on_epoch=None):
         tried.append(plan.runtime)
         if plan.runtime in broken:
             raise CompressionError(f"{plan.runtime} cannot take this model")
@@ -75,7 +75,7 @@ def test_auto_picks_the_fastest_runtime_by_measurement(tmp_path: Path, monkeypat
 
     builds: list[Plan] = []
     original = TrialRunner.build
-    monkeypatch.setattr(TrialRunner, "build", lambda self, plan: builds.append(plan) or original(self, plan))
+    monkeypatch.setattr(TrialRunner, "build", lambda self, plan, *a: builds.append(plan) or original(self, plan, *a))
     runner = TrialRunner(tiny_workload(tmp_path), HW, tmp_path / "a", runtimes=("onnxruntime", "openvino"))
     assert runner.runtime_choices(Plan(bits=8)) == ["onnxruntime", "openvino"]
     assert runner.runtime_choices(Plan(bits=4)) == ["onnxruntime"]
@@ -97,7 +97,7 @@ def test_a_profile_that_names_runtimes_makes_auto_compare_them_with_no_sampled_k
 
     built: list[Plan] = []
     original = TrialRunner.build
-    monkeypatch.setattr(TrialRunner, "build", lambda self, plan: built.append(plan) or original(self, plan))
+    monkeypatch.setattr(TrialRunner, "build", lambda self, plan, *a: built.append(plan) or original(self, plan, *a))
     space = SearchSpace(prune=(0.0, 0.3, 0.3), rank=("off",), bits=(32, 8), distill_epochs=(0,))  # runtime: [auto]
     hardware = HardwareProfile(warmup_s=0.0, repeats=5, energy_s=0.05, runtimes=("onnxruntime", "openvino"))
     result = search(tiny_workload(tmp_path), budget=Budget(latency_ms=1000.0), space=space, hardware=hardware,

@@ -34,7 +34,7 @@ def test_a_plan_within_budget_is_distilled_and_its_architecture_timed_once(tmp_p
     runner = _runner(tmp_path, Budget(latency_ms=1000.0))
     builds = []
     real = TrialRunner.build
-    monkeypatch.setattr(TrialRunner, "build", lambda self, plan: builds.append(plan) or real(self, plan))
+    monkeypatch.setattr(TrialRunner, "build", lambda self, plan, *a: builds.append(plan) or real(self, plan, *a))
     first = runner(Plan(prune=0.3, bits=8, distill_epochs=1), name="a")
     second = runner(Plan(prune=0.3, bits=8, distill_epochs=2), name="b")
     assert not first.screened and first.measurement.metric == "top1" and first.artifact_path

@@ -1,0 +1,137 @@
+"""Distillation as a fidelity: a distilling candidate that can no longer reach the Pareto front is stopped.
+
+Distillation is most of a candidate's cost on a real model, and its outcome is visible early: a
+student that scores far below the front after one epoch rarely catches up. So a distilling
+candidate is scored after every epoch, on the first `SUBSET` samples of the validation split
+(its torch student, before it is lowered: cheap), and the search keeps its learning curve. The
+rule, in the spirit of successive halving but against the front rather than a quantile:
+
+* **what it has to beat**: the best final score among the finished, feasible candidates that
+  are at least as cheap in every cost objective (latency; energy and peak memory where they are
+  objectives). Its cost is known before it distils: the architecture is timed first.
+* **how much it can still gain**: the largest gain, from the same epoch to the final score,
+  seen on the learning curves of earlier candidates that distilled at least as many epochs
+  (a longer schedule gains more after a given epoch, so this is optimistic). Until `MIN_CURVES`
+  such curves exist, nothing is stopped.
+* it is stopped after epoch ``e`` when ``score_e + gain_e + margin <= to_beat``.
+
+``margin`` (``RunConfig.early_stop_margin``, 0.01 by default; ``None`` turns the rule off) is the one
+knob: points of the score granted beyond the best gain seen; larger stops less. A stopped
+candidate is recorded as PRUNED in the study (its epoch and subset score kept, tagged
+``stopped_early`` on its MLflow run), never as failed, and is not in the Pareto set. The rule
+uses the front as it stood when the trial began (`Front`, computed by the driver when it asks
+for the trial, and sent with it to a Ray worker).
+
+Example:
+    >>> front = Front(points=(Point((1.0,), 0.95),),
+    ...               curves=(Curve(2, (0.80, 0.90), 0.92), Curve(2, (0.70, 0.88), 0.90)), margin=0.02)
+    >>> round(front.gain(1, 2), 4)  # the most any earlier candidate gained after its first epoch
+    0.2
+    >>> front.reachable(1, 2, 0.70, (2.0,)), front.reachable(1, 2, 0.60, (2.0,))
+    (True, False)
+    >>> front.reachable(1, 2, 0.10, (0.5,))  # nothing as fast as it has finished: cannot be ruled out
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from autoshrink.config import Budget
+
+if TYPE_CHECKING:
+    from autoshrink.searching.trial import TrialOutcome
+
+#: Validation samples a distilling student is scored on after each epoch.
+SUBSET = 256
+#: Learning curves needed at an epoch before a candidate may be stopped there.
+MIN_CURVES = 2
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A finished candidate's learning curve: its plan's distillation ``epochs``, the subset score
+    after each, and its ``final`` score (the lowered artifact on the whole validation split)."""
+
+    epochs: int
+    scores: tuple[float, ...]
+    final: float
+
+
+@dataclass(frozen=True)
+class Point:
+    """A finished feasible candidate: its cost objectives (in the search's order) and final score."""
+
+    costs: tuple[float, ...]
+    score: float
+
+
+@dataclass(frozen=True)
+class Front:
+    """What the rule knows when a trial begins (see the module doc); ``costs`` names the cost
+    objectives of the points, in order (`Measurement` fields)."""
+
+    points: tuple[Point, ...] = ()
+    curves: tuple[Curve, ...] = ()
+    margin: float = 0.0
+    costs: tuple[str, ...] = ("latency_ms",)
+
+    def to_beat(self, costs: tuple[float, ...]) -> float | None:
+        """The best final score among the points at least as cheap as ``costs`` in every cost."""
+        found = [p.score for p in self.points if all(a <= b for a, b in zip(p.costs, costs, strict=True))]
+        return max(found) if found else None
+
+    def gain(self, epoch: int, epochs: int) -> float | None:
+        """The largest final-minus-epoch-``epoch`` gain of the curves of at least ``epochs`` epochs
+        (None until `MIN_CURVES` of them exist)."""
+        found = [c.final - c.scores[epoch - 1] for c in self.curves if c.epochs >= epochs and len(c.scores) >= epoch]
+        return max(found) if len(found) >= MIN_CURVES else None
+
+    def reachable(self, epoch: int, epochs: int, score: float, costs: tuple[float, ...]) -> bool:
+        """Whether a candidate costing ``costs``, scoring ``score`` after ``epoch`` of its
+        ``epochs`` epochs, may still end up non-dominated."""
+        beat, gain = self.to_beat(costs), self.gain(epoch, epochs)
+        if beat is None or gain is None:
+            return True
+        return score + gain + self.margin > beat
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Front:
+        return cls(
+            points=tuple(Point(tuple(p["costs"]), p["score"]) for p in data.get("points", ())),
+            curves=tuple(Curve(c["epochs"], tuple(c["scores"]), c["final"]) for c in data.get("curves", ())),
+            margin=data.get("margin", 0.0),
+            costs=tuple(data.get("costs", ("latency_ms",))),
+        )
+
+
+def front_of(
+    outcomes: Mapping[int, TrialOutcome], budget: Budget, objectives: tuple[str, ...], margin: float
+) -> Front:
+    """The `Front` of the finished ``outcomes`` of a search (a stopped one adds nothing)."""
+    points, curves = [], []
+    for outcome in outcomes.values():
+        m = outcome.measurement
+        if outcome.failed or outcome.screened or outcome.stopped_epoch is not None or m is None:
+            continue
+        if outcome.curve and outcome.duplicate_of is None:
+            curves.append(Curve(outcome.plan.distill_epochs, tuple(outcome.curve), m.accuracy))
+        if Budget.met(budget.violations(m.metrics())):
+            costs = tuple(float(getattr(m, k)) for k in objectives[1:])
+            if all(math.isfinite(c) for c in costs):
+                points.append(Point(costs, m.accuracy))
+    return Front(tuple(points), tuple(curves), margin, objectives[1:])
+
+
+class StoppedEarly(Exception):
+    """Raised in a distilling candidate when the rule stops it: the epoch and its subset score."""
+
+    def __init__(self, epoch: int, score: float, to_beat: float) -> None:
+        super().__init__(f"stopped after epoch {epoch}: {score:.4f} on the validation subset cannot reach {to_beat:.4f}")
+        self.epoch, self.score, self.to_beat = epoch, score, to_beat
