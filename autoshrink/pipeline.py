@@ -40,7 +40,7 @@ def technique_configs(plan: Plan, *, int8_range: str = "auto") -> list[Any]:
     if plan.rank is not None and plan.rank_method == "tt":
         configs.append(TensorTrainConfig(fraction=plan.rank))
     elif plan.rank is not None:
-        configs.append(LowRankConfig(fraction=plan.rank))
+        configs.append(LowRankConfig(fraction=plan.rank, method="activation" if plan.rank_method == "asvd" else "weight"))
     if plan.distill_epochs > 0:
         configs.append(DistillConfig(epochs=plan.distill_epochs))
     configs.append(

@@ -21,7 +21,7 @@ from autoshrink.runtimes import (
 )
 
 #: How ``Plan.rank`` factorizes a layer: truncated SVD or a tensor train (MPO).
-RANK_METHODS = ("svd", "tt")
+RANK_METHODS = ("svd", "asvd", "tt")
 
 
 def _shown(name: str, value: Any) -> bool:
@@ -39,8 +39,9 @@ class Plan:
         prune: fraction of channels/neurons removed by structured pruning, in [0, 0.9].
         rank: fraction of each factorizable layer's weights kept by low-rank
             factorization, in (0, 1); ``None`` turns low rank off.
-        rank_method: how ``rank`` factorizes: ``"svd"`` (two thin layers by truncated SVD) or
-            ``"tt"`` (a tensor train of two cores, `autoshrink.techniques.tensor_train`; layers
+        rank_method: how ``rank`` factorizes: ``"svd"`` (two thin layers by truncated SVD of the
+            weights), ``"asvd"`` (the same, activation-aware: ranks and factors from the layers'
+            inputs on calibration data, `autoshrink.techniques.lowrank`) or ``"tt"`` (a tensor train of two cores, `autoshrink.techniques.tensor_train`; layers
             where it would be slower than dense are left dense).
         bits: 32 (float), 8 (int8 with integer kernels) or 4 (4-bit weights where the
             runtime has a kernel, int8 elsewhere).

@@ -29,7 +29,7 @@ class SearchSpace:
     Attributes:
         prune: ``(low, high, step)`` for the structured-pruning ratio.
         rank: low-rank fractions to try; ``"off"`` means no factorization.
-        rank_method: how a drawn rank factorizes (``svd``, ``tt``: `Plan.rank_method`); drawn
+        rank_method: how a drawn rank factorizes (``svd``, ``asvd``, ``tt``: `Plan.rank_method`); drawn
             after the rank, only when the rank is not ``off`` and more than one is listed
             (parameter ``rank_method``).
         bits: bit widths to try (32, 8, 4).

@@ -16,6 +16,16 @@ fraction for all (which factorized every attention and FFN projection of an enco
 same rank and lost most of its fidelity). A layer is only replaced when the pair is strictly
 smaller; the output layer, grouped/depthwise convs and projections used functionally inside
 ``nn.MultiheadAttention`` are left whole and listed in the report.
+
+``method="activation"`` makes both the ranks and the factors follow the layer's real inputs
+instead of its weights alone (whitened SVD, as in SVD-LLM, Wang et al. 2024): with ``G = X^T X``
+the Gram matrix of the inputs the layer receives on `CALIBRATION_SAMPLES` training inputs
+(no labels) and ``G = L L^T``, the SVD of ``W L`` is truncated and ``L^-1`` folded back into the
+first factor. That truncation minimizes the layer's output error on those inputs (the weight
+SVD minimizes the weight error, which spends rank on directions the data never excites), and
+its singular values say what share of the layer's *output* energy each rank keeps. It applies
+to Linear layers and 1x1 convolutions with at most `MAX_WHITENED` inputs; other layers use the
+weight SVD and the report says so.
 """
 
 from __future__ import annotations
@@ -41,21 +51,34 @@ from autoshrink.techniques import (
     register,
 )
 
+#: Training inputs whose layer activations an activation-aware factorization is fitted on.
+CALIBRATION_SAMPLES = 256
+#: Largest layer input an activation-aware factorization whitens (its Gram matrix is inputs^2).
+MAX_WHITENED = 4096
+#: Damping of the Gram matrix before its Cholesky factor, relative to its mean diagonal.
+DAMP = 0.01
+METHODS = ("weight", "activation")
+
 
 @dataclass(frozen=True)
 class LowRankConfig:
-    """Keep ``fraction`` (0 < fraction < 1) of each factorizable layer's weights.
+    """Keep ``fraction`` (0 < fraction < 1) of the factorizable layers' weights.
 
     ``layers``, a regular expression, restricts the technique to the layers whose module names it
-    finds (``re.search``); ``None`` considers every layer.
+    finds (``re.search``); ``None`` considers every layer. ``method``: ``"weight"`` (SVD of
+    the weights) or ``"activation"`` (whitened by the layer's inputs on calibration data; see
+    the module doc).
     """
 
     fraction: float
     layers: str | None = None
+    method: str = "weight"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction < 1.0:
             raise ValueError(f"LowRankConfig.fraction must be in (0, 1), got {self.fraction}")
+        if self.method not in METHODS:
+            raise ValueError(f"LowRankConfig.method must be one of {METHODS}, got {self.method!r}")
         check_pattern("LowRankConfig", self.layers)
 
 
@@ -76,8 +99,18 @@ def _split(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]
     return (u[:, :rank] * root).float(), (root[:, None] * vh[:rank]).float()
 
 
-def factorize_linear(layer: nn.Linear, rank: int) -> nn.Sequential:
-    left, right = _split(layer.weight, rank)
+def _whitened_split(weight: torch.Tensor, chol: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``weight (out x in) ~= left @ right`` minimizing the output error on inputs whose Gram
+    matrix is ``chol @ chol.T``: the SVD of ``weight @ chol``, truncated, ``chol^-1`` folded into ``right``."""
+    u, s, vh = torch.linalg.svd(weight.detach().double() @ chol, full_matrices=False)
+    root = s[:rank].sqrt()
+    right = torch.linalg.solve_triangular(chol, root[:, None] * vh[:rank], upper=False, left=False)
+    return (u[:, :rank] * root).float(), right.float()
+
+
+def factorize_linear(layer: nn.Linear, rank: int, chol: torch.Tensor | None = None) -> nn.Sequential:
+    """``layer`` as two thinner Linear layers of ``rank`` (whitened by ``chol`` when given)."""
+    left, right = _split(layer.weight, rank) if chol is None else _whitened_split(layer.weight, chol, rank)
     first = nn.Linear(layer.in_features, rank, bias=False)
     second = nn.Linear(rank, layer.out_features, bias=layer.bias is not None)
     first.weight.data.copy_(right)
@@ -87,14 +120,20 @@ def factorize_linear(layer: nn.Linear, rank: int) -> nn.Sequential:
     return nn.Sequential(first, second)
 
 
-def factorize_conv(layer: nn.Conv2d, rank: int) -> nn.Sequential:
+def factorize_conv(layer: nn.Conv2d, rank: int, chol: torch.Tensor | None = None) -> nn.Sequential:
+    """``layer`` as a (kh x 1) then a (1 x kw) convolution through ``rank`` channels (a 1x1
+    convolution whitened by ``chol`` when given)."""
     out_c, in_c, kh, kw = layer.weight.shape
     sh, sw = cast("tuple[int, int]", layer.stride)
     ph, pw = cast("tuple[int, int]", layer.padding)  # string padding is skipped before this
     dh, dw = cast("tuple[int, int]", layer.dilation)
     # W[o, i, h, w] ~= sum_r V[r, i, h] * H[o, r, w]: an SVD of W viewed as (i, h) x (o, w).
     matrix = layer.weight.permute(1, 2, 0, 3).reshape(in_c * kh, out_c * kw)
-    left, right = _split(matrix, rank)
+    if chol is None:
+        left, right = _split(matrix, rank)
+    else:  # a 1x1 convolution: the matrix is the weight transposed
+        w_left, w_right = _whitened_split(layer.weight.reshape(out_c, in_c), chol, rank)
+        left, right = w_right.t(), w_left.t()
     first = nn.Conv2d(in_c, rank, (kh, 1), (sh, 1), (ph, 0), (dh, 1), bias=False)
     second = nn.Conv2d(rank, out_c, (1, kw), (1, sw), (0, pw), (1, dw), bias=layer.bias is not None)
     first.weight.data.copy_(left.t().reshape(rank, in_c, kh, 1))
@@ -165,9 +204,30 @@ def allocate_ranks(layers: list[_Layer], budget: float) -> dict[str, int]:
 
 
 def _energy(matrix: torch.Tensor) -> torch.Tensor:
-    s = torch.linalg.svdvals(matrix.detach().float())
+    s = torch.linalg.svdvals(matrix.detach().double()).float()
     squared = s * s
     return squared / squared.sum().clamp(min=1e-30)
+
+
+def _whitenable(module: nn.Module) -> str | None:
+    """Why ``module`` gets the weight SVD under ``method="activation"`` (None: it is whitened)."""
+    if isinstance(module, nn.Conv2d) and tuple(module.kernel_size) != (1, 1):
+        return "weight SVD: a kxk convolution's split has no activation-aware form here"
+    inputs = module.weight.shape[1]
+    if inputs > MAX_WHITENED:
+        return f"weight SVD: {inputs} inputs, over the {MAX_WHITENED} an activation-aware split whitens"
+    return None
+
+
+def _cholesky(gram: torch.Tensor) -> torch.Tensor:
+    """The lower Cholesky factor of ``gram`` damped by `DAMP` of its mean diagonal (more if needed)."""
+    scale = float(gram.diagonal().mean().clamp_min(1e-12))
+    eye = torch.eye(gram.shape[0], dtype=gram.dtype)
+    for damp in (DAMP, 10 * DAMP, 100 * DAMP):
+        factor, info = torch.linalg.cholesky_ex(gram + damp * scale * eye)
+        if int(info) == 0:
+            return factor
+    return torch.linalg.cholesky(gram + scale * eye)
 
 
 def weight_layers(
@@ -217,12 +277,14 @@ def lowrank(stage: Stage, config: LowRankConfig, context: Context) -> Stage:
     layers: list[_Layer] = []
     modules: dict[str, nn.Module] = {}
     candidates, skipped = weight_layers(model, context.example_input, config.layers)
+    chols, weight_svd = _whitening(model, candidates, context) if config.method == "activation" else ({}, {})
     for name, module in candidates:
         matrix, reason = _layer_matrix(module)
         if matrix is None:
             skipped[name] = reason or "cannot be factorized"
             continue
-        layer = _Layer(name, matrix.shape[0], matrix.shape[1], _energy(matrix))
+        energy = _energy(module.weight.reshape(module.weight.shape[0], -1).double() @ chols[name] if name in chols else matrix)
+        layer = _Layer(name, matrix.shape[0], matrix.shape[1], energy)
         if layer.max_rank < 1:
             skipped[name] = "too small: no rank makes the pair smaller"
             continue
@@ -231,16 +293,47 @@ def lowrank(stage: Stage, config: LowRankConfig, context: Context) -> Stage:
     ranks = allocate_ranks(layers, config.fraction * sum(layer.rows * layer.cols for layer in layers))
     for layer in layers:
         rank, module = ranks[layer.name], modules[layer.name]
+        chol = chols.get(layer.name)
         if isinstance(module, nn.Linear):
-            pair = factorize_linear(module, rank)
+            pair = factorize_linear(module, rank, chol)
         else:
-            pair = factorize_conv(module, rank)  # type: ignore[arg-type]
+            pair = factorize_conv(module, rank, chol)  # type: ignore[arg-type]
         _set_submodule(model, layer.name, pair)
-        changed.append(f"{layer.name} (rank {rank}, keeps {100 * float(layer.energy[:rank].sum()):.0f}% of its energy)")
+        energy = "output energy on the calibration inputs" if chol is not None else "energy"
+        changed.append(f"{layer.name} (rank {rank}, keeps {100 * float(layer.energy[:rank].sum()):.0f}% of its {energy})")
     details = {"fraction": config.fraction, **({"layers": config.layers} if config.layers is not None else {})}
+    if config.method != "weight":
+        details |= {"method": config.method, "weight_svd": weight_svd}
     return factorized(stage, model, context, expected, before=before, technique="lowrank",
                       what=f"low rank at {config.fraction:g}", changed=changed, skipped=skipped,
                       reasons=", ".join(sorted(set(skipped.values()))[:3]), details=details)  # fmt: skip
+
+
+def _whitening(
+    model: nn.Module, candidates: list[tuple[str, nn.Module]], context: Context
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The Cholesky factor of each whitenable layer's input Gram matrix on `CALIBRATION_SAMPLES`
+    training inputs, and the layers left to the weight SVD with the reason."""
+    from autoshrink.data import stack_inputs
+    from autoshrink.techniques._calibration import input_grams
+
+    weight_svd: dict[str, str] = {}
+    names = []
+    for name, module in candidates:
+        if _layer_matrix(module)[0] is None:
+            continue
+        reason = _whitenable(module)
+        if reason is None:
+            names.append(name)
+        else:
+            weight_svd[name] = reason
+    if not names:
+        return {}, weight_svd
+    grams = input_grams(model, names, stack_inputs(context.train_data, CALIBRATION_SAMPLES), seed=context.seed)
+    for name in names:
+        if name not in grams:
+            weight_svd[name] = "weight SVD: the layer was not called on the calibration inputs"
+    return {name: _cholesky(gram) for name, gram in grams.items()}, weight_svd
 
 
 def factorized(

@@ -77,3 +77,64 @@ def test_low_rank_keeps_fidelity_better_where_it_matters() -> None:
         err_ours = (art(x) - ref).pow(2).mean()
         err_uniform = (uniform(x) - ref).pow(2).mean()
     assert err_ours < err_uniform
+
+
+def _anisotropic_inputs(n: int, dim: int, seed: int = 0) -> torch.Tensor:
+    """Inputs that live mostly in the same 8 directions of ``dim`` whatever the seed (of the
+    samples), with very different scales."""
+    basis = torch.linalg.qr(torch.randn(dim, dim, generator=torch.Generator().manual_seed(0)))[0][:, :8]
+    gen = torch.Generator().manual_seed(seed)
+    scales = torch.logspace(1, -1, 8)
+    return (torch.randn(n, 8, generator=gen) * scales) @ basis.T + 0.01 * torch.randn(n, dim, generator=gen)
+
+
+def test_the_activation_aware_split_keeps_the_outputs_the_inputs_excite() -> None:
+    from autoshrink.techniques.lowrank import _cholesky, _whitened_split
+
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 32, bias=False)
+    fit, held_out = _anisotropic_inputs(512, 64, seed=1), _anisotropic_inputs(256, 64, seed=2)
+    chol = _cholesky((fit.T @ fit).double() / len(fit))
+    with torch.no_grad():
+        ref = layer(held_out)
+        errors = {}
+        for method, pair in (("weight", factorize_linear(layer, 6)), ("activation", factorize_linear(layer, 6, chol))):
+            errors[method] = float((pair(held_out) - ref).norm() / ref.norm())
+    assert errors["activation"] < 0.2 * errors["weight"], errors  # the weight SVD spends rank on unused directions
+    left, right = _whitened_split(layer.weight, chol, 64)  # full rank: exact
+    torch.testing.assert_close(left @ right, layer.weight.detach(), atol=1e-4, rtol=1e-4)
+
+
+def test_activation_aware_ranks_follow_what_each_layer_outputs() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 3)).eval()
+    x = _anisotropic_inputs(300, 64)
+    weight = compress(model, Plan(rank=0.4), train_data=(x,), example_input=x[:1])
+    aware = compress(model, Plan(rank=0.4, rank_method="asvd"), train_data=(x,), example_input=x[:1])
+    ranks = {name: aware.torch_module.get_submodule(name)[0].out_features for name in ("0", "2")}
+    weight_ranks = {name: weight.torch_module.get_submodule(name)[0].out_features for name in ("0", "2")}
+    assert ranks["0"] < weight_ranks["0"] and ranks != weight_ranks  # the first layer's inputs span 8 directions
+    assert ranks["0"] != ranks["2"]
+    report = aware.reports[0]
+    assert report.details["method"] == "activation" and "output energy on the calibration inputs" in report.changed[0]
+    with torch.no_grad():
+        ref = model(x)
+        assert (aware(x) - ref).norm() < (weight(x) - ref).norm()
+
+
+def test_activation_aware_low_rank_on_cnns_and_encoders() -> None:
+    model, data, example = make_case("rescnn")  # kxk convolutions: weight SVD, said so
+    art = compress(model, Plan(rank=0.5, rank_method="asvd"), train_data=data, example_input=example)
+    assert any("kxk" in why for why in art.reports[0].details["weight_svd"].values())
+    model, data, example = make_case("depthwise")
+    art = compress(model, Plan(rank=0.5, rank_method="asvd"), train_data=data, example_input=example)
+    assert "grouped/depthwise" in art.skipped["lowrank: dw"]
+    model, data, example = make_case("transformer")
+    art = compress(model, Plan(rank=0.5, rank_method="asvd"), train_data=data, example_input=example)
+    assert isinstance(art.torch_module.encoder.layers[0].linear1, nn.Sequential)
+    assert not art.reports[0].details["weight_svd"]  # every Linear layer whitened
+
+
+def test_an_unknown_method_is_refused() -> None:
+    with pytest.raises(ValueError, match="LowRankConfig.method must be one of"):
+        LowRankConfig(0.5, method="fisher")
