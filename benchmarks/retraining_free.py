@@ -9,7 +9,9 @@ artifact is built from 256 unlabelled calibration inputs with no distillation (a
 says so, one epoch of it), scored on held-out inputs, and timed in ONNX Runtime int8 (every
 artifact of a model timed in turn, 3 rounds, its fastest kept; batch 1, 1 thread). Rows compare
 uniform pruning without and with least-squares reconstruction and with a global allocation, and
-low rank by the weights' SVD against the activation-aware (whitened) SVD.
+low rank by the weights' SVD against the activation-aware (whitened) SVD. "Streams kept": the
+channel groups several layers write into (outputs added) are left whole (`PruneConfig.keep_streams`);
+otherwise every group is pruned, residual streams included (the default).
 """
 
 from __future__ import annotations
@@ -39,9 +41,9 @@ def _rows() -> list[tuple[str, list[Any]]]:
     return [
         ("fp32 ONNX Runtime", [QuantizeConfig(bits=32, runtime="onnxruntime")]),
         ("int8", [q8]),
-        ("prune 0.2 uniform, no reconstruction + int8", [PruneConfig(0.2, reconstruct=False), q8]),
-        ("prune 0.2 uniform + reconstruction + int8", [PruneConfig(0.2), q8]),
-        ("prune 0.2 global + reconstruction + int8", [PruneConfig(0.2, allocation="global"), q8]),
+        ("prune 0.2, no reconstruction + int8", [PruneConfig(0.2, reconstruct=False), q8]),
+        ("prune 0.2 + reconstruction + int8", [PruneConfig(0.2), q8]),
+        ("prune 0.2, streams kept + reconstruction + int8", [PruneConfig(0.2, keep_streams=True), q8]),
         ("rank 0.5 weight SVD + int8", [LowRankConfig(0.5), q8]),
         ("rank 0.5 activation-aware + int8", [LowRankConfig(0.5, method="activation"), q8]),
         ("rank 0.7 weight SVD + int8", [LowRankConfig(0.7), q8]),

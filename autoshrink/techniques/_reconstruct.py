@@ -135,8 +135,9 @@ def reconstruct(
     the student kept (``kept_outputs[name]``, all of them if absent).
 
     Returns each layer's relative output error (``||student - teacher|| / ||teacher||`` on the
-    first calibration batch, its real output) before and after; a layer is changed only where
-    the error falls.
+    last calibration batch, its real output, held out of the fit when there are two batches or
+    more) before and after; a layer is changed only where that held-out error falls, so a layer
+    with more unknowns than calibration rows (a classifier after pooling) is not overfitted.
     """
     gen = torch.Generator().manual_seed(seed)
     errors: dict[str, tuple[float, float]] = {}
@@ -148,7 +149,9 @@ def reconstruct(
         check: tuple[torch.Tensor, torch.Tensor] | None = None
         kept = torch.tensor(kept_outputs[name]) if name in kept_outputs else None
         rows = 0
-        for start in range(0, total, BATCH):
+        starts = list(range(0, total, BATCH))
+        held_out = starts.pop() if len(starts) > 1 else None
+        for start in ([held_out] if held_out is not None else []) + starts:
             if gram is not None and rows >= ROWS_PER_UNKNOWN * gram.shape[0]:
                 break  # the normal equations are well determined already
             part = tree_index(inputs, torch.arange(start, min(start + BATCH, total)))
@@ -156,7 +159,10 @@ def reconstruct(
             y = _captured(teacher, name, part, output=True)
             if kept is not None:  # channels are dim 1 of a convolution's output, the last of a Linear's
                 y = y.index_select(1 if isinstance(module, nn.Conv2d) else -1, kept)
-            check = check or (x, y)
+            if check is None:
+                check = (x, y)
+                if held_out is not None:
+                    continue  # the check batch is not fitted on
             x2, y2 = _rows(module, x, y, gen)
             if module.bias is not None:
                 x2 = torch.cat([x2, torch.ones(x2.shape[0], 1, dtype=x2.dtype)], 1)

@@ -152,6 +152,9 @@ def _layer_matrix(module: nn.Module) -> tuple[torch.Tensor | None, str | None]:
             return None, "grouped/depthwise conv: already thin"
         if isinstance(module.padding, str) or module.padding_mode != "zeros":
             return None, "conv padding mode not supported by the factorization"
+        if type(module).forward is not nn.Conv2d.forward and tuple(module.kernel_size) != (1, 1):
+            # e.g. TensorFlow-style "same" padding applied in its own forward: the plain pair would drop it
+            return None, f"{type(module).__name__} computes its own forward (padding): kept whole"
         out_c, in_c, kh, kw = module.weight.shape
         return module.weight.permute(1, 2, 0, 3).reshape(in_c * kh, out_c * kw), None
     return None, "not a Linear or Conv2d"

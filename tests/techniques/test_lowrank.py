@@ -138,3 +138,19 @@ def test_activation_aware_low_rank_on_cnns_and_encoders() -> None:
 def test_an_unknown_method_is_refused() -> None:
     with pytest.raises(ValueError, match="LowRankConfig.method must be one of"):
         LowRankConfig(0.5, method="fisher")
+
+
+class _SamePadConv(nn.Conv2d):
+    """A convolution that pads in its own forward (TensorFlow 'same', as EfficientNet ports do)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(nn.functional.pad(x, (0, 1, 0, 1)))
+
+
+def test_a_conv_that_pads_in_its_own_forward_is_not_split_into_plain_convs() -> None:
+    model = nn.Sequential(_SamePadConv(3, 32, 3, stride=2), nn.ReLU(), _SamePadConv(32, 32, 1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 4)).eval()  # fmt: skip
+    x = torch.randn(16, 3, 16, 16)
+    art = compress(model, Plan(rank=0.5), train_data=(x,), example_input=x[:1])
+    assert "computes its own forward" in art.skipped["lowrank: 0"]  # a plain pair would drop its padding
+    assert isinstance(art.torch_module[2], nn.Sequential)  # a 1x1 one pads nothing: factorized

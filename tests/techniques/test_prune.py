@@ -120,3 +120,23 @@ def test_the_ratio_is_met_over_the_model_and_global_allocation_differs_by_layer(
         assert len(set(ratios.values())) == 1, ratios  # one share for every group
     else:
         assert len(set(ratios.values())) > 1, ratios  # the least important groups lose more, not one share for all
+
+
+def test_residual_streams_are_kept_whole_unless_asked_and_said_so() -> None:
+    from autoshrink.techniques import Context, Stage, apply
+
+    model, (x, _), example = make_case("rescnn")
+
+    def pruned(keep: bool) -> Stage:
+        return apply(
+            Stage(__import__("copy").deepcopy(model)), PruneConfig(ratio=0.5, reconstruct=False, keep_streams=keep),
+            Context(teacher=model, train_data=(x[:64],), example_input=example),
+        )  # fmt: skip
+
+    kept, cut = pruned(True), pruned(False)
+    writers = {"stem.0", "a2", "b2", "proj"}  # their outputs are added: one stream
+    assert set(kept.reports[-1].details["layer_ratios"]) == {"a1", "b1"}  # only widths one layer writes
+    assert all("residual stream" in kept.reports[-1].skipped[n] for n in writers)
+    assert kept.module.stem[0].out_channels == model.stem[0].out_channels and kept.module.a1.out_channels < model.a1.out_channels
+    assert writers <= set(cut.reports[-1].details["layer_ratios"])  # asked: the stream is cut with the rest
+    assert cut.reports[-1].details["params_after"] < kept.reports[-1].details["params_after"]
