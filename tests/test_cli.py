@@ -180,7 +180,7 @@ def _printed_result(tracking_uri: str, capsys) -> str:
     from autoshrink._console import print_result
 
     result = SimpleNamespace(
-        experiment="e", n_complete=1, n_failed=0, met_budget=True, message="best under budget", failures={},
+        experiment="e", n_complete=1, n_failed=0, n_early_stopped=0, met_budget=True, message="best under budget", failures={},
         baseline=SimpleNamespace(measurement=SimpleNamespace(energy_method="none")), registered_model=None,
         tracking_uri=tracking_uri, budget=None, timings={},
     )  # fmt: skip
@@ -261,3 +261,16 @@ def test_cli_bad_hardware_and_run_files(tmp_path: Path) -> None:
     assert_one_line_error(invoke("search", "--config", str(run)), "unknown key(s) ['trails']")
     run.write_text("workload: digits\n")
     assert_one_line_error(invoke("search", "--config", str(run)), "budget must be a mapping")
+
+
+def test_early_stop_margin_takes_a_number_or_off(tmp_path) -> None:
+    from autoshrink.cli import _margin
+    from autoshrink.config import ConfigError
+
+    assert _margin("0.02") == 0.02 and _margin("off") is None and _margin(None) is None
+    with pytest.raises(ConfigError, match="--early-stop-margin takes a number or 'off'"):
+        _margin("soon")
+    files = write_files(tmp_path)
+    result = CliRunner().invoke(app, ["search", "--workload", f"{files['workload']}:tiny", "--latency-budget-ms", "1000",
+                                      "--trials", "1", "--early-stop-margin", "2"])  # fmt: skip
+    assert result.exit_code == 2 and "early_stop_margin must be a number in [0, 1)" in result.output

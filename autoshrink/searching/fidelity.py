@@ -27,7 +27,7 @@ Example:
     ...               curves=(Curve(2, (0.80, 0.90), 0.92), Curve(2, (0.70, 0.88), 0.90)), margin=0.02)
     >>> round(front.gain(1, 2), 4)  # the most any earlier candidate gained after its first epoch
     0.2
-    >>> front.reachable(1, 2, 0.70, (2.0,)), front.reachable(1, 2, 0.60, (2.0,))
+    >>> front.reachable(1, 2, 0.75, (2.0,)), front.reachable(1, 2, 0.60, (2.0,))
     (True, False)
     >>> front.reachable(1, 2, 0.10, (0.5,))  # nothing as fast as it has finished: cannot be ruled out
     True

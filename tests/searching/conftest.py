@@ -65,9 +65,10 @@ def backend_name(request: pytest.FixtureRequest) -> str:
 
 
 def run_search(tmp: Path, budget: Budget, trials: int, experiment: str = "exp", **kwargs: Any) -> SearchResult:
-    """A search on the small residual CNN with a temporary MLflow/Optuna store in ``tmp``."""
+    """A search on the small residual CNN with a temporary MLflow/Optuna store in ``tmp`` (the
+    distillation early-stop rule off unless asked for: these tests count finished trials)."""
     model, (x, y), example = make_case("rescnn")
-    options: dict[str, Any] = {"space": SPACE, "hardware": HW, "seed": 0} | kwargs
+    options: dict[str, Any] = {"space": SPACE, "hardware": HW, "seed": 0, "early_stop_margin": None} | kwargs
     return search(
         model,
         train_data=(x[:256], y[:256]),
@@ -112,7 +113,7 @@ BUDGET = Budget(latency_ms=1000.0)
 def tiny_search(tmp: Path, wl: Any, trials: int = 2, experiment: str = "e", **kwargs: Any) -> SearchResult:
     """`search` of ``wl`` (a `tests.tiny` workload, or whatever a test passes in its place) on the
     tiny space and hardware under `BUDGET`, with a temporary MLflow/Optuna store in ``tmp``."""
-    options: dict[str, Any] = {"space": TINY_SPACE, "hardware": TINY_HW, "budget": BUDGET} | kwargs
+    options: dict[str, Any] = {"space": TINY_SPACE, "hardware": TINY_HW, "budget": BUDGET, "early_stop_margin": None} | kwargs
     return search(wl, trials=trials, experiment=experiment, tracking_uri=f"sqlite:///{tmp}/mlflow.db", **options)
 
 

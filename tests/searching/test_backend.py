@@ -20,6 +20,8 @@ SPACE = SearchSpace(prune=(0.0, 0.0, 0.1), rank=("off",), bits=(8,), distill_epo
 class FakeRecorder:
     """Records like `Recorder` (the outcome as a user attribute), raises as it does, keeps no store."""
 
+    early_stop_margin = None  # no distillation early-stop rule
+
     def __init__(self, bug_on: int | None = None) -> None:
         self.bug_on = bug_on
         self.started: list[int] = []
@@ -79,7 +81,7 @@ def test_a_bug_in_a_ray_worker_stops_the_search_with_its_message(monkeypatch: py
     reports: list[dict[str, Any]] = []
     monkeypatch.setattr(tune, "report", reports.append)
 
-    def buggy_runner(plan: Plan, *, name: str, measure_with: Any = None) -> TrialOutcome:
+    def buggy_runner(plan: Plan, *, name: str, measure_with: Any = None, front: Any = None) -> TrialOutcome:
         raise KeyError("the runner lost its workload")  # not a candidate's error: those it records itself
 
     study, recorder = new_study(), FakeRecorder()

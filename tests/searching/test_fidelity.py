@@ -84,12 +84,15 @@ def test_the_subset_score_is_the_students_on_the_first_validation_samples(tmp_pa
 def test_a_stopped_candidate_is_pruned_recorded_and_kept_on_resume(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(Front, "reachable", lambda self, *args: False)  # every distillation stops at once
     space = SearchSpace(prune=(0.0, 0.3, 0.3), rank=("off",), bits=(32, 8), distill_epochs=(0, 2))
-    result = tiny_search(tmp_path, tiny_workload(tmp_path), trials=6, space=space, warm_start=False)
+    lines: list[str] = []
+    result = tiny_search(tmp_path, tiny_workload(tmp_path), trials=6, space=space, warm_start=False,
+                         progress=lambda p: lines.append(p.last), early_stop_margin=0.01)  # fmt: skip
     trials = study(tmp_path, "e").trials
     pruned = [t for t in trials if t.state.name == "PRUNED"]
     assert pruned and result.n_early_stopped == len(pruned)
     assert all(t.user_attrs["outcome"]["stopped_epoch"] == 1 and "after epoch 1 of 2" in t.user_attrs["stopped_early"]
                for t in pruned)  # fmt: skip
+    assert any("distillation stopped after epoch 1 of 2" in line for line in lines)  # the progress line says so
     stopped = {t.number for t in pruned}
     assert all(c.trial not in stopped for c in result.pareto)
     c = client(tmp_path)
@@ -99,7 +102,8 @@ def test_a_stopped_candidate_is_pruned_recorded_and_kept_on_resume(tmp_path: Pat
         r.data.metrics["stopped_epoch"] == 1 and "subset_score" in r.data.metrics and "accuracy" not in r.data.metrics
         for r in tagged
     )
-    again = tiny_search(tmp_path, tiny_workload(tmp_path), trials=6, space=space, warm_start=False)  # resumed: done
+    again = tiny_search(tmp_path, tiny_workload(tmp_path), trials=6, space=space, warm_start=False,
+                        early_stop_margin=0.01)  # resumed: nothing left to run
     assert again.n_early_stopped == len(pruned) and len(study(tmp_path, "e").trials) == len(trials)
 
 

@@ -113,3 +113,14 @@ def test_search_an_embedding_model_then_load_the_best(folders, tmp_path: Path) -
     if best.runtime == "onnxruntime":
         out = served.predict({k: v.numpy() for k, v in x.items()})
         assert next(iter(out.values())).shape == (4, 64)
+
+
+def test_activation_aware_low_rank_on_a_hugging_face_encoder(folders) -> None:
+    from autoshrink import Plan, compress
+    from autoshrink.measuring.accuracy import score
+
+    emb = load(f"hf:{folders['emb']}", max_length=SEQ, samples=100)
+    art = compress(emb.model, Plan(rank=0.5, rank_method="asvd"), train_data=emb.train, example_input=emb.example_input)
+    report = next(r for r in art.reports if r.technique == "lowrank")
+    assert report.details["method"] == "activation" and any("query" in c for c in report.changed)
+    assert 0.0 < score(art, emb.val, emb.evaluate) <= 1.0  # runs with token inputs, scored by fidelity
