@@ -135,6 +135,11 @@ class Artifact:
             payload = self.payload  # torch: threads only, which its caller sets
         return replace(self, payload=payload, options=options, _sessions={})
 
+    def run_with(self, options: SessionOptions) -> Artifact:
+        """The same model run with session ``options``, for measuring them: its payload (and the
+        options written there) unchanged; `with_options` is what keeps them."""
+        return self if options == self.options else replace(self, options=options, _sessions={})
+
     def _meta(self) -> dict[str, Any]:
         if self.runtime == OPENVINO.name:
             return _openvino_meta(self.payload)

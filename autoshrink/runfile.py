@@ -187,6 +187,8 @@ class RunConfig:
             raise ConfigError(f"hardware must be an autoshrink.HardwareProfile, got {type(self.hardware).__name__}")
         if not isinstance(self.backend, dict):
             raise ConfigError(f"backend settings must be a mapping such as {{'kind': 'ray'}}, got {self.backend!r}")
+        if not isinstance(self.memory_objective, bool):
+            raise ConfigError(f"memory_objective must be true or false, got {self.memory_objective!r}")
         margin = self.early_stop_margin
         if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1):
             raise ConfigError(f"early_stop_margin must be a number in [0, 1) (points of the score) or null, got {margin!r}")

@@ -107,3 +107,10 @@ def test_a_run_file_takes_a_time_budget_as_a_duration_and_then_needs_no_trial_co
         RunConfig.from_dict({"budget": {"speedup": 3}, "trials": None})
     with pytest.raises(ConfigError, match="a time budget is seconds or a number with s, m or h"):
         RunConfig.from_dict({"budget": {"speedup": 3}, "time_budget_s": "half an hour"})
+
+
+def test_memory_objective_must_be_true_or_false() -> None:
+    from autoshrink.config import ConfigError
+
+    with pytest.raises(ConfigError, match="memory_objective must be true or false, got 'yes'"):
+        RunConfig.from_dict({"budget": {"latency_ms": 1.0}, "memory_objective": "yes"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from autoshrink.artifact import Artifact
@@ -143,8 +143,7 @@ def measure(
     batch = timing_batch(eval_data, hardware.batch_size)
     with phase("session"):
         options = tune_session(artifact, batch, hardware, memory_limit_mb).options
-    if options != artifact.options:
-        artifact = replace(artifact, options=options, _sessions={})
+    artifact = artifact.run_with(options)
     with phase("score"):
         quality = score(artifact, eval_data, evaluate) if accuracy else 0.0
     with phase("latency"):

@@ -231,8 +231,6 @@ def _measure_file(path: str, runtime: str, threads: int, session: dict[str, Any]
     """In a fresh measuring process: load the feed, reset the high-water mark, load ``path`` as
     a deployment would with ``session`` options, run the feed `RUNS` times; the high-water mark
     above where it started."""
-    import dataclasses
-
     import torch
 
     from autoshrink.sessions import SessionOptions, ort_session_options
@@ -256,7 +254,7 @@ def _measure_file(path: str, runtime: str, threads: int, session: dict[str, Any]
         from autoshrink.artifact import load_artifact
 
         torch.set_num_threads(threads)
-        run = dataclasses.replace(load_artifact(path), options=options).runner(threads)
+        run = load_artifact(path).run_with(options).runner(threads)
         for _ in range(RUNS):
             run(feed)
     end = memory_status()

@@ -32,7 +32,7 @@ Example:
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from autoshrink.artifact import Artifact
 from autoshrink.config import HardwareProfile
@@ -80,7 +80,7 @@ def tune_session(
     if memory_limit_mb is not None:
         from autoshrink.measuring.memory import measure_peak_memory
 
-        memory = {o: measure_peak_memory(_with(artifact, o), batch, hardware).peak_mb for o in sets}
+        memory = {o: measure_peak_memory(artifact.run_with(o), batch, hardware).peak_mb for o in sets}
         fitting = [o for o in sets if memory[o] <= memory_limit_mb]
         if reference not in fitting:
             reference = min(fitting or sets, key=lambda o: memory[o])
@@ -105,11 +105,6 @@ def _beats(times: list[float], reference: list[float]) -> bool:
     return len(times) == len(reference) and all(t < r * (1 - TIE) for t, r in zip(times, reference, strict=True))
 
 
-def _with(artifact: Artifact, options: SessionOptions) -> Artifact:
-    """``artifact`` run with ``options``, for measuring only (its payload's metadata unchanged)."""
-    return replace(artifact, options=options, _sessions={})
-
-
 def _time(
     artifact: Artifact, batch: Inputs, hardware: HardwareProfile, sets: list[SessionOptions],
     reference: SessionOptions,
@@ -125,7 +120,7 @@ def _time(
     with torch_threads(hardware.threads):
         runs = {}
         for options in sets:
-            candidate = _with(artifact, options)
+            candidate = artifact.run_with(options)
             run, feed = candidate.runner(hardware.threads), candidate.feed(batch)
             for _ in range(WARMUP_RUNS):
                 run(feed)

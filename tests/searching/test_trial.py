@@ -80,6 +80,22 @@ def test_a_latency_near_the_budget_is_timed_three_times_and_the_slowest_kept(tmp
     assert m.latency_ms == max(first.latency_ms * 1.05, first.latency_ms * 1.15)
 
 
+def test_a_latency_near_the_budget_is_timed_again_with_the_session_options_it_was_timed_with(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from autoshrink.measuring import latency as latency_module
+    from autoshrink.sessions import SessionOptions
+
+    fixed = replace(HW, session={"memory_arena": False})
+    first = TrialRunner(tiny_workload(tmp_path), fixed, tmp_path / "p")(Plan(bits=8), name="probe").measurement
+    near = TrialRunner(tiny_workload(tmp_path), fixed, tmp_path / "a", budget=Budget(latency_ms=first.latency_ms))
+    seen = []
+    real = latency_module.measure_latency
+    monkeypatch.setattr(latency_module, "measure_latency", lambda art, batch, hw: seen.append(art.options) or real(art, batch, hw))
+    near(Plan(bits=8), name="near")
+    assert len(seen) == 3 and set(seen) == {SessionOptions(memory_arena=False)}  # not the defaults for the re-timings
+
+
 def test_an_auto_trial_is_named_after_the_runtime_it_ran_in(tmp_path) -> None:
     import optuna
 
