@@ -140,3 +140,18 @@ def test_residual_streams_are_kept_whole_unless_asked_and_said_so() -> None:
     assert kept.module.stem[0].out_channels == model.stem[0].out_channels and kept.module.a1.out_channels < model.a1.out_channels
     assert writers <= set(cut.reports[-1].details["layer_ratios"])  # asked: the stream is cut with the rest
     assert cut.reports[-1].details["params_after"] < kept.reports[-1].details["params_after"]
+
+
+def test_a_refit_with_more_unknowns_than_rows_is_judged_on_held_out_inputs_and_undone() -> None:
+    from autoshrink.techniques._reconstruct import reconstruct
+
+    torch.manual_seed(0)  # a head after pooling: 196 unknowns per output, 32 rows to fit them
+    teacher = torch.nn.Sequential(torch.nn.Linear(8, 200), torch.nn.ReLU(), torch.nn.Linear(200, 4))
+    student = torch.nn.Sequential(torch.nn.Linear(8, 195), torch.nn.ReLU(), torch.nn.Linear(195, 4))
+    with torch.no_grad():  # 5 hidden units pruned
+        student[0].weight.copy_(teacher[0].weight[:195]), student[0].bias.copy_(teacher[0].bias[:195])
+        student[2].weight.copy_(teacher[2].weight[:, :195]), student[2].bias.copy_(teacher[2].bias)
+    kept = student[2].weight.clone()
+    before, after = reconstruct(student, teacher, ["2"], {}, torch.randn(64, 8))["2"]
+    # Judged on the batch it was fitted on, the refit looked perfect (error 0.0002) and was kept.
+    assert after == before > 0.05 and torch.equal(student[2].weight, kept)
