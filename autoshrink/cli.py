@@ -280,8 +280,10 @@ def sensitivity(
     bits: int = typer.Option(8, help="The precision each layer is quantized to alone: 8 or 4."),
     runtime: str = typer.Option("onnxruntime", help="onnxruntime or openvino (8 bits)."),
     samples: int = typer.Option(128, help="Validation inputs scored, the same for every layer."),
+    technique: str = typer.Option("quantize", help="quantize: each layer quantized alone, the score it loses; prune: each channel group pruned alone by half, the output's error (what pruning allocates by)."),
 ) -> None:
-    """Print how much of the workload's score each layer loses when it alone is quantized, worst first."""
+    """Print how much of the workload's score each layer loses when it alone is quantized (or, with
+    --technique prune, how much each channel group pruned alone changes the output), worst first."""
     from autoshrink import workloads
     from autoshrink.config import ConfigError
     from autoshrink.measuring.accuracy import EvaluationError
@@ -292,11 +294,26 @@ def sensitivity(
     try:
         options = _workload_options(weights=weights, data=data, args=workload_arg) or {}
         say.line(f"loading workload '{workload}'")
+        if technique not in ("quantize", "prune"):
+            raise ConfigError(f"--technique must be quantize or prune, got {technique!r}")
         wl = workloads.load(workload, **options)
+        if technique == "prune":
+            typer.echo(_prune_probe_table(wl))
+            return
         rows = layer_sensitivity(wl, bits=bits, runtime=runtime, samples=samples, progress=say.line)
     except (ConfigError, CompressionError, EvaluationError, ValueError) as exc:
         _die(str(exc))
     typer.echo(table(rows))
+
+
+def _prune_probe_table(wl: Any) -> str:
+    from autoshrink import pipeline
+    from autoshrink.plan import Plan
+    from autoshrink.techniques._allocate import table as probe_table
+    from autoshrink.techniques.prune import probe
+
+    context = pipeline.prepare(wl.model, train_data=wl.train, example_input=wl.example_input, task=wl.task, output=wl.output)
+    return probe_table(probe(context, pipeline.technique_configs(Plan(prune=0.5))[0]))
 
 
 @app.command()

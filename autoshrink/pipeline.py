@@ -36,7 +36,9 @@ def technique_configs(plan: Plan, *, int8_range: str = "auto") -> list[Any]:
     """
     configs: list[Any] = []
     if plan.prune > 0:
-        configs.append(PruneConfig(ratio=plan.prune))
+        uniform = plan.prune_method == "uniform"
+        configs.append(PruneConfig(ratio=plan.prune, allocation="uniform" if uniform else "sensitivity",
+                                   importance="magnitude" if uniform else "activation"))  # fmt: skip
     if plan.rank is not None and plan.rank_method == "tt":
         configs.append(TensorTrainConfig(fraction=plan.rank))
     elif plan.rank is not None:

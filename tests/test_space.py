@@ -85,6 +85,19 @@ def test_mixed_values_are_checked_and_read_from_files(tmp_path: Path) -> None:
     assert SearchSpace.from_dict(SearchSpace(mixed=(0, 2)).to_dict()).mixed == (0, 2)
 
 
+def test_prune_method_is_drawn_only_for_a_ratio_and_round_trips() -> None:
+    space = SearchSpace(prune=(0.0, 0.5, 0.5), prune_method=("sensitivity", "uniform"))
+    params = {"rank": "off", "bits": 32, "distill_epochs": 0}
+    drawn = space.sample(optuna.trial.FixedTrial({**params, "prune": 0.5, "prune_method": "uniform"}))
+    assert drawn.prune_method == "uniform"
+    off = space.sample(optuna.trial.FixedTrial({**params, "prune": 0.0}))  # no prune_method parameter needed
+    assert off.prune == 0 and off.prune_method == "sensitivity"
+    assert SearchSpace.from_dict(json.loads(json.dumps(space.to_dict()))) == space
+    assert "prune_method" not in SearchSpace().to_dict()  # the default space reads as before
+    with pytest.raises(ConfigError, match="prune_method"):
+        SearchSpace(prune_method=("global",))
+
+
 def test_rank_method_is_drawn_only_for_a_rank_and_round_trips() -> None:
     space = SearchSpace(rank=("off", 0.5), rank_method=("svd", "tt"))
     params = {"prune": 0.0, "bits": 32, "distill_epochs": 0}

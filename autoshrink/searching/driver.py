@@ -105,6 +105,7 @@ def search(
             recorder.baseline, recorder.budget = baseline.measurement, run.budget
             space = _ranked(space, opened, wl, run, live)
             runner = replace(runner, budget=run.budget, ranking=space.ranking)
+            _probed(space, opened, wl, runner, live)
             _run_trials(opened.study, backend, space, runner, recorder, live)
             stopped = live.stopped_early(counted(opened.study))
             if stopped:
@@ -291,6 +292,45 @@ def _ranked(space: SearchSpace, opened: _Opened, wl: Workload, run: RunConfig, l
             chart(every, str(picture))
             opened.tracker.log_file(opened.parent, picture)
     return space.ranked({b: ranking(rows[technique_of(b)]) for b in needed})
+
+
+#: The study's user attribute that keeps the pruning probe: each channel group pruned alone.
+PRUNE_PROBE = "prune_probe"
+
+
+def _probed(space: SearchSpace, opened: _Opened, wl: Workload, runner: TrialRunner, live: _Live) -> None:
+    """Each channel group of the model pruned alone, measured once per search where the space
+    prunes by sensitivity (`autoshrink.techniques._allocate`), kept in the study (a resumed search
+    reuses it), logged on the parent run (``prune_sensitivity.json``) and handed to the
+    candidates through the runner's cache."""
+    if space.prune[1] <= 0 or "sensitivity" not in space.prune_method:
+        return
+    from autoshrink import pipeline
+    from autoshrink.techniques._allocate import Group
+    from autoshrink.techniques.prune import probe, probe_key
+
+    config = pipeline.technique_configs(Plan(prune=space.prune[1]))[0]
+    context = pipeline.prepare(wl.model, train_data=wl.train, example_input=wl.example_input, cache=runner.cache,
+                      task=wl.task, output=wl.output)  # fmt: skip
+    key = probe_key(context.teacher, config)
+    stored = opened.study.user_attrs.get(PRUNE_PROBE, {})
+    if stored.get("key") == key:
+        runner.cache[key] = [Group(**g) for g in stored["groups"]]
+        live.emit("sensitivity", "pruning: reusing the channel groups' sensitivity this study measured before")
+        return
+    live.emit("sensitivity", "pruning: probing each channel group pruned alone by half, once per search")
+    started = time.perf_counter()
+    try:
+        groups = probe(context, config)
+    except candidate_errors() as exc:  # the pruned candidates will fail and say why
+        live.emit("sensitivity", f"pruning: the probe failed ({type(exc).__name__}: {exc})"[:300])
+        return
+    runner.cache[key] = groups
+    opened.study.set_user_attr(PRUNE_PROBE, {"key": key, "groups": [g.to_dict() for g in groups]})
+    opened.tracker.log_metrics(opened.parent, {"time_sensitivity_prune_s": time.perf_counter() - started})
+    opened.tracker.log_json(opened.parent, [g.to_dict() for g in groups], "prune_sensitivity.json")
+    worst = sorted(groups, key=lambda g: -g.error)[:3]
+    live.emit("sensitivity", "pruning: most sensitive groups " + ", ".join(f"{g.name} ({g.error:.3g})" for g in worst))
 
 
 #: The study's user attribute that keeps the absolute limits its relative ones resolved to.

@@ -259,7 +259,7 @@ class TrialRunner:
             last_chance = len(choices) == 1 or runtime == choices[-1] and best is None
             candidate = replace(plan, runtime=runtime, distill_epochs=0)
             key = json.dumps(
-                [plan.prune, plan.rank, plan.rank_method, plan.bits, candidate.resolved_runtime, plan.layer_bits]
+                [plan.prune, plan.prune_method, plan.rank, plan.rank_method, plan.bits, candidate.resolved_runtime, plan.layer_bits]
             )
             if key in failed and not last_chance:
                 continue

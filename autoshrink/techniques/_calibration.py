@@ -16,7 +16,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -37,24 +37,20 @@ def _rows(module: nn.Module, x: torch.Tensor, gen: torch.Generator) -> torch.Ten
     return rows
 
 
-def input_grams(model: nn.Module, names: Sequence[str], inputs: Inputs, seed: int = 0) -> dict[str, torch.Tensor]:
-    """``X^T X`` (float64, divided by the rows counted) of the inputs each layer ``names`` of
-    ``model`` receives while ``model`` runs on ``inputs`` (batches of `BATCH`)."""
+def _each_input(
+    model: nn.Module, names: Sequence[str], inputs: Inputs, seed: int, take: Callable[[str, torch.Tensor], None]
+) -> None:
+    """Run ``model`` on ``inputs`` (batches of `BATCH`) and hand every batch's input rows of each
+    layer ``names`` to ``take(name, rows)`` (float64)."""
     gen = torch.Generator().manual_seed(seed)
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-    handles = []
 
     def hook(name: str) -> Any:
         def pre(module: nn.Module, args: tuple[Any, ...]) -> None:
-            rows = _rows(module, args[0].detach(), gen).double()
-            sums[name] = sums.get(name, 0) + rows.T @ rows
-            counts[name] = counts.get(name, 0) + rows.shape[0]
+            take(name, _rows(module, args[0].detach(), gen).double())
 
         return pre
 
-    for name in names:
-        handles.append(model.get_submodule(name).register_forward_pre_hook(hook(name)))
+    handles = [model.get_submodule(name).register_forward_pre_hook(hook(name)) for name in names]
     total = batch_size(inputs)
     try:
         with torch.no_grad():
@@ -63,4 +59,43 @@ def input_grams(model: nn.Module, names: Sequence[str], inputs: Inputs, seed: in
     finally:
         for handle in handles:
             handle.remove()
+
+
+def input_grams(model: nn.Module, names: Sequence[str], inputs: Inputs, seed: int = 0) -> dict[str, torch.Tensor]:
+    """``X^T X`` (float64, divided by the rows counted) of the inputs each layer ``names`` of
+    ``model`` receives while ``model`` runs on ``inputs`` (batches of `BATCH`)."""
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def take(name: str, rows: torch.Tensor) -> None:
+        sums[name] = sums.get(name, 0) + rows.T @ rows
+        counts[name] = counts.get(name, 0) + rows.shape[0]
+
+    _each_input(model, names, inputs, seed, take)
     return {name: sums[name] / counts[name] for name in sums}
+
+
+def input_variances(
+    model: nn.Module, names: Sequence[str], inputs: Inputs, *, centered: bool = True, seed: int = 0,
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    """The variance (``centered``) or the mean square of each input channel of the layers
+    ``names`` on ``inputs``: the diagonal of `input_grams` without the cost of the rest.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2))
+        >>> x = torch.tensor([[1.0, 3.0], [1.0, -3.0]])
+        >>> input_variances(net, ["0"], x)["0"].tolist(), input_variances(net, ["0"], x, centered=False)["0"].tolist()
+        ([0.0, 9.0], [1.0, 9.0])
+    """
+    sums: dict[str, list[Any]] = {}
+
+    def take(name: str, rows: torch.Tensor) -> None:
+        total = sums.setdefault(name, [0, 0, 0])
+        total[0], total[1], total[2] = total[0] + rows.sum(0), total[1] + rows.pow(2).sum(0), total[2] + rows.shape[0]
+
+    _each_input(model, names, inputs, seed, take)
+    out = {}
+    for name, (first, second, count) in sums.items():
+        mean, square = first / count, second / count
+        out[name] = (square - mean.pow(2) if centered else square).clamp_min(0).float()
+    return out

@@ -11,7 +11,7 @@ from tests.conftest import make_case
 
 def test_pruning_removes_channels_for_real() -> None:
     model, data, example = make_case("rescnn")
-    art = compress(model, Plan(prune=0.5), train_data=data, example_input=example)
+    art = compress(model, Plan(prune=0.5, prune_method="uniform"), train_data=data, example_input=example)
     pruned = art.torch_module
     assert pruned.a1.weight.shape == (16, 16, 3, 3)  # both its output and the residual input halve
     # the residual stream is pruned consistently: stem, a2 and the head's input agree
@@ -23,7 +23,7 @@ def test_pruning_removes_channels_for_real() -> None:
 
 def test_transformer_prunes_ffn_but_not_attention() -> None:
     model, data, example = make_case("transformer")
-    art = compress(model, Plan(prune=0.5), train_data=data, example_input=example)
+    art = compress(model, Plan(prune=0.5, prune_method="uniform"), train_data=data, example_input=example)
     layer = art.torch_module.encoder.layers[0]
     assert layer.linear1.out_features == 128 and layer.linear2.in_features == 128
     assert layer.self_attn.embed_dim == 64
@@ -33,7 +33,7 @@ def test_transformer_prunes_ffn_but_not_attention() -> None:
 
 def test_unknown_layers_are_sliced_along_channels_or_skipped_and_reported() -> None:
     model, data, example = make_case("custom")
-    art = compress(model, Plan(prune=0.5), train_data=data, example_input=example)
+    art = compress(model, Plan(prune=0.5, prune_method="uniform"), train_data=data, example_input=example)
     module = art.torch_module
     # a per-channel parameter (layer scale) is sliced with the channels it scales
     assert module.custom.scale.numel() == module.conv1.out_channels == 16
@@ -155,3 +155,70 @@ def test_a_refit_with_more_unknowns_than_rows_is_judged_on_held_out_inputs_and_u
     before, after = reconstruct(student, teacher, ["2"], {}, torch.randn(64, 8))["2"]
     # Judged on the batch it was fitted on, the refit looked perfect (error 0.0002) and was kept.
     assert after == before > 0.05 and torch.equal(student[2].weight, kept)
+
+
+class _TwoBranches(torch.nn.Module):
+    """Two hidden groups of 64 units read by one head; the head reads ``b`` with weights 10x as
+    large, so removing ``b``'s units changes the output far more than removing ``a``'s."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b, self.head = torch.nn.Linear(16, 64), torch.nn.Linear(16, 64), torch.nn.Linear(128, 4)
+        with torch.no_grad():
+            self.head.weight[:, 64:] *= 10
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.a(x).relu(), self.b(x).relu()], 1))
+
+
+def _pruned(model: torch.nn.Module, config: PruneConfig, x: torch.Tensor, cache: dict | None = None):  # noqa: ANN202
+    from autoshrink.techniques import Context, Stage, apply
+
+    context = Context(teacher=model, train_data=(x,), example_input=x[:1], cache=cache if cache is not None else {})
+    return apply(Stage(__import__("copy").deepcopy(model)), config, context)
+
+
+def test_sensitivity_allocation_spends_the_uniform_budget_on_the_robust_group_and_spares_the_fragile_one() -> None:
+    model, x = _TwoBranches().eval(), torch.randn(256, 16)
+    uniform = _pruned(model, PruneConfig(0.5, reconstruct=False), x)
+    sensitive = _pruned(model, PruneConfig(0.5, allocation="sensitivity", reconstruct=False), x)
+    details = sensitive.reports[-1].details
+    assert details["sensitivity"]["b"] > 10 * details["sensitivity"]["a"], details["sensitivity"]  # the probe saw it
+    ratios = details["layer_ratios"]
+    assert ratios["a"] > 0.5 > ratios.get("b", 0.0), ratios  # per-layer shares, not one for all
+    # the budget is the uniform plan's size: within one step (8 units of a group, 8 x 21 parameters)
+    assert details["target_params"] == uniform.reports[-1].details["params_after"]
+    assert abs(details["params_after"] - details["target_params"]) <= 8 * 21, details
+    err = lambda m: float((m(x) - model(x)).norm() / model(x).norm())  # noqa: E731
+    with torch.no_grad():
+        assert err(sensitive.module) < 0.5 * err(uniform.module)
+
+
+def test_activation_importance_removes_the_units_the_data_never_excites() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).eval()
+    with torch.no_grad():  # units 0-7: large weights, but a bias that keeps them at 0 after the ReLU
+        model[0].weight[:8] *= 10
+        model[0].bias[:8] = -1000.0
+    x = torch.randn(128, 8)
+    by_weights = _pruned(model, PruneConfig(0.5, reconstruct=False), x).module
+    by_activity = _pruned(model, PruneConfig(0.5, importance="activation", reconstruct=False), x).module
+    with torch.no_grad():
+        assert torch.allclose(by_activity(x), model(x), atol=1e-5)  # only dead units went
+        assert not torch.allclose(by_weights(x), model(x), atol=1e-2)  # the largest weights were the dead ones
+
+
+def test_the_sensitivity_probe_runs_once_per_architecture_and_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    from autoshrink.techniques import prune as prune_module
+
+    calls: list[int] = []
+    probe = prune_module._probe
+    monkeypatch.setattr(prune_module, "_probe", lambda *a, **k: calls.append(1) or probe(*a, **k))
+    model, x, cache = _TwoBranches().eval(), torch.randn(64, 16), {}
+    for ratio in (0.3, 0.5):  # two candidates of one search share its cache
+        _pruned(model, PruneConfig(ratio, allocation="sensitivity", reconstruct=False), x, cache)
+    assert len(calls) == 1
+    other = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
+    _pruned(other, PruneConfig(0.5, allocation="sensitivity", reconstruct=False), x, cache)
+    assert len(calls) == 2  # another architecture is probed anew

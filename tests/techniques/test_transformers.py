@@ -19,7 +19,7 @@ from autoshrink.pipeline import compress
 from autoshrink.plan import Plan
 from autoshrink.workloads import Workload, load
 from autoshrink.workloads.huggingface import synthetic_tokens
-from tests.transformer_models import FFN, HEADS, HIDDEN, SEQ, VOCAB, TokenTransformer, save_tiny_bert
+from tests.transformer_models import FFN, HEADS, HIDDEN, LAYERS, SEQ, VOCAB, TokenTransformer, save_tiny_bert
 
 PLANS = [
     # plan, lowest fidelity (mean cosine to the original outputs) accepted on random weights.
@@ -73,21 +73,28 @@ def test_every_technique_on_token_inputs(kind: str, plan: Plan, bound: float, be
     assert art.spec.dtypes == ("int64", "int64") and art.spec.names == ("input_ids", "attention_mask")
 
 
-def test_heads_pruning_removes_whole_heads(bert_folders) -> None:
+@pytest.mark.parametrize("method", ["uniform", "sensitivity"])
+def test_heads_pruning_removes_whole_heads(bert_folders, method: str) -> None:
     wl = _workload("classifier", bert_folders)
-    art = compress(wl.model, Plan(prune=0.5), train_data=wl.train, example_input=wl.example_input)
+    art = compress(wl.model, Plan(prune=0.5, prune_method=method), train_data=wl.train, example_input=wl.example_input)
     bert = art.torch_module.classifier.bert
     head_size = HIDDEN // HEADS
+    heads = []
     for layer in bert.encoder.layer:
         attn = layer.attention.self
-        assert attn.num_attention_heads == HEADS // 2
+        heads.append(attn.num_attention_heads)
         width = attn.num_attention_heads * head_size
         assert attn.query.out_features == attn.key.out_features == attn.value.out_features == width
         assert layer.attention.output.dense.in_features == width  # the output projection follows
         assert layer.attention.output.dense.out_features == HIDDEN  # the residual stream is kept
-        assert layer.intermediate.dense.out_features == FFN // 2
+        if method == "uniform":
+            assert layer.intermediate.dense.out_features == FFN // 2
     report = next(r for r in art.reports if r.technique == "prune")
-    assert sum("heads 4 -> 2" in c for c in report.changed) == 2
+    if method == "uniform":
+        assert heads == [HEADS // 2] * LAYERS and sum("heads 4 -> 2" in c for c in report.changed) == 2
+    else:  # each block loses what its measured sensitivity allows; the model as much as uniform
+        assert all(1 <= h <= HEADS for h in heads) and sum(heads) < HEADS * LAYERS, heads
+        assert set(report.details["sensitivity"]) >= {f"classifier.bert.encoder.layer.{i}.attention.self.value" for i in range(LAYERS)}
 
 
 def test_pruned_heads_are_whole_heads_of_the_original(bert_folders) -> None:
@@ -99,12 +106,12 @@ def test_pruned_heads_are_whole_heads_of_the_original(bert_folders) -> None:
     size = HIDDEN // HEADS
     blocks = [pruned[i : i + size] for i in range(0, pruned.shape[0], size)]
     heads = [h for h in range(HEADS) if any(torch.equal(b, original[h * size : (h + 1) * size]) for b in blocks)]
-    assert len(heads) == len(blocks) == HEADS // 2
+    assert len(heads) == len(blocks) < HEADS  # every kept block is a whole original head
 
 
 def test_nn_multihead_attention_is_kept_whole_and_reported() -> None:
     wl = _workload("torch-encoder", {})
-    art = compress(wl.model, Plan(prune=0.5), train_data=wl.train, example_input=wl.example_input)
+    art = compress(wl.model, Plan(prune=0.5, prune_method="uniform"), train_data=wl.train, example_input=wl.example_input)
     layer = art.torch_module.encoder.layers[0]
     assert layer.self_attn.embed_dim == HIDDEN and layer.linear1.out_features == FFN // 2
     assert any("MultiheadAttention" in v for v in art.skipped.values())
