@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +77,9 @@ def run_compression_bench(
 
 
 def reconstruction_rows(workload: Workload, ratios: Sequence[float] = RECONSTRUCT_RATIOS) -> list[dict[str, Any]]:
-    """Test accuracy of the pruned torch model at each ratio without and with reconstruction
-    (no distillation), and the seconds pruning took."""
+    """Test accuracy of the pruned torch model at each ratio, uniform without and with
+    reconstruction and by sensitivity (no distillation), its parameters and the seconds pruning
+    took (the sensitivity probe counted in the first ratio's)."""
     import copy
 
     import torch
@@ -88,11 +89,15 @@ def reconstruction_rows(workload: Workload, ratios: Sequence[float] = RECONSTRUC
     from autoshrink.techniques.prune import PruneConfig
 
     out = []
+    methods = {"uniform, no reconstruction": PruneConfig(0.0, reconstruct=False), "uniform": PruneConfig(0.0),
+               "sensitivity": PruneConfig(0.0, allocation="sensitivity", importance="activation")}  # fmt: skip
+    cache: dict[str, Any] = {}  # one probe for every ratio, as in a search
     for ratio in ratios:
-        for reconstruct in (False, True):
+        for method, config in methods.items():
             start = time.perf_counter()
-            context = Context(teacher=workload.model, train_data=workload.train, example_input=workload.example_input)
-            stage = apply(Stage(copy.deepcopy(workload.model)), PruneConfig(ratio=ratio, reconstruct=reconstruct), context)
+            context = Context(teacher=workload.model, train_data=workload.train, example_input=workload.example_input,
+                              cache=cache)  # fmt: skip
+            stage = apply(Stage(copy.deepcopy(workload.model)), replace(config, ratio=ratio), context)
             spent = time.perf_counter() - start
             correct = seen = 0
             with torch.no_grad():
@@ -100,7 +105,8 @@ def reconstruction_rows(workload: Workload, ratios: Sequence[float] = RECONSTRUC
                     x, y = split_batch(batch)
                     correct += int((stage.module.eval()(x).argmax(1) == y).sum())
                     seen += len(y)
-            out.append({"ratio": ratio, "reconstruct": reconstruct, "accuracy": correct / seen, "prune_s": spent})
+            params = stage.reports[-1].details["params_after"]
+            out.append({"ratio": ratio, "method": method, "accuracy": correct / seen, "params": params, "prune_s": spent})
     return out
 
 
@@ -149,7 +155,8 @@ def write_report(rows: list[BenchRow], report: Report, workload: str,
         )
     lines += [
         "",
-        "Labels: `pruneX` removes X of the channels (structured, torch-pruning); `rankX` keeps X of "
+        "Labels: `pruneX` removes as many parameters as X of every channel group would, from the groups a "
+        "probe found least sensitive, then refits the layers that lost inputs (structured, torch-pruning); `rankX` keeps X of "
         "each factorized layer's weights (truncated SVD into two thin layers); `int8` is ONNX "
         "Runtime static QDQ int8; `int4` adds 4-bit MatMulNBits weights for Linear layers (int8 "
         "elsewhere); `kdN` is N epochs of distillation from the original model; `fp32-ort` is the "
@@ -160,15 +167,18 @@ def write_report(rows: list[BenchRow], report: Report, workload: str,
     if reconstruction:
         lines += [
             "",
-            "## Pruning without distillation: what reconstruction changes",
+            "## Pruning without distillation: what reconstruction and the allocation change",
             "",
-            "Test accuracy of the pruned torch model, no distillation: removed channels only, then with each layer "
-            "that lost inputs refitted by least squares to the unpruned layer's outputs on 256 training inputs "
-            "(`PruneConfig.reconstruct`, the default; no labels used). `prune s`: pruning (and refitting) time.",
+            "Test accuracy of the pruned torch model, no distillation. `uniform, no reconstruction`: every channel group "
+            "loses the ratio, smallest weights first, nothing refitted; `uniform`: then each layer that lost inputs is "
+            "refitted by least squares to the unpruned layer's outputs on 256 training inputs (no labels); "
+            "`sensitivity` (what `Plan(prune=...)` does): as many parameters go, from the groups a probe found least "
+            "sensitive, the least varying channels first, then the same refit. `prune s`: pruning time (the first "
+            "sensitivity row includes the probe, which later ratios reuse).",
             "",
-            "| prune | reconstruct | test acc | prune s |",
-            "|---|---|---|---|",
-            *(f"| {r['ratio']:g} | {'yes' if r['reconstruct'] else 'no'} | {r['accuracy']:.4f} | {r['prune_s']:.1f} |"
+            "| prune | method | test acc | params | prune s |",
+            "|---|---|---|---|---|",
+            *(f"| {r['ratio']:g} | {r['method']} | {r['accuracy']:.4f} | {r['params']:,} | {r['prune_s']:.1f} |"
               for r in reconstruction),
         ]  # fmt: skip
     md = report.write({"workload": workload, "rows": records, "reconstruction": list(reconstruction)}, lines)

@@ -34,6 +34,7 @@ from autoshrink.techniques import (
     output_shape,
     register,
 )
+from autoshrink.techniques._allocate import Group, allocate, budget_of
 from autoshrink.techniques._importance import ActivationImportance, input_moments
 
 _PRUNABLE = (
@@ -388,7 +389,7 @@ def probe_key(model: nn.Module, config: PruneConfig) -> str:
     return f"prune_sensitivity:{count_parameters(model)}:{config.keep_streams}:{config.round_to}:{config.importance}"
 
 
-def probe(context: Context, config: PruneConfig) -> list[Any]:
+def probe(context: Context, config: PruneConfig) -> list[Group]:
     """Every channel group of ``context.teacher`` pruned alone (`_probe`): what a search measures
     once, keeps in its study and hands to its candidates' cache under `probe_key`."""
     moments = _moments(context.teacher, context, centered=config.reconstruct) if config.importance == "activation" else None
@@ -415,10 +416,8 @@ def _sensitivity_shares(
     return shares, {g.name: round(g.error, 6) for g in probed}, target
 
 
-def _shares_for(model: nn.Module, example: Any, config: PruneConfig, probed: list[Any]) -> tuple[dict[str, float], int]:
+def _shares_for(model: nn.Module, example: Any, config: PruneConfig, probed: list[Group]) -> tuple[dict[str, float], int]:
     """The shares of `_sensitivity_shares` for the groups ``probed``, and the target size."""
-    from autoshrink.techniques._allocate import allocate, budget_of
-
     target = _kept_parameters(model, example, replace(config, allocation="uniform"), None)
     # No group loses more than the probe measured or the uniform plan would take: the error model
     # is not trusted beyond what was seen (on digits at 0.7, a cap of 0.9 gave 0.969 test
@@ -452,14 +451,13 @@ def _kept_parameters(model: nn.Module, example: Any, config: PruneConfig, shares
 
 def _probe(
     model: nn.Module, context: Context, config: PruneConfig, moments: dict[str, torch.Tensor] | None
-) -> list[Any]:
+) -> list[Group]:
     """Every group of `groups` pruned alone by `PROBE_SHARE` on a copy of ``model``: the model's
     squared relative output error on `PROBE_SAMPLES` training inputs, and the parameters removed."""
     import copy
 
     from autoshrink.data import dataset_size, stack_inputs
     from autoshrink.inputs import call_model
-    from autoshrink.techniques._allocate import Group
 
     if dataset_size(context.train_data) == 0:
         raise CompressionError("sensitivity allocation needs calibration inputs (train data), and there are none")
