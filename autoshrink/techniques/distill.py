@@ -10,7 +10,12 @@ teacher's outputs are the target. What "close to the teacher" means follows the 
   so both direction (what similarity search uses) and scale are kept;
 * ``regression``: mean squared error to the teacher, mixed with the labels' when given.
 
-Only training data is used: never the data candidates are scored on.
+Only training data is used: never the data candidates are scored on. An eighth of it (at most
+64 inputs) is held out of the fit and judges it: the student keeps the weights of the epoch
+closest to the teacher there, the ones from before distillation included, so a few epochs on
+a few hundred inputs cannot leave a model worse than they found it (on all-MiniLM-L6-v2 pruned
+by 0.3, one epoch on 300 sentences at the default learning rate took the embeddings' cosine
+from 0.972 to 0.639; at 1e-5 it changed nothing).
 """
 
 from __future__ import annotations
@@ -111,6 +116,11 @@ class _Shuffled:
             yield self.order[start : start + self.batch_size]
 
 
+#: Training inputs held out of distillation to judge it: this share of them, at most `HELD_OUT_MAX`.
+HELD_OUT_SHARE = 1 / 8
+HELD_OUT_MAX = 64
+
+
 @register(DistillConfig)
 def distill(stage: Stage, config: DistillConfig, context: Context) -> Stage:
     if config.epochs == 0:
@@ -120,20 +130,46 @@ def distill(stage: Stage, config: DistillConfig, context: Context) -> Stage:
         p.requires_grad_(True)  # a stage that was lowered before may have been frozen
     x_all, t_all, y_all = _teacher_outputs(context)
     n = batch_size(x_all)
-    shuffled = _Shuffled(n, config.batch_size, torch.Generator().manual_seed(context.seed))
+    held = min(HELD_OUT_MAX, int(n * HELD_OUT_SHARE)) if n >= 16 else 0
+    fitted = n - held
+    shuffled = _Shuffled(fitted, config.batch_size, torch.Generator().manual_seed(context.seed))
 
     def loss(idx: torch.Tensor) -> tuple[torch.Tensor, int]:
         out = call_model(student, tree_index(x_all, idx))
         labels = y_all[idx] if y_all is not None else None
         return distill_loss(out, t_all[idx], labels, context.task, config), len(idx)
 
+    held_out = torch.arange(fitted, n)
+
+    def judged() -> float:  # the student's distance to the teacher on the inputs it is not fitted on
+        with torch.no_grad():
+            return float(distill_loss(call_model(student.eval(), tree_index(x_all, held_out)), t_all[held_out], None,
+                                      context.task, config))  # fmt: skip
+
+    history = [judged()] if held else []
+    best = (history[0], 0, _snapshot(student)) if held else None
     watch = context.on_epoch
-    losses = fit(student, shuffled, loss, epochs=config.epochs, lr=config.lr,
-                 on_epoch=(lambda epoch: watch(epoch, student)) if watch is not None else None)  # fmt: skip
-    order = shuffled.order
-    recalibrate_batchnorm(student, (tree_index(x_all, order[i : i + 64]) for i in range(0, min(n, 2048), 64)))
-    report = TechniqueReport(
-        technique="distill",
-        details={"epochs": config.epochs, "samples": n, "task": context.task, "loss_per_epoch": losses},
-    )
-    return stage.with_report(report, module=student)
+
+    def after_epoch(epoch: int) -> None:
+        nonlocal best
+        if best is not None:
+            history.append(judged())
+            if history[-1] < best[0]:
+                best = (history[-1], epoch, _snapshot(student))
+        if watch is not None:
+            watch(epoch, student)
+
+    losses = fit(student, shuffled, loss, epochs=config.epochs, lr=config.lr, on_epoch=after_epoch)
+    details = {"epochs": config.epochs, "samples": fitted, "task": context.task, "loss_per_epoch": losses}
+    if best is not None:
+        details |= {"held_out": held, "held_out_loss": [round(v, 6) for v in history], "kept_epoch": best[1]}
+        if best[1] != config.epochs:  # a later epoch (or distillation itself) was worse on held-out inputs
+            student.load_state_dict(best[2])
+    if best is None or best[1] > 0:  # (where distillation was undone, the model is left exactly as it was)
+        order = torch.cat([shuffled.order, held_out])  # statistics only: the held-out inputs may count
+        recalibrate_batchnorm(student, (tree_index(x_all, order[i : i + 64]) for i in range(0, min(n, 2048), 64)))
+    return stage.with_report(TechniqueReport(technique="distill", details=details), module=student)
+
+
+def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}

@@ -21,7 +21,7 @@ def test_distillation_works_on_tiny_training_sets(n: int) -> None:
 def test_empty_training_data_is_a_clear_error() -> None:
     model, (x, y), example = make_case("rescnn")
     with pytest.raises(CompressionError, match="distillation needs training data"):
-        compress(model, Plan(prune=0.3, distill_epochs=1), train_data=(x[:0], y[:0]), example_input=example)
+        compress(model, Plan(rank=0.5, distill_epochs=1), train_data=(x[:0], y[:0]), example_input=example)
 
 
 def test_teacher_outputs_are_computed_once_per_cache(monkeypatch) -> None:
@@ -42,10 +42,9 @@ def test_teacher_outputs_are_computed_once_per_cache(monkeypatch) -> None:
 def test_batchnorm_statistics_match_the_student_after_distillation() -> None:
     # The student's BatchNorm statistics are recomputed on the training data (in the last epoch's
     # order) once training ends, so eval mode sees the student's own activations.
-    model, (x, y), example = make_case("rescnn")
-    art = compress(model, Plan(prune=0.3, distill_epochs=1), train_data=(x[:128], y[:128]), example_input=example)
-    student = art.module
-    assert student is not None and not student.training
+    student = _pruned_and_distilled(epochs=1, n=128)
+    assert not student.training
+    _, (x, _), _ = make_case("rescnn")
     norm = next(m for m in student.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
     seen: list[torch.Tensor] = []
     hook = norm.register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))
@@ -53,3 +52,33 @@ def test_batchnorm_statistics_match_the_student_after_distillation() -> None:
         student(x[:128])  # two batches of 64: the cumulative average of their means is the mean
     hook.remove()
     torch.testing.assert_close(norm.running_mean, seen[0].mean(dim=(0, 2, 3)), atol=1e-4, rtol=1e-4)
+
+
+def test_distillation_that_makes_the_student_worse_on_held_out_inputs_is_undone() -> None:
+    from autoshrink.techniques import Context, Stage, apply
+    from autoshrink.techniques.distill import DistillConfig
+
+    model, (x, y), example = make_case("rescnn")
+    context = Context(teacher=model, train_data=(x[:256],), example_input=example)
+    before = __import__("copy").deepcopy(model)
+    wrecked = apply(Stage(__import__("copy").deepcopy(model)), DistillConfig(1, lr=10.0), context)  # a destructive rate
+    details = wrecked.reports[-1].details
+    assert details["held_out"] == 32 and details["samples"] == 224  # an eighth of the inputs judge the fit
+    assert details["kept_epoch"] == 0 and details["held_out_loss"][1] > details["held_out_loss"][0]
+    for kept, original in zip(wrecked.module.state_dict().values(), before.state_dict().values(), strict=True):
+        assert torch.equal(kept, original)  # exactly the model it was given
+    _pruned_and_distilled(epochs=2, n=256)  # where it helps, it stays (asserted there)
+
+
+def _pruned_and_distilled(epochs: int, n: int) -> torch.nn.Module:
+    """The rescnn case pruned by half without reconstruction (far from the teacher), then distilled."""
+    from autoshrink.techniques import Context, Stage, apply
+    from autoshrink.techniques.distill import DistillConfig
+    from autoshrink.techniques.prune import PruneConfig
+
+    model, (x, y), example = make_case("rescnn")
+    context = Context(teacher=model, train_data=(x[:n], y[:n]), example_input=example)
+    stage = apply(Stage(__import__("copy").deepcopy(model)), PruneConfig(0.5, reconstruct=False), context)
+    stage = apply(stage, DistillConfig(epochs), context)
+    assert stage.reports[-1].details["kept_epoch"] > 0, stage.reports[-1].details
+    return stage.module
