@@ -303,15 +303,27 @@ def _probed(space: SearchSpace, opened: _Opened, wl: Workload, runner: TrialRunn
     prunes by sensitivity (`autoshrink.techniques._allocate`), kept in the study (a resumed search
     reuses it), logged on the parent run (``prune_sensitivity.json``) and handed to the
     candidates through the runner's cache."""
-    if space.prune[1] <= 0 or "sensitivity" not in space.prune_method:
-        return
     from autoshrink import pipeline
+    from autoshrink.techniques.prune import PROBE_SHARE
+
+    low, high, _ = space.prune
+    if high <= 0 or low >= PROBE_SHARE or "sensitivity" not in space.prune_method:
+        return  # nothing pruned, or only ratios at which every group loses the ratio
+    config = pipeline.technique_configs(Plan(prune=high))[0]  # (the probe is the same for every ratio)
+    was_training = wl.model.training
+    context = pipeline.prepare(wl.model, train_data=wl.train, example_input=wl.example_input, cache=runner.cache,
+                               task=wl.task, output=wl.output)  # fmt: skip
+    try:
+        _probe_into(opened, runner, context, config, live)
+    finally:
+        wl.model.train(was_training)
+
+
+def _probe_into(opened: _Opened, runner: TrialRunner, context: Any, config: Any, live: _Live) -> None:
+    """`_probed` once the model is prepared: from the study if it holds the probe, else measured."""
     from autoshrink.techniques._allocate import Group
     from autoshrink.techniques.prune import probe, probe_key
 
-    config = pipeline.technique_configs(Plan(prune=space.prune[1]))[0]
-    context = pipeline.prepare(wl.model, train_data=wl.train, example_input=wl.example_input, cache=runner.cache,
-                      task=wl.task, output=wl.output)  # fmt: skip
     key = probe_key(context.teacher, config)
     stored = opened.study.user_attrs.get(PRUNE_PROBE, {})
     if stored.get("key") == key:

@@ -304,7 +304,10 @@ def prune(stage: Stage, config: PruneConfig, context: Context) -> Stage:
     try:
         moments = _moments(model, context, centered=config.reconstruct) if config.importance == "activation" else None
         shares = None
-        if config.allocation == "sensitivity":
+        if config.allocation == "sensitivity" and config.ratio >= PROBE_SHARE:
+            # no group may lose more than the ratio (`_shares_for`), so every group loses the ratio
+            details["allocation"] = "uniform (no group may lose more than the ratio, so every group loses it)"
+        elif config.allocation == "sensitivity":
             shares, details["sensitivity"], details["target_params"] = _sensitivity_shares(
                 model, context, config, moments
             )

@@ -13,7 +13,7 @@ from autoshrink.searching import Progress
 from autoshrink.space import SearchSpace
 from tests.searching.conftest import client, run_search, study
 
-PRUNED = SearchSpace(prune=(0.3, 0.6, 0.3), rank=("off",), bits=(32,), distill_epochs=(0,))
+PRUNED = SearchSpace(prune=(0.2, 0.4, 0.2), rank=("off",), bits=(32,), distill_epochs=(0,))
 
 
 def test_a_search_probes_the_groups_once_logs_them_and_a_resume_reuses_them(

@@ -181,18 +181,19 @@ def _pruned(model: torch.nn.Module, config: PruneConfig, x: torch.Tensor, cache:
 
 def test_sensitivity_allocation_spends_the_uniform_budget_on_the_robust_group_and_spares_the_fragile_one() -> None:
     model, x = _TwoBranches().eval(), torch.randn(256, 16)
-    uniform = _pruned(model, PruneConfig(0.5, reconstruct=False), x)
-    sensitive = _pruned(model, PruneConfig(0.5, allocation="sensitivity", reconstruct=False), x)
+    uniform = _pruned(model, PruneConfig(0.3, reconstruct=False), x)
+    sensitive = _pruned(model, PruneConfig(0.3, allocation="sensitivity", reconstruct=False), x)
     details = sensitive.reports[-1].details
     assert details["sensitivity"]["b"] > 10 * details["sensitivity"]["a"], details["sensitivity"]  # the probe saw it
     ratios = details["layer_ratios"]
-    assert ratios["a"] > 0.5 > ratios.get("b", 0.0), ratios  # per-layer shares, not one for all
+    assert ratios["a"] > 0.3 > ratios.get("b", 0.0), ratios  # per-layer shares, not one for all
+    assert ratios["a"] <= 0.5 + 8 / 64, ratios  # none past what the probe measured (half), to the step above
     # the budget is the uniform plan's size: within one step (8 units of a group, 8 x 21 parameters)
     assert details["target_params"] == uniform.reports[-1].details["params_after"]
     assert abs(details["params_after"] - details["target_params"]) <= 8 * 21, details
     err = lambda m: float((m(x) - model(x)).norm() / model(x).norm())  # noqa: E731
     with torch.no_grad():
-        assert err(sensitive.module) < 0.5 * err(uniform.module)
+        assert err(sensitive.module) < 0.8 * err(uniform.module)  # 0.31 vs 0.41 (the fragile group lost 16 units, not 24)
 
 
 def test_activation_importance_removes_the_units_the_data_never_excites() -> None:
@@ -216,9 +217,11 @@ def test_the_sensitivity_probe_runs_once_per_architecture_and_search(monkeypatch
     probe = prune_module._probe
     monkeypatch.setattr(prune_module, "_probe", lambda *a, **k: calls.append(1) or probe(*a, **k))
     model, x, cache = _TwoBranches().eval(), torch.randn(64, 16), {}
-    for ratio in (0.3, 0.5):  # two candidates of one search share its cache
+    for ratio in (0.2, 0.3):  # two candidates of one search share its cache
         _pruned(model, PruneConfig(ratio, allocation="sensitivity", reconstruct=False), x, cache)
     assert len(calls) == 1
     other = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
-    _pruned(other, PruneConfig(0.5, allocation="sensitivity", reconstruct=False), x, cache)
+    _pruned(other, PruneConfig(0.3, allocation="sensitivity", reconstruct=False), x, cache)
     assert len(calls) == 2  # another architecture is probed anew
+    at_half = _pruned(model, PruneConfig(0.5, allocation="sensitivity", reconstruct=False), x, cache)
+    assert len(calls) == 2 and at_half.reports[-1].details["allocation"].startswith("uniform")  # nothing to share out

@@ -76,7 +76,8 @@ def test_every_technique_on_token_inputs(kind: str, plan: Plan, bound: float, be
 @pytest.mark.parametrize("method", ["uniform", "sensitivity"])
 def test_heads_pruning_removes_whole_heads(bert_folders, method: str) -> None:
     wl = _workload("classifier", bert_folders)
-    art = compress(wl.model, Plan(prune=0.5, prune_method=method), train_data=wl.train, example_input=wl.example_input)
+    ratio = 0.5 if method == "uniform" else 0.3  # (from half up, every group loses the ratio)
+    art = compress(wl.model, Plan(prune=ratio, prune_method=method), train_data=wl.train, example_input=wl.example_input)
     bert = art.torch_module.classifier.bert
     head_size = HIDDEN // HEADS
     heads = []
