@@ -155,8 +155,9 @@ def write_report(rows: list[BenchRow], report: Report, workload: str,
         )
     lines += [
         "",
-        "Labels: `pruneX` removes as many parameters as X of every channel group would, from the groups a "
-        "probe found least sensitive, then refits the layers that lost inputs (structured, torch-pruning); `rankX` keeps X of "
+        "Labels: `pruneX` removes as many parameters as X of every channel group would (below 0.5 taken "
+        "from the groups a probe found least sensitive, from 0.5 the same share of each), the least varying "
+        "channels first, then refits the layers that lost inputs (structured, torch-pruning); `rankX` keeps X of "
         "each factorized layer's weights (truncated SVD into two thin layers); `int8` is ONNX "
         "Runtime static QDQ int8; `int4` adds 4-bit MatMulNBits weights for Linear layers (int8 "
         "elsewhere); `kdN` is N epochs of distillation from the original model; `fp32-ort` is the "
@@ -172,8 +173,8 @@ def write_report(rows: list[BenchRow], report: Report, workload: str,
             "Test accuracy of the pruned torch model, no distillation. `uniform, no reconstruction`: every channel group "
             "loses the ratio, smallest weights first, nothing refitted; `uniform`: then each layer that lost inputs is "
             "refitted by least squares to the unpruned layer's outputs on 256 training inputs (no labels); "
-            "`sensitivity` (what `Plan(prune=...)` does): as many parameters go, from the groups a probe found least "
-            "sensitive, the least varying channels first, then the same refit. `prune s`: pruning time (the first "
+            "`sensitivity` (what `Plan(prune=...)` does): as many parameters go, below 0.5 from the groups a probe found "
+            "least sensitive (from 0.5 every group loses the ratio), the least varying channels first, then the same refit. `prune s`: pruning time (the first "
             "sensitivity row includes the probe, which later ratios reuse).",
             "",
             "| prune | method | test acc | params | prune s |",
