@@ -47,7 +47,8 @@ class Plan:
         prune_method: where they come from: ``"sensitivity"`` (each group probed alone once, the
             budget shared out so that the groups whose loss changes the output least lose most,
             and within a group the channels carrying the least variance on calibration data go;
-            `autoshrink.techniques._allocate`) or ``"uniform"`` (every group loses ``prune`` of
+            no group loses more than half or ``prune``, so from 0.5 up every group loses
+            ``prune``; `autoshrink.techniques._allocate`) or ``"uniform"`` (every group loses ``prune`` of
             its channels, the smallest weights first). Both refit the layers that lost inputs.
         rank: fraction of each factorizable layer's weights kept by low-rank
             factorization, in (0, 1); ``None`` turns low rank off.

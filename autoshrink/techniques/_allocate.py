@@ -9,7 +9,9 @@ channels, one head) to the group whose next step adds the least error per parame
 with each group's error growing as the square of the fraction it loses, ``error * (r /
 probed) ** 2`` (a channel ranked lower by magnitude hurts less, and errors of independent
 groups add): the greedy order is then the optimal one, and a fragile group is left whole while
-a robust one loses more than the plan's ratio.
+a robust one loses more than the plan's ratio, up to the cap the caller sets
+(`autoshrink.techniques.prune` caps it at max(0.5, ratio): from a ratio of 0.5 up every group
+loses the ratio).
 
 Example:
     >>> robust = Group("a", width=64, step=8, probed=0.5, error=0.01, params=4096)
