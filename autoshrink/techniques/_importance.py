@@ -8,8 +8,9 @@ over the consumers (the output energy pruning the channel takes away; Wanda and 
 weights and channels this way). Where the consumers are refitted after pruning
 (reconstruction), their bias takes up the channel's mean, so the variance replaces the mean
 square (FLAP's fluctuation metric). A group with no such consumer is ranked by weight norms.
-On all-MiniLM-L6-v2 pruned by 0.3 with reconstruction and no retraining, the embeddings' cosine
-went from 0.893 (weight norms) to 0.958 (mean square) and 0.962 (variance).
+On all-MiniLM-L6-v2 pruned uniformly by 0.3 with reconstruction and no retraining (development
+run, fp32), the embeddings' cosine went from 0.893 (weight norms) to 0.958 (mean square) and
+0.962 (variance).
 
 Example:
     >>> import torch, torch_pruning as tp
