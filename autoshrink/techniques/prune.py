@@ -395,8 +395,13 @@ def probe_key(model: nn.Module, config: PruneConfig) -> str:
 def probe(context: Context, config: PruneConfig) -> list[Group]:
     """Every channel group of ``context.teacher`` pruned alone (`_probe`): what a search measures
     once, keeps in its study and hands to its candidates' cache under `probe_key`."""
-    moments = _moments(context.teacher, context, centered=config.reconstruct) if config.importance == "activation" else None
-    return _probe(context.teacher, context, config, moments)
+    try:
+        moments = _moments(context.teacher, context, centered=config.reconstruct) if config.importance == "activation" else None
+        return _probe(context.teacher, context, config, moments)
+    except (RuntimeError, ValueError, KeyError, IndexError, AssertionError) as exc:  # as `prune` wraps them
+        if isinstance(exc, CompressionError):
+            raise
+        raise CompressionError(f"the pruning probe failed: {exc}") from exc
 
 
 def _sensitivity_shares(
