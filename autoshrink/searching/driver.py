@@ -321,6 +321,7 @@ def _probed(space: SearchSpace, opened: _Opened, wl: Workload, runner: TrialRunn
 
 def _probe_into(opened: _Opened, runner: TrialRunner, context: Any, config: Any, live: _Live) -> None:
     """`_probed` once the model is prepared: from the study if it holds the probe, else measured."""
+    from autoshrink.techniques import CompressionError
     from autoshrink.techniques._allocate import Group
     from autoshrink.techniques.prune import probe, probe_key
 
@@ -334,8 +335,9 @@ def _probe_into(opened: _Opened, runner: TrialRunner, context: Any, config: Any,
     started = time.perf_counter()
     try:
         groups = probe(context, config)
-    except candidate_errors() as exc:  # the pruned candidates will fail and say why
+    except candidate_errors() as exc:  # the pruned candidates fail at once and say why
         live.emit("sensitivity", f"pruning: the probe failed ({type(exc).__name__}: {exc})"[:300])
+        runner.cache[key] = exc if isinstance(exc, CompressionError) else CompressionError(f"the pruning probe failed: {exc}")
         return
     runner.cache[key] = groups
     opened.study.set_user_attr(PRUNE_PROBE, {"key": key, "groups": [g.to_dict() for g in groups]})

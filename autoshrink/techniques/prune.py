@@ -416,8 +416,13 @@ def _sensitivity_shares(
     (kept in ``context.cache``)."""
     key = probe_key(model, config)
     if key not in context.cache:
-        context.cache[key] = _probe(model, context, config, moments)
+        try:
+            context.cache[key] = _probe(model, context, config, moments)
+        except CompressionError as exc:  # kept: the next candidate fails at once, not after a probe
+            context.cache[key] = exc
     probed = context.cache[key]
+    if isinstance(probed, CompressionError):
+        raise probed
     if f"{key}:{config.ratio}" not in context.cache:  # a search draws ratios from a grid: once each
         context.cache[f"{key}:{config.ratio}"] = _shares_for(model, context.example_input, config, probed)
     shares, target = context.cache[f"{key}:{config.ratio}"]

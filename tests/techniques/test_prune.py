@@ -225,3 +225,21 @@ def test_the_sensitivity_probe_runs_once_per_architecture_and_search(monkeypatch
     assert len(calls) == 2  # another architecture is probed anew
     at_half = _pruned(model, PruneConfig(0.5, allocation="sensitivity", reconstruct=False), x, cache)
     assert len(calls) == 2 and at_half.reports[-1].details["allocation"].startswith("uniform")  # nothing to share out
+
+
+def test_a_probe_that_failed_fails_the_next_candidate_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from autoshrink.techniques import CompressionError
+    from autoshrink.techniques import prune as prune_module
+
+    calls: list[int] = []
+
+    def broken(*_a: object, **_k: object) -> None:
+        calls.append(1)
+        raise CompressionError("the pruning probe failed: a graph it cannot trace")
+
+    monkeypatch.setattr(prune_module, "_probe", broken)
+    model, x, cache = _TwoBranches().eval(), torch.randn(64, 16), {}
+    for ratio in (0.2, 0.3):  # two candidates of one search
+        with pytest.raises(CompressionError, match="cannot trace"):
+            _pruned(model, PruneConfig(ratio, allocation="sensitivity", reconstruct=False), x, cache)
+    assert calls == [1]  # the second did not probe again
