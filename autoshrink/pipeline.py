@@ -39,8 +39,8 @@ def technique_configs(plan: Plan, *, int8_range: str = "auto") -> list[Any]:
         uniform = plan.prune_method == "uniform"
         configs.append(PruneConfig(ratio=plan.prune, allocation="uniform" if uniform else "sensitivity",
                                    importance="magnitude" if uniform else "activation"))  # fmt: skip
-    if plan.rank is not None and plan.rank_method == "tt":
-        configs.append(TensorTrainConfig(fraction=plan.rank))
+    if plan.rank is not None and plan.rank_method in ("tt", "att"):
+        configs.append(TensorTrainConfig(fraction=plan.rank, method="activation" if plan.rank_method == "att" else "weight"))
     elif plan.rank is not None:
         configs.append(LowRankConfig(fraction=plan.rank, method="activation" if plan.rank_method == "asvd" else "weight"))
     if plan.distill_epochs > 0:

@@ -21,7 +21,7 @@ from autoshrink.runtimes import (
 )
 
 #: How ``Plan.rank`` factorizes a layer: truncated SVD or a tensor train (MPO).
-RANK_METHODS = ("svd", "asvd", "tt")
+RANK_METHODS = ("svd", "asvd", "tt", "att")
 #: How ``Plan.prune`` chooses what goes (`Plan.prune_method`); the first is the default.
 PRUNE_METHODS = ("sensitivity", "uniform")
 
@@ -54,8 +54,9 @@ class Plan:
             factorization, in (0, 1); ``None`` turns low rank off.
         rank_method: how ``rank`` factorizes: ``"svd"`` (two thin layers by truncated SVD of the
             weights), ``"asvd"`` (the same, activation-aware: ranks and factors from the layers'
-            inputs on calibration data, `autoshrink.techniques.lowrank`) or ``"tt"`` (a tensor train of two cores, `autoshrink.techniques.tensor_train`; layers
-            where it would be slower than dense are left dense).
+            inputs on calibration data, `autoshrink.techniques.lowrank`), ``"tt"`` (a tensor train of two cores, `autoshrink.techniques.tensor_train`; layers
+            where it would be slower than dense are left dense) or ``"att"`` (the same,
+            activation-aware: cores fitted to the layers' outputs on calibration data).
         bits: 32 (float), 8 (int8 with integer kernels) or 4 (4-bit weights where the
             runtime has a kernel, int8 elsewhere).
         distill_epochs: epochs of knowledge distillation from the original model, >= 0.

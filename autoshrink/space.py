@@ -32,7 +32,7 @@ class SearchSpace:
             drawn after the ratio, only when it is above 0 and more than one is listed
             (parameter ``prune_method``).
         rank: low-rank fractions to try; ``"off"`` means no factorization.
-        rank_method: how a drawn rank factorizes (``svd``, ``asvd``, ``tt``: `Plan.rank_method`); drawn
+        rank_method: how a drawn rank factorizes (``svd``, ``asvd``, ``tt``, ``att``: `Plan.rank_method`); drawn
             after the rank, only when the rank is not ``off`` and more than one is listed
             (parameter ``rank_method``).
         bits: bit widths to try (32, 8, 4).

@@ -317,9 +317,6 @@ def _whitening(
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The Cholesky factor of each whitenable layer's input Gram matrix on `CALIBRATION_SAMPLES`
     training inputs, and the layers left to the weight SVD with the reason."""
-    from autoshrink.data import stack_inputs
-    from autoshrink.techniques._calibration import input_grams
-
     weight_svd: dict[str, str] = {}
     names = []
     for name, module in candidates:
@@ -330,13 +327,22 @@ def _whitening(
             names.append(name)
         else:
             weight_svd[name] = reason
+    grams, missing = calibration_grams(model, names, context, "weight SVD")
+    return {name: _cholesky(gram) for name, gram in grams.items()}, weight_svd | missing
+
+
+def calibration_grams(
+    model: nn.Module, names: list[str], context: Context, instead: str
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The Gram matrix of the inputs each layer ``names`` receives on `CALIBRATION_SAMPLES`
+    training inputs, and the layers never called on them (each left to ``instead``, the reason)."""
+    from autoshrink.data import stack_inputs
+    from autoshrink.techniques._calibration import input_grams
+
     if not names:
-        return {}, weight_svd
+        return {}, {}
     grams = input_grams(model, names, stack_inputs(context.train_data, CALIBRATION_SAMPLES), seed=context.seed)
-    for name in names:
-        if name not in grams:
-            weight_svd[name] = "weight SVD: the layer was not called on the calibration inputs"
-    return {name: _cholesky(gram) for name, gram in grams.items()}, weight_svd
+    return grams, {name: f"{instead}: the layer was not called on the calibration inputs" for name in names if name not in grams}
 
 
 def factorized(

@@ -16,9 +16,30 @@ whole model, as in `autoshrink.techniques.lowrank`. With two cores (the default)
 truncated SVD of ``W`` rearranged into an ``(o1 i1) x (o2 i2)`` matrix, so the bond of each
 layer is handed out by the low-rank rule itself (`lowrank.allocate_ranks`): one bond at a time
 to the layer whose next singular value keeps the largest share of its weight energy per
-parameter. This is weight energy, not output fidelity measured on calibration data. With more
-cores every layer gets one uniform bond, the largest that keeps its own share under
-``fraction``.
+parameter. With more cores every layer gets one uniform bond, the largest that keeps its own share
+under ``fraction``.
+
+**Activation-aware** (``method="activation"``, plan ``rank_method="att"``): the cores and the
+bonds follow the layer's output on calibration data instead of its weights alone, as the
+activation-aware low rank does (`autoshrink.techniques.lowrank`). A tensor train's input index is
+``(i1, ..., id)``, so only a whitening that is a Kronecker product ``L1 x ... x Ld`` keeps the
+train's structure: the Gram matrix ``G`` of the layer's inputs (`lowrank.CALIBRATION_SAMPLES` training
+inputs, no labels) is approximated by the Kronecker product of its partial traces over each input
+factor (``G_k``, each positive semi-definite, ``G_k = L_k L_k^T``), TT-SVD decomposes
+``W (L1 x ... x Ld)``, and each core gets ``L_k^-1`` folded back into its input index. The
+truncation then minimizes the output error on inputs with that Kronecker-factored Gram matrix, and
+with two cores the singular values say what share of the layer's output energy (under it) each
+bond keeps; the bonds are handed out from those shares by the same rule. That approximation is
+poor where a few input channels carry most of the energy (a transformer's outlier dimensions), so
+with two cores the cores are then refitted to the exact Gram matrix by `SWEEPS` sweeps of
+alternating least squares (`refit_to_inputs`: each core in turn is the exact minimizer of the
+layer's output error on the calibration inputs with the other fixed, so no sweep makes it
+worse). On pretrained MiniLM's FFN down-projection at a quarter of its weights this took the
+output error from 3.3% (whitened TT-SVD) to 0.3%, below the activation-aware SVD's 0.4% at the
+same parameters. A sweep solves systems of ``bond x i_k`` unknowns (seconds to tens of seconds
+on a 2-core CPU); a layer whose system would exceed `MAX_REFIT` keeps the whitened TT-SVD. Layers
+with more than `MAX_WHITENED` inputs keep the weight TT-SVD. The report lists both
+(``details["weight_tt"]``, ``details["not_refitted"]``).
 
 **Left dense and reported** (`TechniqueReport.skipped`): a layer whose cores would not be
 strictly smaller than it, and one whose chain needs more multiply-adds per input row than
@@ -52,16 +73,24 @@ from autoshrink.techniques import (
     register,
 )
 from autoshrink.techniques.lowrank import (
+    MAX_WHITENED,
+    _cholesky,
     _energy,
     _Layer,
     _set_submodule,
     allocate_ranks,
+    calibration_grams,
     check_pattern,
     factorized,
     weight_layers,
 )
 
 MAX_CORES = 4
+METHODS = ("weight", "activation")
+#: Alternating-least-squares sweeps refitting two cores to the layer's inputs (``method="activation"``).
+SWEEPS = 2
+#: Largest system (bond x input factor unknowns) a refit solves: ~20 s a sweep at 13824 on 2 cores.
+MAX_REFIT = 16384
 
 
 @dataclass(frozen=True)
@@ -75,6 +104,9 @@ class TensorTrainConfig:
         max_macs: a layer whose chain needs more than ``max_macs`` times the dense layer's
             multiply-adds per input row is left dense; ``None`` keeps every layer that is smaller.
         layers: a regular expression; only layers whose module names it finds are considered.
+        method: ``"weight"`` (TT-SVD of the weights, bonds by weight energy) or ``"activation"``
+            (TT-SVD of the weights whitened by the layer's inputs on calibration data, bonds by
+            output energy; see the module docstring).
 
     Example:
         >>> TensorTrainConfig(fraction=0.5).cores
@@ -89,8 +121,11 @@ class TensorTrainConfig:
     cores: int = 2
     max_macs: float | None = 1.0
     layers: str | None = None
+    method: str = "weight"
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"TensorTrainConfig.method must be one of {METHODS}, got {self.method!r}")
         if not isinstance(self.fraction, (int, float)) or not 0.0 < self.fraction < 1.0:
             raise ValueError(f"TensorTrainConfig.fraction must be in (0, 1), got {self.fraction!r}")
         if isinstance(self.cores, bool) or not isinstance(self.cores, int) or not 2 <= self.cores <= MAX_CORES:
@@ -206,10 +241,26 @@ class TensorTrainLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(self.out_features)) if bias else None
 
     @classmethod
-    def from_linear(cls, layer: nn.Linear, ranks: Sequence[int], shape: tuple[Sequence[int], Sequence[int]] | None = None) -> TensorTrainLinear:
-        """TT-SVD of ``layer.weight`` truncated to ``ranks`` (the reshape rule unless ``shape``)."""
+    def from_linear(
+        cls, layer: nn.Linear, ranks: Sequence[int], shape: tuple[Sequence[int], Sequence[int]] | None = None,
+        whitening: Sequence[torch.Tensor] | None = None, gram: torch.Tensor | None = None,
+    ) -> TensorTrainLinear:  # fmt: skip
+        """TT-SVD of ``layer.weight`` truncated to ``ranks`` (the reshape rule unless ``shape``),
+        of the weight whitened by one lower-triangular factor per input factor when ``whitening``
+        is given (`kronecker_whitening`), each core's factor folded back after; two cores are then
+        refitted to the inputs' Gram matrix ``gram`` when given (`refit_to_inputs`)."""
         out_shape, in_shape = shape or tt_shape(layer.out_features, layer.in_features, len(ranks) + 1)
-        cores = tt_svd(layer.weight, out_shape, in_shape, ranks)
+        if whitening is None:
+            cores = tt_svd(layer.weight, out_shape, in_shape, ranks)
+        else:
+            white = _per_input_factor(layer.weight, out_shape, in_shape, whitening)
+            cores = tt_svd(white, out_shape, in_shape, ranks)
+            cores = [
+                torch.einsum("aojb,ji->aoib", core.double(), torch.linalg.inv(factor.double())).float()
+                for core, factor in zip(cores, whitening)
+            ]
+            if gram is not None and len(cores) == 2:
+                cores = refit_to_inputs(cores, layer.weight, gram)
         module = cls(out_shape, in_shape, [c.shape[-1] for c in cores[:-1]], bias=layer.bias is not None)
         module.load_cores(cores)
         if module.bias is not None and layer.bias is not None:
@@ -278,6 +329,83 @@ def tt_svd(weight: torch.Tensor, out_shape: Sequence[int], in_shape: Sequence[in
     return [torch.from_numpy(f.copy()).float() for f in factors]
 
 
+def kronecker_whitening(gram: torch.Tensor, in_shape: Sequence[int]) -> list[torch.Tensor]:
+    """Lower Cholesky factors ``L_k`` of the partial traces ``G_k`` of ``gram`` (the layer inputs'
+    Gram matrix, index ``(i1..id)``) over each input factor: ``gram ~ G_1 x ... x G_d`` up to scale.
+
+    Example:
+        >>> a, b = torch.tensor([[2.0, 1.0], [1.0, 2.0]]), torch.tensor([[1.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 9.0]])
+        >>> f = kronecker_whitening(torch.kron(a, b).double(), (2, 3))  # exact for a Kronecker product
+        >>> g = torch.kron(f[0] @ f[0].T, f[1] @ f[1].T)
+        >>> round(float(torch.nn.functional.cosine_similarity(g.flatten(), torch.kron(a, b).double().flatten(), dim=0)), 3)
+        1.0
+    """
+    d = len(in_shape)
+    tensor = gram.reshape(*in_shape, *in_shape)
+    letters = "abcdefgh"
+    factors = []
+    for k in range(d):
+        rows = "".join(letters[j] if j != k else "x" for j in range(d))
+        cols = "".join(letters[j] if j != k else "y" for j in range(d))
+        factors.append(_cholesky(torch.einsum(f"{rows}{cols}->xy", tensor)))
+    return factors
+
+
+def refit_to_inputs(cores: Sequence[torch.Tensor], weight: torch.Tensor, gram: torch.Tensor, sweeps: int = SWEEPS) -> list[torch.Tensor]:
+    """Two TT-matrix cores refitted by alternating least squares to minimize the layer's output
+    error ``tr((W - W') G (W - W')^T)`` on inputs with Gram matrix ``gram`` (damped by `DAMP`).
+
+    ``W'[(o1, o2), (i1, i2)] = sum_r A[o1, i1, r] B[o2, i2, r]`` is linear in ``A`` and in ``B``:
+    each half-sweep solves the normal equations of one core with the other fixed (one symmetric
+    positive definite system of ``r * i_k`` unknowns, shared by every ``o_k``).
+
+    Example:
+        >>> w, x = torch.randn(6, 8), torch.randn(256, 8) * torch.tensor([9.0, 1, 1, 1, 1, 1, 1, 1])
+        >>> g = x.T.double() @ x.double() / 256
+        >>> first = tt_svd(w, (3, 2), (2, 4), [2])
+        >>> refit = refit_to_inputs(first, w, g)
+        >>> def error(c): return float(((w - torch.einsum("oar,pbr->opab", c[0][0], c[1][..., 0].permute(1, 2, 0)).reshape(6, 8)) @ x.T).norm())
+        >>> error(refit) < error(first)
+        True
+    """
+    from autoshrink.techniques.lowrank import DAMP
+
+    (_, o1, i1, r), (_, o2, i2, _) = cores[0].shape, cores[1].shape
+    g = gram.double() + DAMP * float(gram.diagonal().mean()) * torch.eye(gram.shape[0], dtype=torch.float64)
+    g4 = g.reshape(i1, i2, i1, i2)
+    wg = (weight.detach().double() @ g).reshape(o1, o2, i1, i2)
+    a = cores[0][0].double()  # (o1, i1, r)
+    b = cores[1][..., 0].permute(1, 2, 0).double()  # (o2, i2, r)
+    for _ in range(sweeps):
+        h = torch.einsum("rsac,abcd->rbsd", torch.einsum("oar,ocs->rsac", a, a), g4).reshape(r * i2, r * i2)
+        b = _spd_solve(h, torch.einsum("oar,opab->prb", a, wg).reshape(o2, r * i2)).reshape(o2, r, i2).permute(0, 2, 1)
+        h = torch.einsum("rsbd,abcd->rasc", torch.einsum("pbr,pds->rsbd", b, b), g4).reshape(r * i1, r * i1)
+        a = _spd_solve(h, torch.einsum("pbr,opab->ora", b, wg).reshape(o1, r * i1)).reshape(o1, r, i1).permute(0, 2, 1)
+    return [a.unsqueeze(0).float(), b.permute(2, 0, 1).unsqueeze(-1).float()]
+
+
+def _spd_solve(h: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """``rhs @ h^-1`` row by row for a symmetric positive (semi-)definite ``h``, ridged if singular."""
+    scale = float(h.diagonal().mean().clamp_min(1e-30))
+    eye = torch.eye(h.shape[0], dtype=h.dtype)
+    for ridge in (1e-10, 1e-6, 1e-3):
+        factor, info = torch.linalg.cholesky_ex(h + ridge * scale * eye)
+        if int(info) == 0:
+            return torch.cholesky_solve(rhs.T, factor).T
+    return torch.linalg.lstsq(h, rhs.T).solution.T
+
+
+def _per_input_factor(
+    weight: torch.Tensor, out_shape: Sequence[int], in_shape: Sequence[int], factors: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """``weight (L1 x ... x Ld)``: each input factor of ``weight`` (``out x in``) multiplied by its matrix."""
+    d = len(in_shape)
+    tensor = weight.detach().double().reshape(-1, *in_shape)
+    for k, factor in enumerate(factors):
+        tensor = torch.movedim(torch.tensordot(tensor, factor.double(), dims=([k + 1], [0])), -1, k + 1)
+    return tensor.reshape(math.prod(out_shape), math.prod(in_shape)) if d else tensor
+
+
 def _as_linear(module: nn.Module) -> tuple[nn.Linear | None, str | None]:
     """The Linear layer a module is (a 1x1 convolution's weights as one), or why it is not."""
     if isinstance(module, nn.Linear):
@@ -327,13 +455,15 @@ class _Plan:
     out_shape: tuple[int, ...]
     in_shape: tuple[int, ...]
     ranks: tuple[int, ...]
-    energy: float | None  # share of the weight energy kept (two cores), else None
+    energy: float | None  # share of the (whitened) weight energy kept (two cores), else None
 
 
 def plan_bonds(
-    layers: list[tuple[str, nn.Linear]], config: TensorTrainConfig
+    layers: list[tuple[str, nn.Linear]], config: TensorTrainConfig, whitening: dict[str, list[torch.Tensor]] | None = None
 ) -> tuple[list[_Plan], dict[str, str]]:
-    """Each layer's TT shape and bonds under ``config.fraction`` over all of ``layers``."""
+    """Each layer's TT shape and bonds under ``config.fraction`` over all of ``layers`` (the energy
+    of the weights whitened by ``whitening[name]`` where given)."""
+    whitening = whitening or {}
     skipped: dict[str, str] = {}
     shapes = {name: tt_shape(lin.out_features, lin.in_features, config.cores) for name, lin in layers}
     plans: list[_Plan] = []
@@ -342,7 +472,8 @@ def plan_bonds(
         entries: list[_Layer] = []
         for name, lin in layers:
             out_shape, in_shape = shapes[name]
-            matrix = _rearranged(lin.weight, out_shape, in_shape)
+            weight = lin.weight if name not in whitening else _per_input_factor(lin.weight, out_shape, in_shape, whitening[name])
+            matrix = _rearranged(weight, out_shape, in_shape)
             entry = _Layer(name, matrix.shape[0], matrix.shape[1], _energy(matrix))
             if entry.max_rank < 1:
                 skipped[name] = "too small: no bond makes the cores smaller than the layer"
@@ -365,9 +496,10 @@ def plan_bonds(
     return plans, skipped
 
 
-def _describe(plan: _Plan, dense: int) -> str:
+def _describe(plan: _Plan, dense: int, whitened: bool) -> str:
     shape = f"{'x'.join(map(str, plan.out_shape))} <- {'x'.join(map(str, plan.in_shape))}"
-    kept = f", keeps {100 * plan.energy:.0f}% of its energy" if plan.energy is not None else ""
+    energy = "output energy on the calibration inputs" if whitened else "energy"
+    kept = f", keeps {100 * plan.energy:.0f}% of its {energy}" if plan.energy is not None else ""
     params = tt_parameters(plan.out_shape, plan.in_shape, plan.ranks)
     macs = tt_macs(plan.out_shape, plan.in_shape, plan.ranks)
     bonds = ",".join(map(str, plan.ranks))
@@ -389,9 +521,12 @@ def tensor_train(stage: Stage, config: TensorTrainConfig, context: Context) -> S
             continue
         linears.append((name, linear))
         modules[name] = module
-    plans, more = plan_bonds(linears, config)
-    skipped.update(more)
     by_name = dict(linears)
+    grams, weight_tt = _grams(model, linears, context) if config.method == "activation" else ({}, {})
+    whitening = {name: kronecker_whitening(gram, tt_shape(*by_name[name].weight.shape, config.cores)[1]) for name, gram in grams.items()}
+    not_refitted: dict[str, str] = {}
+    plans, more = plan_bonds(linears, config, whitening)
+    skipped.update(more)
     changed: list[str] = []
     for plan in plans:
         dense = by_name[plan.name].weight.numel()
@@ -406,15 +541,38 @@ def tensor_train(stage: Stage, config: TensorTrainConfig, context: Context) -> S
             )
             continue
         module = modules[plan.name]
-        tt = TensorTrainLinear.from_linear(by_name[plan.name], plan.ranks, (plan.out_shape, plan.in_shape))
+        gram = grams.get(plan.name)
+        if gram is not None and len(plan.ranks) == 1 and plan.ranks[0] * max(plan.in_shape) > MAX_REFIT:
+            not_refitted[plan.name] = f"bond {plan.ranks[0]} x input factor {max(plan.in_shape)} over the {MAX_REFIT} unknowns a refit solves"
+            gram = None
+        tt = TensorTrainLinear.from_linear(by_name[plan.name], plan.ranks, (plan.out_shape, plan.in_shape),
+                                         whitening.get(plan.name), gram)  # fmt: skip
         replacement: nn.Module = tt
         if isinstance(module, nn.Conv2d):
             replacement = PointwiseTensorTrain(tt, module.stride)  # type: ignore[arg-type]
         _set_submodule(model, plan.name, replacement)
-        changed.append(_describe(plan, dense))
+        changed.append(_describe(plan, dense, plan.name in whitening))
     reasons = sorted({re.sub(r"[\d.]+x", "Nx", r) for r in skipped.values()})
     details = {"fraction": config.fraction, "cores": config.cores, "max_macs": config.max_macs,
                **({"layers": config.layers} if config.layers is not None else {})}  # fmt: skip
+    if config.method != "weight":
+        details |= {"method": config.method, "weight_tt": weight_tt, "not_refitted": not_refitted}
     return factorized(stage, model, context, expected, before=before, technique="tensor_train",
                       what=f"tensor train at {config.fraction:g}", changed=changed, skipped=skipped,
                       reasons="; ".join(reasons[:3]), details=details)  # fmt: skip
+
+
+def _grams(
+    model: nn.Module, linears: list[tuple[str, nn.Linear]], context: Context
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Each layer's input Gram matrix on `lowrank.CALIBRATION_SAMPLES` training inputs, and the layers left
+    to the weight TT-SVD with the reason."""
+    weight_tt: dict[str, str] = {}
+    names = []
+    for name, linear in linears:
+        if linear.in_features > MAX_WHITENED:
+            weight_tt[name] = f"weight TT-SVD: {linear.in_features} inputs, over the {MAX_WHITENED} an activation-aware one whitens"
+        else:
+            names.append(name)
+    grams, missing = calibration_grams(model, names, context, "weight TT-SVD")
+    return grams, weight_tt | missing

@@ -141,3 +141,61 @@ def test_int8_on_top_quantizes_the_cores() -> None:
         expected = module(x)
     cosine = torch.nn.functional.cosine_similarity(art(x), expected, dim=-1).mean()
     assert cosine > 0.99, float(cosine)
+
+
+def _outlier_model() -> tuple[nn.Module, torch.Tensor]:
+    """Layers fed inputs where two channels carry most of the energy, as a transformer's do."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(48, 48), nn.Tanh(), nn.Linear(48, 48), nn.Tanh(), nn.Linear(48, 3)).eval()
+    x = torch.randn(256, 48)
+    x[:, [3, 17]] *= 20
+    return model, x
+
+
+def _first_layer_error(model: nn.Module, x: torch.Tensor, config: TensorTrainConfig) -> tuple[float, dict]:
+    """Relative output error of the first layer after ``config`` on the calibration inputs, and the report's details."""
+    import copy
+
+    context = prepare(model, train_data=(x,), example_input=x[:1])
+    stage = run_techniques(Stage(module=copy.deepcopy(model)), [config], context)
+    with torch.no_grad():
+        error = (stage.module[0](x) - model[0](x)).norm() / (model[0](x) - model[0].bias).norm()
+    return float(error), stage.reports[-1].details
+
+
+def test_activation_aware_chain_keeps_the_outputs_the_weights_alone_do_not(monkeypatch) -> None:
+    from autoshrink.techniques import tensor_train
+
+    model, x = _outlier_model()
+    weight, _ = _first_layer_error(model, x, TensorTrainConfig(fraction=0.3, max_macs=None))
+    aware, details = _first_layer_error(model, x, TensorTrainConfig(fraction=0.3, max_macs=None, method="activation"))
+    assert details["method"] == "activation" and details["not_refitted"] == {} and details["weight_tt"] == {}
+    assert aware < 0.5 * weight, (aware, weight)
+    # Without the refit (every system "too large") only the Kronecker-factored whitening is left: worse.
+    monkeypatch.setattr(tensor_train, "MAX_REFIT", 0)
+    whitened, details = _first_layer_error(model, x, TensorTrainConfig(fraction=0.3, max_macs=None, method="activation"))
+    assert "0" in details["not_refitted"] and "2" in details["not_refitted"]
+    assert aware < whitened, (aware, whitened)
+
+
+def test_untruncated_whitened_chain_equals_the_dense_layer() -> None:
+    # Folding the whitening back must be exact: at full bond the chain is the layer (float32 round-off).
+    from autoshrink.techniques.tensor_train import kronecker_whitening
+
+    model, x = _outlier_model()
+    layer = model[0]
+    gram = x.T.double() @ x.double() / len(x)
+    shape = tt_shape(48, 48, 2)
+    chain = TensorTrainLinear.from_linear(layer, max_bonds(*shape), shape, kronecker_whitening(gram, shape[1]), gram)
+    with torch.no_grad():
+        torch.testing.assert_close(chain(x), layer(x), atol=1e-3, rtol=1e-4)
+
+
+def test_att_plan_is_the_activation_aware_tensor_train() -> None:
+    from autoshrink.pipeline import technique_configs
+
+    plan = Plan(rank=0.5, rank_method="att", bits=8)
+    assert "rank0.5att" in plan.label
+    assert Plan.from_dict(plan.to_dict()) == plan
+    (config, _) = technique_configs(plan)
+    assert config == TensorTrainConfig(fraction=0.5, method="activation")
