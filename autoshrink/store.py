@@ -1,7 +1,8 @@
 """Where a search keeps its files: the MLflow store, the Optuna study, artifacts, locks.
 
 By default everything lives in ``./.autoshrink`` (or ``$AUTOSHRINK_HOME``): ``mlflow.db``,
-``optuna.db``, ``mlartifacts/`` and ``artifacts/<experiment>/``. Trained and fine-tuned model
+``optuna.db``, ``mlartifacts/``, ``artifacts/<experiment>/`` and ``cache/<experiment>/`` (what a
+resumed search reuses: `autoshrink.searching.cache`). Trained and fine-tuned model
 weights, which every store on the machine shares, are cached apart, in `cache_dir`. Nothing here
 creates a folder unless its name says so (`prepare`), so read-only callers (``load_best``,
 ``autoshrink ui``) never leave files behind.

@@ -20,6 +20,7 @@ from autoshrink.measuring.accuracy import score
 from autoshrink.plan import Plan
 from autoshrink.runfile import RunConfig
 from autoshrink.searching.backend import Backend
+from autoshrink.searching.cache import SearchCache
 from autoshrink.searching.call import backend_for, called_with, selection_for
 from autoshrink.searching.finish import Recheck, Selection, finish
 from autoshrink.searching.recorder import Recorder
@@ -97,8 +98,9 @@ def search(
         opened = _open(wl, run, uri, space, objectives, backend, run_file)
         _resume(opened, live, alternatives)
         recorder = Recorder(opened.tracker, opened.parent, run.budget, objectives, run.early_stop_margin)
+        cache = SearchCache(folder / "cache" / run.experiment)  # int8 calibrations kept for a resume
         runner = TrialRunner(wl, run.hardware, folder / "artifacts" / run.experiment, run.seed, budget=run.budget,
-                             runtimes=alternatives)  # fmt: skip
+                             runtimes=alternatives, cache=cache)  # fmt: skip
         try:
             baseline = _measure_baseline(backend, runner, wl, run.budget, opened, live)
             run, baseline = _resolved(run, baseline, opened, live)
@@ -108,6 +110,8 @@ def search(
             _probed(space, opened, wl, runner, live)
             _run_trials(opened.study, backend, space, runner, recorder, live)
             stopped = live.stopped_early(counted(opened.study))
+            if cache.loaded:
+                live.emit("finish", f"reused {cache.loaded} int8 calibration(s) stored by an earlier run of this search")
             if stopped:
                 live.emit("finish", stopped)
             live.emit("finish", "scoring the Pareto set on the test split, logging models, registering the best")
