@@ -100,9 +100,40 @@ def has_labels(data: DataLike) -> bool:
         return True
 
 
+#: Seed of the samples `stack_inputs` draws when the data has more than it takes.
+SPREAD_SEED = 0
+
+
+def spread(data: DataLike, limit: int) -> Dataset:
+    """``data``'s dataset, or ``limit`` of its samples drawn at random (seeded by `SPREAD_SEED`,
+    kept in dataset order) from the whole of it when it holds more: not the first ones, so data
+    sorted by class (an image folder) gives every class its share of any statistic or score
+    computed on the subset.
+
+    Example:
+        >>> x = torch.arange(1000.0).unsqueeze(1)  # sorted, like an image folder's classes
+        >>> chosen = [float(spread((x,), 100)[i][0]) for i in range(100)]
+        >>> len(chosen), max(chosen) > 900, chosen == sorted(chosen)
+        (100, True, True)
+    """
+    dataset = as_dataset(data)
+    if not hasattr(dataset, "__len__") or len(dataset) <= limit:
+        return dataset
+    generator = torch.Generator().manual_seed(SPREAD_SEED)
+    chosen = torch.randperm(len(dataset), generator=generator)[:limit].sort().values
+    return torch.utils.data.Subset(dataset, chosen.tolist())
+
+
 def stack_inputs(data: DataLike, limit: int | None = None) -> Inputs:
-    """All inputs (up to ``limit``) as one batch of the inputs' structure."""
-    return tree_cat([split_batch(b)[0] for b in batches(data, 256, limit)])
+    """All inputs as one batch of the inputs' structure; with ``limit``, that many drawn from the
+    whole dataset (`spread`).
+
+    Example:
+        >>> stack_inputs((torch.arange(1000.0).unsqueeze(1),), 100).shape
+        torch.Size([100, 1])
+    """
+    dataset = spread(data, limit) if limit is not None else as_dataset(data)
+    return tree_cat([split_batch(b)[0] for b in batches(dataset, 256, limit)])
 
 
 def first_batch(data: DataLike, size: int) -> Inputs:

@@ -28,10 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import onnx
-from torch.utils.data import Subset
 
 from autoshrink.artifact import Artifact
-from autoshrink.data import as_dataset, dataset_size
+from autoshrink.data import spread
 from autoshrink.measuring.accuracy import score
 from autoshrink.plan import Plan
 from autoshrink.techniques._onnx import layers
@@ -90,7 +89,7 @@ def layer_sensitivity(
     from autoshrink.pipeline import compress
     from autoshrink.searching.trial import candidate_errors
 
-    subset = Subset(as_dataset(wl.val), range(min(samples, dataset_size(wl.val))))
+    subset = spread(wl.val, samples)
     shared: dict[str, object] = {}  # the calibrated ranges, reused by every build (quantize_static)
 
     def build(plan: Plan) -> Artifact:

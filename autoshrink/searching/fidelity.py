@@ -2,7 +2,7 @@
 
 Distillation is most of a candidate's cost on a real model, and its outcome is visible early: a
 student that scores far below the front after one epoch rarely catches up. So a distilling
-candidate is scored after every epoch, on the first `SUBSET` samples of the validation split
+candidate is scored after every epoch, on `SUBSET` samples of the validation split (`autoshrink.data.spread`: drawn from all of it)
 (its torch student, before it is lowered: cheap), and the search keeps its learning curve. The
 rule, in the spirit of successive halving but against the front rather than a quantile:
 

@@ -190,18 +190,15 @@ class TrialRunner:
         )  # fmt: skip
 
     def epoch_score(self, student: nn.Module, plan: Plan) -> float:
-        """A distilling student's score on the first `fidelity.SUBSET` validation samples (torch, as it is)."""
-        from torch.utils.data import Subset
-
-        from autoshrink.data import as_dataset
+        """A distilling student's score on `fidelity.SUBSET` validation samples (`data.spread`; torch, as it is)."""
+        from autoshrink.data import spread
         from autoshrink.inputs import InputSpec
         from autoshrink.phases import phase
         from autoshrink.searching.fidelity import SUBSET
 
         subset = self.cache.get("fidelity_subset")
         if subset is None:
-            val = as_dataset(self.workload.val)
-            subset = self.cache["fidelity_subset"] = Subset(val, range(min(SUBSET, len(val))))
+            subset = self.cache["fidelity_subset"] = spread(self.workload.val, SUBSET)
         art = Artifact(plan, "torch", b"", 0, module=student, spec=InputSpec.of(self.workload.example_input))
         with phase("fidelity"):
             return score(art, subset, self.workload.evaluate)

@@ -73,12 +73,13 @@ def test_a_hopeless_distillation_is_stopped_after_its_first_epoch(tmp_path: Path
     assert kept.stopped_epoch is None and len(kept.curve) == 2 and kept.artifact_path
 
 
-def test_the_subset_score_is_the_students_on_the_first_validation_samples(tmp_path: Path, monkeypatch) -> None:
+def test_the_subset_score_is_the_students_on_validation_samples_drawn_from_the_whole_split(tmp_path: Path, monkeypatch) -> None:
     runner = TrialRunner(tiny_workload(tmp_path), HW, tmp_path / "artifacts", budget=Budget(latency_ms=1000.0))
     monkeypatch.setattr(fidelity, "SUBSET", 10)
     outcome = runner(Plan(distill_epochs=1), name="t", front=Front())
     assert len(outcome.curve) == 1 and outcome.curve[0] * 10 == pytest.approx(round(outcome.curve[0] * 10))
-    assert len(runner.cache["fidelity_subset"]) == 10
+    subset = runner.cache["fidelity_subset"]
+    assert len(subset) == 10 and max(subset.indices) >= 10  # not the first ten (class-sorted data)
 
 
 def test_a_stopped_candidate_is_pruned_recorded_and_kept_on_resume(tmp_path: Path, monkeypatch) -> None:
