@@ -9,9 +9,10 @@ split (without and with 1 epoch of distillation, "healing"), the ONNX Runtime fp
 and its batch-1 latency at 32 and 128 tokens (1 thread, median of the fastest of 3 blocks of
 ``--repeats``), the dense model's in the same run. A last section puts dynamic int8 on top.
 
-Models (nothing downloaded): pretrained all-MiniLM-L6-v2 (the ``bench`` extra) and the tiny random
-BERT of ``benchmarks/transformers.py`` (random weights: a Gaussian matrix, not a trained one);
-``--models trained`` adds that benchmark's trained classifier (fine-tuned first, then cached).
+Models (nothing downloaded): pretrained all-MiniLM-L6-v2 (the ``bench`` extra), the small BERT
+classifier of ``benchmarks/transformers.py`` fine-tuned on its keyword task (fine-tuned on the first
+run, then cached) and that benchmark's tiny random BERT (random weights: a Gaussian matrix, not a
+trained one).
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ GROUPS = {
     "attention": r"attention\.(self\.(query|key|value)|output\.dense)$",
     "ffn": r"layer\.\d+\.(intermediate|output)\.dense$",
 }
-METHODS = ("svd", "tt")
+METHODS = ("svd", "asvd", "tt", "att")
+#: Each tensor-train method and the SVD it is measured against (the same kind: weights alone, or activation-aware).
+AGAINST = {"tt": "svd", "att": "asvd"}
 
 
 @dataclass(frozen=True)
@@ -95,9 +98,9 @@ def _config(method: str, fraction: float, pattern: str) -> Any:
     from autoshrink.techniques.lowrank import LowRankConfig
     from autoshrink.techniques.tensor_train import TensorTrainConfig
 
-    if method == "svd":
-        return LowRankConfig(fraction=fraction, layers=pattern)
-    return TensorTrainConfig(fraction=fraction, layers=pattern, max_macs=None)
+    if method in ("svd", "asvd"):
+        return LowRankConfig(fraction=fraction, layers=pattern, method="activation" if method == "asvd" else "weight")
+    return TensorTrainConfig(fraction=fraction, layers=pattern, max_macs=None, method="activation" if method == "att" else "weight")
 
 
 class Bench:
@@ -229,19 +232,20 @@ def workload(name: str, root: Path) -> tuple[Any, int]:
 
 
 def wins(rows: list[Row]) -> list[str]:
-    """Where TT kept a higher cosine (or lost less weight energy) than SVD at the same fraction."""
+    """Where a tensor train kept a higher cosine (or lost less weight energy) than the SVD of the
+    same kind (`AGAINST`) at the same fraction."""
     by_key = {(r.model, r.group, r.fraction, r.method): r for r in rows}
     found = []
     for (model, group, fraction, method), row in by_key.items():
-        svd = by_key.get((model, group, fraction, "svd"))
-        if method != "tt" or svd is None:
+        svd = by_key.get((model, group, fraction, AGAINST.get(method, "")))
+        if svd is None:
             continue
-        where = f"{model} {group} at {fraction:g}"
+        where = f"{model} {group} at {fraction:g}: {method} vs {svd.method}"
         if row.cosine > svd.cosine:
             found.append(f"{where}: cosine {row.cosine:.4f} vs {svd.cosine:.4f} (no healing)")
         if row.cosine_healed is not None and svd.cosine_healed is not None and row.cosine_healed > svd.cosine_healed:
             found.append(f"{where}: cosine {row.cosine_healed:.4f} vs {svd.cosine_healed:.4f} (healed)")
-        if row.weight_error < svd.weight_error:
+        if method == "tt" and row.weight_error < svd.weight_error:  # activation-aware ones trade weight error on purpose
             found.append(f"{where}: weight error {row.weight_error:.3f} vs {svd.weight_error:.3f}")
     return found
 
@@ -255,8 +259,12 @@ def write(sections: dict[str, list[Row]], int8_rows: list[Row], report: Report, 
         "- Each row factorizes one group of Linear layers of the encoder and nothing else: **attention** (query, key, "
         "value, attention output) or **ffn** (intermediate, output). SVD: `LowRankConfig(fraction, layers=...)`; TT: "
         "`TensorTrainConfig(fraction, layers=..., max_macs=None)`, two cores, balanced reshape (1536 x 384 is "
-        "(48, 32) x (16, 24)). Both hand out ranks / bonds by the same rule (weight energy per parameter) under the same "
-        "budget, `fraction` x the group's weights; *kept* is the share of the group's weights they really hold; *weight "
+        "(48, 32) x (16, 24)). svd and tt hand out ranks / bonds by the same rule (weight energy per parameter) under the same "
+        "budget, `fraction` x the group's weights. asvd and att are their activation-aware forms (`method=\"activation\"`, "
+        "plans' `rank_method` `asvd` / `att`), fitted to each layer's inputs on 256 training inputs: asvd is the SVD whitened "
+        "by the inputs' Gram matrix; att is TT-SVD whitened by its Kronecker-factored approximation, then both cores refitted "
+        "to the exact Gram matrix by 2 sweeps of alternating least squares; their ranks / bonds go by output energy. "
+        "Each TT is compared with the SVD of its kind (tt with svd, att with asvd); *kept* is the share of the group's weights they really hold; *weight "
         "error*: ||W - W'||^2 / ||W||^2 summed over the group (the share of weight energy the factorization lost).",
         "- cosine: mean cosine similarity of the outputs (MiniLM: the normalised sentence embeddings; tiny-random: its "
         "output embeddings; trained: the logits) to the fp32 model's on the test split; *healed*: the same after 1 epoch of distillation "
@@ -289,7 +297,7 @@ def write(sections: dict[str, list[Row]], int8_rows: list[Row], report: Report, 
                          f"{r.dense_ms[32] / r.ms[32]:.2f}x / {r.dense_ms[128] / r.ms[128]:.2f}x |")  # fmt: skip
         lines.append("")
     found = wins([r for rows in sections.values() for r in rows])
-    lines += ["## Where TT kept more than SVD (the same fraction, the same model and group)", ""]
+    lines += ["## Where a tensor train kept more than the SVD of its kind (the same fraction, model and group)", ""]
     lines += [f"- {w}" for w in found] or ["- nowhere: at every point TT's cosine was at most SVD's and its weight error at least SVD's."]
     lines.append("")
     data = {"sections": {k: [asdict(r) for r in v] for k, v in sections.items()}, "int8": [asdict(r) for r in int8_rows],
@@ -299,9 +307,9 @@ def write(sections: dict[str, list[Row]], int8_rows: list[Row], report: Report, 
 
 def main(argv: list[str] | None = None) -> None:
     parser = arguments("tensor-train", __doc__)
-    parser.add_argument("--models", default="minilm,tiny-random",
-                        help="comma-separated: minilm, tiny-random, trained (default: minilm,tiny-random; trained "
-                             "fine-tunes the classifier of benchmarks/transformers.py first, 10 epochs, cached)")  # fmt: skip
+    parser.add_argument("--models", default="minilm,trained,tiny-random",
+                        help="comma-separated: minilm, trained, tiny-random (default: all three; trained fine-tunes the "
+                             "classifier of benchmarks/transformers.py first, 10 epochs, cached)")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per block (default: 5: a TT model takes up to 1 s a run)")
     parser.add_argument("--no-heal", action="store_true", help="skip the healed (distilled) builds")
     args = parser.parse_args(argv)
