@@ -166,6 +166,7 @@ class _Layer:
     rows: int
     cols: int
     energy: torch.Tensor  # share of the layer's energy per singular value, largest first
+    cap: int | None = None  # a largest rank set by the caller
 
     @property
     def cost(self) -> int:
@@ -173,8 +174,9 @@ class _Layer:
 
     @property
     def max_rank(self) -> int:
-        """Largest rank whose pair is still strictly smaller than the layer."""
-        return (self.rows * self.cols - 1) // self.cost
+        """Largest rank whose pair is still strictly smaller than the layer (and within ``cap``)."""
+        smaller = (self.rows * self.cols - 1) // self.cost
+        return smaller if self.cap is None else min(smaller, self.cap)
 
 
 def allocate_ranks(layers: list[_Layer], budget: float) -> dict[str, int]:

@@ -37,7 +37,9 @@ layer's output error on the calibration inputs with the other fixed, so no sweep
 worse). On pretrained MiniLM's FFN down-projection at a quarter of its weights this took the
 output error from 3.3% (whitened TT-SVD) to 0.3%, below the activation-aware SVD's 0.4% at the
 same parameters. A sweep solves systems of ``bond x i_k`` unknowns (seconds to tens of seconds
-on a 2-core CPU); a layer whose system would exceed `MAX_REFIT` keeps the whitened TT-SVD. Layers
+on a 2-core CPU), so with two cores no whitened layer's bond is allocated past `MAX_REFIT` over its
+largest input factor (the budget goes to other layers); with more cores, or where that is not
+enough, a layer keeps the whitened TT-SVD. Layers
 with more than `MAX_WHITENED` inputs keep the weight TT-SVD. The report lists both
 (``details["weight_tt"]``, ``details["not_refitted"]``).
 
@@ -351,7 +353,9 @@ def kronecker_whitening(gram: torch.Tensor, in_shape: Sequence[int]) -> list[tor
     return factors
 
 
-def refit_to_inputs(cores: Sequence[torch.Tensor], weight: torch.Tensor, gram: torch.Tensor, sweeps: int = SWEEPS) -> list[torch.Tensor]:
+def refit_to_inputs(
+    cores: Sequence[torch.Tensor], weight: torch.Tensor, gram: torch.Tensor, sweeps: int | None = None
+) -> list[torch.Tensor]:
     """Two TT-matrix cores refitted by alternating least squares to minimize the layer's output
     error ``tr((W - W') G (W - W')^T)`` on inputs with Gram matrix ``gram`` (damped by `DAMP`).
 
@@ -376,7 +380,7 @@ def refit_to_inputs(cores: Sequence[torch.Tensor], weight: torch.Tensor, gram: t
     wg = (weight.detach().double() @ g).reshape(o1, o2, i1, i2)
     a = cores[0][0].double()  # (o1, i1, r)
     b = cores[1][..., 0].permute(1, 2, 0).double()  # (o2, i2, r)
-    for _ in range(sweeps):
+    for _ in range(SWEEPS if sweeps is None else sweeps):
         h = torch.einsum("rsac,abcd->rbsd", torch.einsum("oar,ocs->rsac", a, a), g4).reshape(r * i2, r * i2)
         b = _spd_solve(h, torch.einsum("oar,opab->prb", a, wg).reshape(o2, r * i2)).reshape(o2, r, i2).permute(0, 2, 1)
         h = torch.einsum("rsbd,abcd->rasc", torch.einsum("pbr,pds->rsbd", b, b), g4).reshape(r * i1, r * i1)
@@ -474,7 +478,9 @@ def plan_bonds(
             out_shape, in_shape = shapes[name]
             weight = lin.weight if name not in whitening else _per_input_factor(lin.weight, out_shape, in_shape, whitening[name])
             matrix = _rearranged(weight, out_shape, in_shape)
-            entry = _Layer(name, matrix.shape[0], matrix.shape[1], _energy(matrix))
+            # a whitened layer's bond stays where its cores can be refitted (`MAX_REFIT`)
+            cap = MAX_REFIT // max(in_shape) if name in whitening else None
+            entry = _Layer(name, matrix.shape[0], matrix.shape[1], _energy(matrix), cap)
             if entry.max_rank < 1:
                 skipped[name] = "too small: no bond makes the cores smaller than the layer"
                 continue

@@ -171,11 +171,26 @@ def test_activation_aware_chain_keeps_the_outputs_the_weights_alone_do_not(monke
     aware, details = _first_layer_error(model, x, TensorTrainConfig(fraction=0.3, max_macs=None, method="activation"))
     assert details["method"] == "activation" and details["not_refitted"] == {} and details["weight_tt"] == {}
     assert aware < 0.5 * weight, (aware, weight)
-    # Without the refit (every system "too large") only the Kronecker-factored whitening is left: worse.
-    monkeypatch.setattr(tensor_train, "MAX_REFIT", 0)
-    whitened, details = _first_layer_error(model, x, TensorTrainConfig(fraction=0.3, max_macs=None, method="activation"))
-    assert "0" in details["not_refitted"] and "2" in details["not_refitted"]
+    # Without the refit only the Kronecker-factored whitening is left: worse.
+    monkeypatch.setattr(tensor_train, "SWEEPS", 0)
+    whitened, _ = _first_layer_error(model, x, TensorTrainConfig(fraction=0.3, max_macs=None, method="activation"))
     assert aware < whitened, (aware, whitened)
+
+
+def test_no_whitened_bond_is_allocated_past_what_a_refit_solves(monkeypatch) -> None:
+    import copy
+
+    from autoshrink.techniques import tensor_train
+
+    model, x = _outlier_model()
+    context = prepare(model, train_data=(x,), example_input=x[:1])
+    config = TensorTrainConfig(fraction=0.6, max_macs=None, method="activation")
+    free = run_techniques(Stage(module=copy.deepcopy(model)), [config], context).module
+    cap = max(free[0].ranks[0], free[2].ranks[0]) - 2  # below the largest bond the budget alone gives
+    monkeypatch.setattr(tensor_train, "MAX_REFIT", cap * max(free[0].in_shape))
+    stage = run_techniques(Stage(module=copy.deepcopy(model)), [config], context)
+    assert stage.reports[-1].details["not_refitted"] == {}
+    assert max(stage.module[0].ranks[0], stage.module[2].ranks[0]) <= cap
 
 
 def test_untruncated_whitened_chain_equals_the_dense_layer() -> None:
