@@ -26,12 +26,14 @@ from autoshrink.searching.finish import Recheck, Selection, finish
 from autoshrink.searching.recorder import Recorder
 from autoshrink.searching.result import Candidate, Progress, SearchResult
 from autoshrink.searching.study import (
+    check_weights,
     counted,
     open_study,
     progress_callback,
     recover_interrupted,
     snapshot,
     trial_timings,
+    weights_fingerprint,
 )
 from autoshrink.searching.trial import TrialRunner, candidate_errors, objectives_for
 from autoshrink.space import SearchSpace
@@ -208,6 +210,7 @@ def _open(wl: Workload, run: RunConfig, uri: str, space: SearchSpace, objectives
     }
     study = open_study(run.experiment, study_storage_for(uri), config, run.sampler, run.seed, run.trials or PLANNED, objectives,
                        warm_start=space if run.warm_start else None)  # fmt: skip
+    check_weights(study, run.experiment, weights_fingerprint(wl.model))
     tracker = Tracker(uri, run.experiment)
     parent = tracker.start_parent(study.user_attrs.get("parent_run_id"), {STUDY: run.experiment})
     study.set_user_attr("parent_run_id", parent)

@@ -7,6 +7,7 @@ closed, its half-written MLflow run deleted, and it is re-run.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import warnings
@@ -124,6 +125,48 @@ def open_study(
             "re-run with the same settings to resume it, or choose a new --experiment name"
         )
     return study
+
+
+#: The study's user attribute holding `weights_fingerprint` of the model it was started with.
+MODEL_WEIGHTS = "model_weights"
+
+
+def weights_fingerprint(model: Any) -> str:
+    """A hash of a torch model's parameters and buffers (names, shapes, dtypes and values).
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Linear(2, 2)
+        >>> before = weights_fingerprint(net)
+        >>> with torch.no_grad():
+        ...     _ = net.weight.add_(1e-3)
+        >>> before == weights_fingerprint(net), len(before)
+        (False, 16)
+    """
+    import torch
+
+    digest = hashlib.sha1()
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        try:
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        except (RuntimeError, TypeError):  # a quantized or sparse tensor: its name and shape only
+            continue
+    return digest.hexdigest()[:16]
+
+
+def check_weights(study: optuna.Study, experiment: str, weights: str) -> None:
+    """Refuse to resume a study started with another model's weights: its trials, the pruning
+    probe and the per-layer sensitivity it keeps were measured on those (the first run of a
+    study, or one that predates the check, records ``weights``)."""
+    stored = study.user_attrs.get(MODEL_WEIGHTS)
+    if stored is None:
+        study.set_user_attr(MODEL_WEIGHTS, weights)
+    elif stored != weights:
+        raise ConfigError(
+            f"experiment {experiment!r} was started with other model weights (fingerprint {stored}, now {weights}); "
+            "its trials and analyses are for those: resume it with the same model, or choose a new --experiment name"
+        )
 
 
 def is_interrupted(trial: FrozenTrial) -> bool:

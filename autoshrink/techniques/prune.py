@@ -388,7 +388,9 @@ def _moments(model: nn.Module, context: Context, *, centered: bool) -> dict[str,
 
 def probe_key(model: nn.Module, config: PruneConfig) -> str:
     """What the probe's result is kept under in a search's cache (and its study): the
-    architecture (its parameter count) and the settings that change which channels a group loses."""
+    architecture (its parameter count) and the settings that change which channels a group loses.
+    The weights are not in it: a study refuses to resume with other weights
+    (`autoshrink.searching.study.check_weights`)."""
     return f"prune_sensitivity:{count_parameters(model)}:{config.keep_streams}:{config.round_to}:{config.importance}"
 
 

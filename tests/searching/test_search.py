@@ -16,7 +16,7 @@ from autoshrink.config import Budget, ConfigError
 from autoshrink.searching import load_best, search
 from autoshrink.space import SearchSpace
 from tests.conftest import make_case
-from tests.searching.conftest import HW, VAL_SAMPLES, client, make_backend, run_search, study
+from tests.searching.conftest import HW, SPACE, VAL_SAMPLES, client, make_backend, run_search, study
 
 
 def test_constraints_reach_the_sampler_and_best_respects_them(finished) -> None:
@@ -190,6 +190,19 @@ def test_changed_settings_do_not_silently_mix(tmp_path: Path) -> None:
     run_search(tmp_path, Budget(latency_ms=1000.0), trials=1, experiment="mix")
     with pytest.raises(ConfigError, match="budget"):
         run_search(tmp_path, Budget(latency_ms=5.0), trials=2, experiment="mix")
+
+
+def test_a_study_started_with_other_weights_is_not_resumed(tmp_path: Path) -> None:
+    # Its trials, pruning probe and layer sensitivity were measured on the old weights.
+    model, (x, y), example = make_case("rescnn")
+    options = dict(train_data=(x[:256], y[:256]), eval_data=(x[256:384], y[256:384]), test_data=(x[384:], y[384:]),
+                   example_input=example, budget=Budget(latency_ms=1000.0), trials=1, experiment="w",
+                   tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", hardware=HW, space=SPACE)  # fmt: skip
+    search(model, **options)
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)  # retrained, say: the same architecture, other weights
+    with pytest.raises(ConfigError, match="other model weights"):
+        search(model, **options)
 
 
 def test_repeated_plans_are_reused_not_rebuilt(tmp_path: Path, backend_name: str) -> None:
