@@ -113,7 +113,8 @@ def search(
             _run_trials(opened.study, backend, space, runner, recorder, live)
             stopped = live.stopped_early(counted(opened.study))
             if cache.loaded:
-                live.emit("finish", f"reused {cache.loaded} int8 calibration(s) stored by an earlier run of this search")
+                live.emit("finish", f"reused {cache.loaded} int8 calibration(s) found on disk "
+                                    "(stored by an earlier run of this search or another worker)")  # fmt: skip
             if stopped:
                 live.emit("finish", stopped)
             live.emit("finish", "scoring the Pareto set on the test split, logging models, registering the best")
