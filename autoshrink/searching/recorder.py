@@ -144,7 +144,7 @@ class Recorder:
         m, epoch = outcome.measurement, outcome.stopped_epoch
         assert m is not None and epoch is not None and outcome.curve
         reason = (
-            f"after epoch {epoch} of {outcome.plan.distill_epochs}: {outcome.curve[-1]:.4f} on the first "
+            f"after epoch {epoch} of {outcome.plan.distill_epochs}: {outcome.curve[-1]:.4f} on "
             f"{SUBSET} validation samples, it could no longer reach the Pareto front"
         )
         metrics = {k: v for k, v in m.metrics().items() if k != "accuracy"}  # accuracy: not measured
