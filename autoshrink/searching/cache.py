@@ -68,6 +68,12 @@ class SearchCache(dict):  # type: ignore[type-arg]
     def get(self, key: Any, default: Any = None) -> Any:
         return self[key] if key in self else default
 
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        if key in self:
+            return self[key]
+        self[key] = default
+        return default
+
     def __setitem__(self, key: Any, value: Any) -> None:
         super().__setitem__(key, value)
         path = self._path(key)

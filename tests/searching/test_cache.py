@@ -32,6 +32,7 @@ def test_only_stored_strings_reach_the_disk_and_a_pickled_cache_keeps_its_folder
     assert "ort-calibration:not-a-string" not in fresh and "speed" not in fresh
     assert "ort-calibration:other" not in fresh and fresh.get("ort-calibration:other", 0) == 0
     assert "ort-calibration:k" not in SearchCache(None)  # no folder: memory only
+    assert SearchCache(tmp_path).setdefault("ort-calibration:k", "other") == "ranges"  # read from disk first
 
 
 def test_a_resumed_search_reuses_the_calibration_of_the_interrupted_candidate(
