@@ -44,7 +44,7 @@ SKIPPED = "layers_skipped"
 ACCURACY_AWARE = "accuracy_aware"
 SCREENED = "screened"
 SESSION = "session"  # the session options the artifact was measured and saved with, in words
-STOPPED_EARLY = "stopped_early"  # distillation stopped: it could no longer reach the Pareto front
+STOPPED_EARLY = "stopped_early"  # stopped (distillation, or scoring after its subset): it could not reach the Pareto front
 MODEL_FILE_DIR = "artifact"
 MODEL_NAME = "model"
 # The experiment's kind, as MLflow 3's experiment-kind selector writes it: model training. (Which

@@ -25,16 +25,23 @@ from typing import Any
 from benchmarks._report import Report, arguments
 from benchmarks._workloads import scratch_dir
 
-EXPERIMENT = "digits-demo"
-COMMAND = ["search", "--speedup", "4", "--trials", "20", "--experiment", EXPERIMENT]
+#: What each model's search runs: (experiment, arguments of ``autoshrink search`` before ``--seed``).
+SEARCHES = {
+    "digits": ("digits-demo", ["search", "--speedup", "4", "--trials", "20", "--experiment", "digits-demo"]),
+    # the pretrained EfficientNet-Lite1 of benchmarks/_pretrained.py, unlabelled crops of bundled photos
+    "lite1": ("lite1-cost", ["search", "--workload", "benchmarks._pretrained:efficientnet_workload",
+                             "--workload-arg", "name=lite1", "--workload-arg", "n_cal=128", "--workload-arg", "n_score=128",
+                             "--speedup", "4", "--trials", "12", "--experiment", "lite1-cost"]),
+}  # fmt: skip
 
 
-def run_one(folder: Path, *, seed: int, rule: bool, code: Path | None = None) -> dict[str, Any]:
-    """The README's search in ``folder`` with the rule on or off; what its study recorded."""
+def run_one(folder: Path, *, seed: int, rule: bool, code: Path | None = None, model: str = "digits") -> dict[str, Any]:
+    """``model``'s search in ``folder`` with the rule on or off; what its study recorded."""
     import optuna
 
     folder.mkdir(parents=True, exist_ok=True)
-    command = [*COMMAND, "--seed", str(seed), *([] if rule else ["--early-stop-margin", "off"])]
+    experiment, base = SEARCHES[model]
+    command = [*base, "--seed", str(seed), *([] if rule else ["--early-stop-margin", "off"])]
     start = time.perf_counter()
     env = os.environ | ({"PYTHONPATH": str(code)} if code is not None else {})
     with open(folder / "out.txt", "w") as out:
@@ -42,11 +49,16 @@ def run_one(folder: Path, *, seed: int, rule: bool, code: Path | None = None) ->
                        stderr=subprocess.STDOUT, check=True, env=env)  # fmt: skip
     seconds = time.perf_counter() - start
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = optuna.load_study(study_name=EXPERIMENT, storage=f"sqlite:///{folder / '.autoshrink' / 'optuna.db'}")
+    study = optuna.load_study(study_name=experiment, storage=f"sqlite:///{folder / '.autoshrink' / 'optuna.db'}")
     outcomes = [t.user_attrs["outcome"] for t in study.trials if "outcome" in t.user_attrs]
     def phase(name: str) -> float:
         return sum(o.get("phases", {}).get(name, 0.0) for o in outcomes if o.get("duplicate_of") is None)
 
+    phases: dict[str, float] = {}
+    for o in outcomes:
+        if o.get("duplicate_of") is None:
+            for name, seconds_ in o.get("phases", {}).items():
+                phases[name] = phases.get(name, 0.0) + seconds_
     text = (folder / "out.txt").read_text()
     best = next((line.strip() for line in text.splitlines() if line.startswith("best under budget")), "none")
     return {
@@ -60,37 +72,49 @@ def run_one(folder: Path, *, seed: int, rule: bool, code: Path | None = None) ->
         "stopped": sum(1 for t in study.trials if t.state.name == "PRUNED"),
         "trials": len(study.trials),
         "best": best,
+        "phases": {k: round(v, 1) for k, v in sorted(phases.items(), key=lambda kv: -kv[1])},
+        "load_average": os.getloadavg()[0],
     }
 
 
-def run(seeds: tuple[int, ...], log: Any = print) -> list[dict[str, Any]]:
+def run(seeds: tuple[int, ...], log: Any = print, model: str = "digits") -> list[dict[str, Any]]:
     root = scratch_dir("autoshrink-bench-search-cost-")
-    code = root / "code"  # a copy of the package: every run uses the same code, whatever is edited meanwhile
-    shutil.copytree(Path(__file__).resolve().parents[1] / "autoshrink", code / "autoshrink")
+    code = root / "code"  # a copy of the code: every run uses the same code, whatever is edited meanwhile
+    for package in ("autoshrink", "benchmarks"):
+        shutil.copytree(Path(__file__).resolve().parents[1] / package, code / package)
     results = []
     for i, seed in enumerate(seeds):
         for rule in (True, False) if i % 2 == 0 else (False, True):
             label = f"seed{seed}-{'rule' if rule else 'no-rule'}"
             log(f"running {label} ...")
-            results.append(run_one(root / label, seed=seed, rule=rule, code=code))
+            results.append(run_one(root / label, seed=seed, rule=rule, code=code, model=model))
             r = results[-1]
             log(f"{label}: {r['seconds']:.0f} s, distill {r['distill_s']:.0f} s, {r['stopped']} stopped; {r['best']}")
     return results
 
 
-def write(results: list[dict[str, Any]], report: Report) -> Path:
+TITLES = {
+    "digits": "Search cost: the README's search with and without the early-stop rule of distillation",
+    "lite1": "Search cost on a pretrained model: EfficientNet-Lite1 (ImageNet weights), 12 trials, with and without the early-stop rule",
+}
+
+
+def write(results: list[dict[str, Any]], report: Report, model: str = "digits") -> Path:
+    _, base = SEARCHES[model]
     lines = [
         *report.header(
-            "Search cost: the README's search with and without the early-stop rule of distillation",
-            f"`autoshrink {' '.join(COMMAND)} --seed S` with the default `--early-stop-margin` (rule on) and with "
-            "`--early-stop-margin off`, each in an empty folder, one after the other (order alternating by seed).",
+            TITLES[model],
+            f"`autoshrink {' '.join(base)} --seed S` with the default `--early-stop-margin` (rule on) and with "
+            "`--early-stop-margin off`, each in an empty folder (its own store, study and caches), one after the other "
+            "(order alternating by seed).",
         ),
-        "| seed | rule | whole command s | distill s | stopped early | peak-memory s | session-tuning s | registered |",
-        "|---|---|---|---|---|---|---|---|",
+        "| seed | rule | whole command s | distill s | stopped early | peak-memory s | session-tuning s | load after | registered |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(f"| {r['seed']} | {'on' if r['rule'] else 'off'} | {r['seconds']:.0f} | {r['distill_s']:.0f} | "
-                     f"{r['stopped']} | {r['memory_s']:.1f} | {r['session_s']:.1f} | {r['best']} |")  # fmt: skip
+                     f"{r['stopped']} | {r['memory_s']:.1f} | {r['session_s']:.1f} | {r.get('load_average', float('nan')):.1f} | "
+                     f"{r['best']} |")  # fmt: skip
     on = [r for r in results if r["rule"]]
     off = [r for r in results if not r["rule"]]
     if on and off:
@@ -100,21 +124,32 @@ def write(results: list[dict[str, Any]], report: Report) -> Path:
             f"{statistics.median(r['seconds'] for r in on):.0f} s with it; median distillation time "
             f"{statistics.median(r['distill_s'] for r in off):.0f} s vs {statistics.median(r['distill_s'] for r in on):.0f} s.",
         ]
+    names = sorted({k for r in results for k in r.get("phases", {})}, key=lambda k: -sum(r.get("phases", {}).get(k, 0) for r in results))
+    if names:
+        lines += ["", "Seconds by phase (sum over the trials of a run; a phase's own time):", "",
+                  "| seed | rule | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]  # fmt: skip
+        for r in results:
+            cells = " | ".join(f"{r.get('phases', {}).get(k, 0.0):.1f}" for k in names)
+            lines.append(f"| {r['seed']} | {'on' if r['rule'] else 'off'} | {cells} |")
     total = sum(r["seconds"] for r in results)
     lines += [
         "",
         f"Over all runs, measuring peak memory took {100 * sum(r['memory_s'] for r in results) / total:.1f}% of the "
         f"wall time and choosing session options {100 * sum(r['session_s'] for r in results) / total:.1f}%.",
     ]
-    return report.write({"runs": results}, lines)
+    return report.write({"model": model, "runs": results}, lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = arguments("search-cost", __doc__)
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default: 3)")
+    parser.add_argument("--model", choices=sorted(SEARCHES), default="digits",
+                        help="digits (the README search, 20 trials; results/search-cost.md) or lite1 (the pretrained "
+                             "EfficientNet-Lite1, 12 trials; results/search-cost-lite1.md; needs the bench extra)")  # fmt: skip
     args = parser.parse_args(argv)
-    report = Report("search-cost", args.out, argv=sys.argv[1:] if argv is None else argv)
-    print(f"wrote {write(run(tuple(range(args.seeds))), report)}")
+    stem = "search-cost" if args.model == "digits" else f"search-cost-{args.model}"
+    report = Report("search-cost", args.out, argv=sys.argv[1:] if argv is None else argv, stem=stem)
+    print(f"wrote {write(run(tuple(range(args.seeds)), model=args.model), report, args.model)}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, NoReturn
 from autoshrink.config import Budget
 from autoshrink.measuring import Measurement
 from autoshrink.plan import Plan
-from autoshrink.searching.fidelity import SUBSET
+from autoshrink.searching import fidelity
 from autoshrink.searching.trial import OBJECTIVES, TrialOutcome
 from autoshrink.sessions import SessionOptions
 from autoshrink.tracking import (
@@ -139,16 +139,24 @@ class Recorder:
     def _record_stopped(
         self, trial: optuna.trial.BaseTrial, run_id: str, outcome: TrialOutcome, tags: dict[str, object]
     ) -> NoReturn:
-        """Record a candidate whose distillation was stopped early: its speed figures, the epoch
+        """Record a candidate stopped early (`fidelity`): its speed figures, the epoch
         and subset score it stopped at, its curve; then raise `CandidateStopped` (PRUNED)."""
         m, epoch = outcome.measurement, outcome.stopped_epoch
         assert m is not None and epoch is not None and outcome.curve
-        reason = (
-            f"after epoch {epoch} of {outcome.plan.distill_epochs}: {outcome.curve[-1]:.4f} on "
-            f"{SUBSET} validation samples, it could no longer reach the Pareto front"
-        )
+        if outcome.subset_bound is None:
+            reason = (
+                f"distillation stopped after epoch {epoch} of {outcome.plan.distill_epochs}: {outcome.curve[-1]:.4f} "
+                f"on {fidelity.SUBSET} validation samples, it could no longer reach the Pareto front"
+            )
+        else:
+            reason = (
+                f"scored on {fidelity.SUBSET} validation samples first: {outcome.curve[-1]:.4f} (at most "
+                f"{outcome.subset_bound:.4f} on the whole split), it could not reach the Pareto front; the rest was not scored"
+            )
         metrics = {k: v for k, v in m.metrics().items() if k != "accuracy"}  # accuracy: not measured
         metrics |= {"stopped_epoch": float(epoch), "subset_score": outcome.curve[-1], "compress_s": outcome.compress_s}
+        if outcome.subset_bound is not None:
+            metrics["subset_bound"] = outcome.subset_bound
         metrics |= {f"time_{name}_s": seconds for name, seconds in outcome.phases.items()}
         self.tracker.log_metrics(run_id, metrics)
         self.tracker.log_json(run_id, list(outcome.curve), "curve.json")

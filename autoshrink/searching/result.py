@@ -118,7 +118,7 @@ class SearchResult:
         met_budget: whether any candidate met every limit.
         registered_model: ``"name@best"`` in the MLflow Model Registry, or None.
         n_complete / n_failed: trials measured / trials that failed (with their errors).
-        n_early_stopped: trials whose distillation was stopped early, as it could no longer
+        n_early_stopped: trials stopped early (in distillation, or scored on the subset only), as they could no longer
             reach the Pareto front (`autoshrink.searching.fidelity`; PRUNED in the study).
         budget: the limits candidates were judged by, relative ones resolved against the
             baseline (`Budget.describe` says both).

@@ -195,7 +195,7 @@ def complete(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def early_stopped(study: optuna.Study) -> dict[int, str]:
-    """Trial number -> why, for trials whose distillation was stopped early (PRUNED, `fidelity`)."""
+    """Trial number -> why, for trials stopped early (PRUNED, `fidelity`: in distillation or after the subset score)."""
     from optuna.trial import TrialState
 
     return {
@@ -323,7 +323,7 @@ def describe(trial: FrozenTrial) -> str:
 
     label = _plan_label(trial)
     if trial.state == TrialState.PRUNED:
-        return f"trial {trial.number} {label}: distillation stopped {trial.user_attrs.get('stopped_early', '')}"
+        return f"trial {trial.number} {label}: {trial.user_attrs.get('stopped_early', 'stopped early')}"
     if trial.state != TrialState.COMPLETE:
         return f"trial {trial.number} {label}: FAILED {trial.user_attrs.get('error', '')[:160]}"
     o = outcome(trial)

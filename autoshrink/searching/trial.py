@@ -86,7 +86,8 @@ class TrialOutcome:
     extra_builds: int = 0  # accuracy-aware quantization: builds with more float layers, this one among them
     phases: dict[str, float] = field(default_factory=dict)  # seconds by phase (`autoshrink.phases`), here
     curve: tuple[float, ...] = ()  # distillation: the score on the validation subset after each epoch
-    stopped_epoch: int | None = None  # distillation stopped early after this epoch (`fidelity`): not scored
+    stopped_epoch: int | None = None  # stopped early after this epoch (`fidelity`): not scored on the whole split
+    subset_bound: float | None = None  # stopped on its subset score (`fidelity`): the bound on its whole score
 
     @property
     def failed(self) -> bool:
@@ -189,19 +190,49 @@ class TrialRunner:
             on_epoch=on_epoch,
         )  # fmt: skip
 
-    def epoch_score(self, student: nn.Module, plan: Plan) -> float:
-        """A distilling student's score on `fidelity.SUBSET` validation samples (`data.spread`; torch, as it is)."""
+    def _subset(self) -> Any:
+        """`fidelity.SUBSET` validation samples drawn from the whole split (`data.spread`), once per search."""
         from autoshrink.data import spread
-        from autoshrink.inputs import InputSpec
-        from autoshrink.phases import phase
         from autoshrink.searching.fidelity import SUBSET
 
         subset = self.cache.get("fidelity_subset")
         if subset is None:
             subset = self.cache["fidelity_subset"] = spread(self.workload.val, SUBSET)
+        return subset
+
+    def epoch_score(self, student: nn.Module, plan: Plan) -> float:
+        """A distilling student's score on `fidelity.SUBSET` validation samples (`data.spread`; torch, as it is)."""
+        from autoshrink.inputs import InputSpec
+        from autoshrink.phases import phase
+
         art = Artifact(plan, "torch", b"", 0, module=student, spec=InputSpec.of(self.workload.example_input))
         with phase("fidelity"):
-            return score(art, subset, self.workload.evaluate)
+            return score(art, self._subset(), self.workload.evaluate)
+
+    def subset_first(self, front: Front | None) -> bool:
+        """Whether candidates are scored on the validation subset first (`fidelity`: a front to
+        compare with and a split at least `fidelity.SUBSET_FIRST_RATIO` times the subset)."""
+        from autoshrink.data import dataset_size
+        from autoshrink.searching.fidelity import SUBSET, SUBSET_FIRST_RATIO
+
+        return front is not None and dataset_size(self.workload.val) >= SUBSET_FIRST_RATIO * SUBSET
+
+    def score_first_on_subset(self, artifact: Artifact, front: Front | None, speed: Measurement | None) -> float:
+        """``artifact``'s score on the validation split; where `subset_first` applies, only if its
+        subset score allows it to reach ``front`` (else `StoppedEarly` with the bound)."""
+        from torch.utils.data import Subset
+
+        from autoshrink.searching.fidelity import CHUNKS, upper_bound
+
+        wl = self.workload
+        costs = tuple(float(getattr(speed, k)) for k in front.costs) if front is not None and speed is not None else None
+        if costs is not None and self.subset_first(front) and front.to_beat(costs) is not None:
+            subset = self._subset()
+            parts = [Subset(subset, range(i, len(subset), CHUNKS)) for i in range(CHUNKS)]
+            mean, bound = upper_bound([(score(artifact, part, wl.evaluate), len(part)) for part in parts if len(part)])
+            if not front.worth_scoring(bound, costs):
+                raise StoppedEarly(artifact.plan.distill_epochs, mean, front.to_beat(costs) or 0.0, bound)
+        return score(artifact, wl.val, wl.evaluate)
 
     def measure(self, artifact: Artifact, accuracy: bool = True) -> Measurement:
         """Measure on this machine, never at the same time as another measurement on it.
@@ -388,7 +419,8 @@ class TrialRunner:
         where = socket.gethostname()
         choices = self.runtime_choices(plan)
         choose = len(choices) > 1
-        screen = choose or (self.budget is not None and plan.distill_epochs > 0)
+        # timed first: to choose the runtime, to screen a distilling plan, to score on the subset first
+        screen = choose or (self.budget is not None and plan.distill_epochs > 0) or self.subset_first(front)
         curve: list[float] = []
         speed: Measurement | None = None
         try:
@@ -405,7 +437,7 @@ class TrialRunner:
             if screen:  # the architecture's speed figures and session options, its own accuracy
                 artifact = artifact.with_options(SessionOptions.from_dict(speed.session))
                 m = replace(
-                    speed, accuracy=score(artifact, self.workload.val, self.workload.evaluate),
+                    speed, accuracy=self.score_first_on_subset(artifact, front, speed),
                     metric=_metric(self.workload.evaluate), num_parameters=artifact.num_parameters,
                 )  # fmt: skip
             elif measure_with is None:
@@ -417,8 +449,9 @@ class TrialRunner:
         except StoppedEarly as stop:
             assert speed is not None  # only a screened candidate is stopped
             return TrialOutcome(
-                plan, speed, compress_s=time.perf_counter() - start, host=where, curve=tuple(curve),
-                stopped_epoch=stop.epoch,
+                plan, speed, compress_s=(built if built > start else time.perf_counter()) - start, host=where,
+                curve=(*curve, stop.score) if stop.bound is not None else tuple(curve), stopped_epoch=stop.epoch,
+                subset_bound=stop.bound, measure_s=time.perf_counter() - built if built > start else 0.0,
             )  # fmt: skip
         except candidate_errors() as exc:
             now = time.perf_counter()

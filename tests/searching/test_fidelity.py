@@ -113,3 +113,64 @@ def test_the_rule_can_be_turned_off(tmp_path: Path, monkeypatch) -> None:
     space = SearchSpace(prune=(0.3, 0.3, 0.3), rank=("off",), bits=(8,), distill_epochs=(1,))
     result = tiny_search(tmp_path, tiny_workload(tmp_path), trials=2, space=space, early_stop_margin=None)
     assert result.n_early_stopped == 0 and all(t.state.name == "COMPLETE" for t in study(tmp_path, "e").trials)
+
+
+def test_the_bound_on_the_whole_score_grows_with_the_chunks_spread_and_never_is_the_subset_score() -> None:
+    steady, steady_bound = fidelity.upper_bound([(0.5, 32)] * 8)
+    noisy, noisy_bound = fidelity.upper_bound([(0.3, 32), (0.7, 32)] * 4)
+    assert steady == noisy == pytest.approx(0.5)
+    assert steady_bound == pytest.approx(0.5 + 3 / 256)  # no spread: the rule of three still allows 3 in 256
+    assert noisy_bound > steady_bound + 0.1  # t-margin of the chunk means: 3.0 * 0.2138 / sqrt(8)
+    front = Front((Point((1.0,), 0.8),), margin=0.01)
+    assert not front.worth_scoring(0.78, (2.0,)) and front.worth_scoring(0.80, (2.0,))
+    assert front.worth_scoring(0.0, (0.5,))  # nothing as cheap has finished
+
+
+def _count_scored(monkeypatch) -> list[int]:
+    from autoshrink.data import dataset_size
+    from autoshrink.searching import trial
+
+    sizes: list[int] = []
+    real = trial.score
+    monkeypatch.setattr(trial, "score", lambda art, data, evaluate: sizes.append(dataset_size(data)) or real(art, data, evaluate))
+    return sizes
+
+
+def test_a_candidate_that_cannot_reach_the_front_is_scored_on_the_subset_only(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(fidelity, "SUBSET", 10)  # the tiny workload's 48 validation samples are >= 4 x 10
+    sizes = _count_scored(monkeypatch)
+    runner = TrialRunner(tiny_workload(tmp_path), HW, tmp_path / "artifacts")
+    unbeatable = Front((Point((0.0,), 2.0),))  # as cheap as anything, and a score no candidate reaches
+    outcome = runner(Plan(bits=32), name="t", front=unbeatable)
+    assert outcome.stopped_epoch == 0 and outcome.subset_bound is not None and outcome.curve[0] <= outcome.subset_bound < 2.0
+    assert sum(sizes) == 10 and 48 not in sizes  # the subset, in chunks; never the whole split
+    assert outcome.artifact_path is None and outcome.measurement.latency_ms > 0
+    assert TrialOutcome.from_dict(outcome.to_dict()) == outcome
+    sizes.clear()
+    passed = runner(Plan(bits=32), name="u", front=Front((Point((0.0,), 0.0),)))
+    assert passed.stopped_epoch is None and passed.subset_bound is None and sizes[-1] == 48 and sum(sizes[:-1]) == 10
+    plain = runner(Plan(bits=32), name="v")  # no front: the whole split at once, the same score
+    assert passed.measurement.accuracy == plain.measurement.accuracy and passed.artifact_path
+
+
+def test_a_split_not_much_larger_than_the_subset_is_scored_whole(tmp_path: Path, monkeypatch) -> None:
+    runner = TrialRunner(tiny_workload(tmp_path), HW, tmp_path / "artifacts")
+    assert not runner.subset_first(Front())  # 48 samples < 4 x 256
+    monkeypatch.setattr(fidelity, "SUBSET", 10)
+    assert runner.subset_first(Front()) and not runner.subset_first(None)  # the rule turned off
+
+
+def test_a_search_records_a_candidate_stopped_on_its_subset_score(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(fidelity, "SUBSET", 10)
+    monkeypatch.setattr(Front, "to_beat", lambda self, costs: 1.5)  # every candidate has a better one as cheap
+    lines: list[str] = []
+    result = tiny_search(tmp_path, tiny_workload(tmp_path), trials=3, warm_start=False,
+                         progress=lambda p: lines.append(p.last), early_stop_margin=0.01)  # fmt: skip
+    pruned = [t for t in study(tmp_path, "e").trials if t.state.name == "PRUNED"]
+    assert len(pruned) == 3 and result.n_early_stopped == 3 and not result.pareto
+    assert all(t.user_attrs["outcome"]["stopped_epoch"] == 0 and "scored on 10 validation samples first"
+               in t.user_attrs["stopped_early"] for t in pruned)  # fmt: skip
+    assert any("the rest was not scored" in line for line in lines)
+    c = client(tmp_path)
+    runs = [r for r in c.search_runs([c.get_experiment_by_name("e").experiment_id]) if "stopped_early" in r.data.tags]
+    assert len(runs) == 3 and all("subset_bound" in r.data.metrics and "accuracy" not in r.data.metrics for r in runs)
