@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -114,7 +115,11 @@ def compress(
             context = prepare(model, train_data=train_data, example_input=example_input, seed=seed,
                               cache=cache, task=task, output=output)  # fmt: skip
             context = replace(context, on_epoch=on_epoch)
-            stage = run_techniques(Stage(module=copy.deepcopy(context.teacher).eval()), technique_configs(plan, int8_range=int8_range), context)
+            configs = technique_configs(plan, int8_range=int8_range)
+            shape = [c for c in configs if isinstance(c, STRUCTURAL)]
+            stage = architecture(shape, context)
+            torch.manual_seed(seed)  # what follows starts from the same state, whether the architecture was built or reused
+            stage = run_techniques(stage, configs[len(shape) :], context)
     finally:
         model.train(was_training)
     return to_artifact(stage, plan, InputSpec.of(example_input))
@@ -137,6 +142,44 @@ def prepare(
         teacher=teacher, train_data=train_data, example_input=example_input, seed=seed,
         cache=cache if cache is not None else {}, task=task or infer_task(teacher, train_data),
     )  # fmt: skip
+
+
+#: Techniques that change the architecture (applied first, in this order), whose result depends only
+#: on the teacher, its training data and their config: `architecture` keeps it per search.
+STRUCTURAL = (PruneConfig, LowRankConfig, TensorTrainConfig)
+#: Architectures `architecture` keeps in a search's cache (the most recently used).
+KEPT_ARCHITECTURES = 4
+
+
+def architecture(configs: list[Any], context: Context) -> Stage:
+    """The teacher with the `STRUCTURAL` ``configs`` applied: built once per search and reused
+    (a copy) by every candidate that shares it, from ``context.cache``.
+
+    A search builds an architecture several times: timed first without distillation (to screen
+    it against the budget), then again to distil it, and once per bit width or mixed-precision
+    setting. Pruning with reconstruction takes minutes on a pretrained CNN (the first
+    pruned candidate of an EfficientNet-Lite1 search spent 1306 s in two prunings), so the
+    `KEPT_ARCHITECTURES` most recent ones are kept, in memory only.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
+        >>> ctx = prepare(net, train_data=(torch.randn(32, 16),), example_input=torch.randn(1, 16))
+        >>> first = architecture([PruneConfig(ratio=0.5)], ctx)
+        >>> again = architecture([PruneConfig(ratio=0.5)], ctx)  # reused: a copy of the first
+        >>> again.module is not first.module, again.reports == first.reports
+        (True, True)
+    """
+    if not configs:
+        return Stage(module=copy.deepcopy(context.teacher).eval())
+    kept = context.cache.setdefault("architectures", OrderedDict())
+    key = repr((context.seed, configs))
+    if key not in kept:
+        kept[key] = run_techniques(Stage(module=copy.deepcopy(context.teacher).eval()), configs, context)
+        while len(kept) > KEPT_ARCHITECTURES:
+            kept.popitem(last=False)
+    kept.move_to_end(key)
+    built = kept[key]
+    return replace(built, module=copy.deepcopy(built.module))
 
 
 def run_techniques(stage: Stage, configs: list[Any], context: Context) -> Stage:

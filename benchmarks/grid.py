@@ -6,14 +6,23 @@ validation and test accuracy, latency p50/p95, bytes, energy) is what
 tabular-benchmark method of the hyperparameter-optimization field. Builds are reused where
 the plan allows: the pruned / factorized model is built once per (prune, rank), distilled once
 per number of epochs, and lowered once per bit width.
+
+For the replay of the early-stop rule at equal wall-clock time (``search-quality --timed``), each row
+also keeps what a search would spend on it: ``arch_s`` (pruning / low rank), ``epoch_s`` (the
+distillation seconds at the end of each epoch), ``lower_s`` (lowering and measuring: quantization,
+calibration, timing, scoring on the validation split) and the learning ``curve`` (the torch
+student's score on the search's validation subset after each epoch, `autoshrink.searching.fidelity`),
+the figures the rule reads. The mixed-precision knob is left out of the grid (``mixed: [0]``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +45,31 @@ def space_plans(space: SearchSpace) -> list[Plan]:
     ]  # fmt: skip
 
 
+class _Curve:
+    """A distillation's seconds (its own, not the scoring's) and subset score after each epoch."""
+
+    def __init__(self, score: Callable[[torch.nn.Module], float]) -> None:
+        self.score, self.start, self.scoring = score, time.perf_counter(), 0.0
+        self.epoch_s: list[float] = []
+        self.curve: list[float] = []
+
+    def __call__(self, epoch: int, student: torch.nn.Module) -> None:
+        now = time.perf_counter()
+        self.epoch_s.append(now - self.start - self.scoring)
+        self.curve.append(self.score(student))
+        self.scoring += time.perf_counter() - now
+
+
 def run_grid(workload: Any, space: SearchSpace, *, hardware: HardwareProfile | None = None,
              log: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
     """Measure every plan of ``space`` on ``workload``; returns the table and the baseline."""
+    from autoshrink.artifact import Artifact
+    from autoshrink.data import spread
     from autoshrink.inputs import InputSpec
     from autoshrink.measuring import measure
     from autoshrink.measuring.accuracy import score
-    from autoshrink.pipeline import prepare, run_techniques, to_artifact
+    from autoshrink.pipeline import prepare, run_techniques, technique_configs, to_artifact
+    from autoshrink.searching.fidelity import SUBSET
     from autoshrink.techniques import CompressionError, Stage
     from autoshrink.techniques.distill import DistillConfig
     from autoshrink.techniques.lowrank import LowRankConfig
@@ -59,26 +86,38 @@ def run_grid(workload: Any, space: SearchSpace, *, hardware: HardwareProfile | N
         ctx = prepare(workload.model, train_data=workload.train, example_input=workload.example_input,
                       task=workload.task, output=workload.output)  # fmt: skip
 
-        def measure_plan(stage: Stage, plan: Plan, built_s: float) -> None:
+        subset = spread(workload.val, SUBSET)
+
+        def student_score(student: torch.nn.Module) -> float:  # as `TrialRunner.epoch_score` scores it
+            return score(Artifact(Plan(), "torch", b"", 0, module=student, spec=spec), subset, workload.evaluate)
+
+        def measure_plan(stage: Stage, plan: Plan, built_s: float, timing: dict[str, Any]) -> None:
             t0 = time.perf_counter()
             try:
                 lowered = run_techniques(stage, [QuantizeConfig(bits=plan.bits, runtime=plan.resolved_runtime)], ctx)
                 art = to_artifact(lowered, plan, spec)
                 m = measure(art, eval_data=workload.val, hardware=hardware, evaluate=workload.evaluate)
+                timing = timing | {"lower_s": time.perf_counter() - t0}
                 test = score(art, workload.test, workload.evaluate)
             except CompressionError as exc:
                 rows.append({"plan": plan.to_dict(), "label": plan.label, "error": str(exc)[:300]})
                 log(f"{plan.label:<32} failed: {exc}")
                 return
             rows.append({"plan": plan.to_dict(), "label": plan.label, **m.to_dict(), "test_accuracy": test,
-                         "build_s": built_s + time.perf_counter() - t0})  # fmt: skip
+                         "build_s": built_s + time.perf_counter() - t0, **timing})  # fmt: skip
             log(f"{plan.label:<32} val {m.accuracy:.4f} test {test:.4f} {m.latency_ms:7.3f} ms "
                 f"{m.size_bytes / 1e3:8.1f} kB  ({len(rows)}/{len(plans)}, {time.perf_counter() - started:.0f} s)")  # fmt: skip
 
         architectures = sorted({(p.prune, p.rank) for p in plans}, key=lambda a: (a[0], a[1] or 0))
+        pruned = [a for a in architectures if a[0]]
+        if pruned:  # the pruning probe runs once per search (kept in the cache): not in any architecture's arch_s
+            probe = [c for c in technique_configs(Plan(prune=pruned[0][0])) if isinstance(c, PruneConfig)]
+            with contextlib.suppress(CompressionError):
+                run_techniques(Stage(module=copy.deepcopy(ctx.teacher).eval()), probe, ctx)
         for prune, rank in architectures:
             t0 = time.perf_counter()
-            configs: list[Any] = ([PruneConfig(ratio=prune)] if prune else []) + ([LowRankConfig(fraction=rank)] if rank else [])
+            # pruning and low rank as a search builds them (the plan's methods: sensitivity allocation, ...)
+            configs = [c for c in technique_configs(Plan(prune=prune, rank=rank)) if isinstance(c, (PruneConfig, LowRankConfig))]
             try:
                 arch = run_techniques(Stage(module=copy.deepcopy(ctx.teacher).eval()), configs, ctx)
             except CompressionError as exc:
@@ -88,12 +127,16 @@ def run_grid(workload: Any, space: SearchSpace, *, hardware: HardwareProfile | N
             arch_s = time.perf_counter() - t0
             for epochs in sorted({p.distill_epochs for p in plans if (p.prune, p.rank) == (prune, rank)}):
                 t1 = time.perf_counter()
+                watch = _Curve(student_score)
                 stage = arch if epochs == 0 else run_techniques(
-                    Stage(module=copy.deepcopy(arch.module), reports=arch.reports), [DistillConfig(epochs=epochs)], ctx
+                    Stage(module=copy.deepcopy(arch.module), reports=arch.reports), [DistillConfig(epochs=epochs)],
+                    replace(ctx, on_epoch=watch),
                 )  # fmt: skip
-                built = arch_s + time.perf_counter() - t1
+                built = arch_s + time.perf_counter() - t1 - watch.scoring
+                timing = {"arch_s": arch_s, "epoch_s": watch.epoch_s, "curve": watch.curve,
+                          "curve_score_s": watch.scoring / max(1, len(watch.curve))}  # fmt: skip
                 for plan in (p for p in plans if (p.prune, p.rank, p.distill_epochs) == (prune, rank, epochs)):
-                    measure_plan(stage, plan, built)
+                    measure_plan(stage, plan, built, timing)
     return {"rows": rows, "seconds": time.perf_counter() - started, "space": space.to_dict(), "plans": len(plans)}
 
 
@@ -134,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     build_threads(args.build_threads)
     report = Report("grid", args.out, argv=sys.argv[1:] if argv is None else argv, stem=f"grid-{args.workload}")
     wl = workloads.load(args.workload)
-    table = run_grid(wl, SearchSpace.preset(wl.family), hardware=report.hardware, log=print)
+    space = replace(SearchSpace.preset(wl.family), mixed=(0,))  # mixed precision: not in the grid (see the doc)
+    table = run_grid(wl, space, hardware=report.hardware, log=print)
     print(f"wrote {write_grid(table, report, args.workload)}")
 
 
