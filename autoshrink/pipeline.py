@@ -116,10 +116,10 @@ def compress(
                               cache=cache, task=task, output=output)  # fmt: skip
             context = replace(context, on_epoch=on_epoch)
             configs = technique_configs(plan, int8_range=int8_range)
-            shape = [c for c in configs if isinstance(c, STRUCTURAL)]
-            stage = architecture(shape, context)
+            first = next((i for i, c in enumerate(configs) if not isinstance(c, STRUCTURAL)), len(configs))
+            stage = architecture(configs[:first], context)
             torch.manual_seed(seed)  # what follows starts from the same state, whether the architecture was built or reused
-            stage = run_techniques(stage, configs[len(shape) :], context)
+            stage = run_techniques(stage, configs[first:], context)
     finally:
         model.train(was_training)
     return to_artifact(stage, plan, InputSpec.of(example_input))

@@ -9,6 +9,10 @@ one session (order alternating, so a drift of the machine does not favour one si
 from each study: the whole command's wall time, the seconds spent distilling (the ``distill``
 phase of every trial), how many trials were stopped early, and the registered plan with its
 speed-up and validation score.
+
+``--model lite1`` runs a 12-trial search of the pretrained EfficientNet-Lite1 instead (the model
+of ``benchmarks/_pretrained.py`` on 128 unlabelled calibration and 128 scored crops; needs the
+bench extra) and writes ``results/search-cost-lite1.md``, with each run's seconds by phase.
 """
 
 from __future__ import annotations
