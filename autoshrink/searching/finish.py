@@ -17,7 +17,7 @@ from autoshrink.inputs import Inputs
 from autoshrink.measuring.accuracy import EvaluationError, score
 from autoshrink.measuring.latency import worst_of
 from autoshrink.searching.recorder import Recorder
-from autoshrink.searching.result import Candidate, SearchResult, ordered
+from autoshrink.searching.result import LATENCY_TIE, Candidate, SearchResult, ordered
 from autoshrink.searching.study import complete, early_stopped, failures, outcome, pareto_trials
 from autoshrink.tracking import MODEL_URI, PARETO, Tracker
 from autoshrink.workloads.base import Workload
@@ -208,7 +208,7 @@ class Selection:
         source = "set" if self.tolerance is not None else f"1 standard error on {samples} validation samples"
         return (
             f"fastest feasible candidate within {100 * tolerance:.2f} points of the best validation accuracy "
-            f"({source}); Pareto set: candidates within {100 * self.pareto_floor:g} points of the baseline"
+            f"({source}; latencies within {100 * LATENCY_TIE:g}% of the fastest tie: the smaller wins); Pareto set: candidates within {100 * self.pareto_floor:g} points of the baseline"
         )
 
 

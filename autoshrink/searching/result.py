@@ -17,12 +17,18 @@ T = TypeVar("T")
 Figures = tuple[float, float, float]
 
 
+#: Latencies within this fraction of the fastest equally good candidate's are a tie (timing noise:
+#: the same artifact timed 10 times varied by a CV of 1.4-3.3%, `results/noise.md`).
+LATENCY_TIE = 0.02
+
+
 def ordered(candidates: Iterable[T], tolerance: float, figures: Callable[[Any], Figures] | None = None) -> list[T]:
     """``candidates`` (the feasible ones), best first: the one definition of "best".
 
     Validation accuracies within ``tolerance`` of the highest are equally good (the difference
-    is noise): those candidates come first, the fastest first (ties: the smaller artifact,
-    then the more accurate). The others follow by accuracy (ties: the faster). ``figures``
+    is noise): those candidates come first, the fastest first. Latencies within `LATENCY_TIE`
+    of the fastest of them are a tie too (timing noise): those are ordered by the smaller
+    artifact, then the more accurate. The others follow by accuracy (ties: the faster). ``figures``
     reads ``(accuracy, latency_ms, size_bytes)`` off a candidate: by default a `Candidate`'s
     measurement; the search's progress orders Optuna trials and `load_best` MLflow runs with it.
 
@@ -32,15 +38,19 @@ def ordered(candidates: Iterable[T], tolerance: float, figures: Callable[[Any], 
         [(0.985, 0.5, 100), (0.99, 1.9, 100), (0.9, 0.1, 100)]
         >>> ordered(runs, 0.0, figures=lambda r: r)[0]  # no tolerance: the highest accuracy
         (0.99, 1.9, 100)
+        >>> ordered([(0.989, 0.2140, 222_000), (0.992, 0.2144, 87_000)], 0.005, figures=lambda r: r)[0]
+        (0.992, 0.2144, 87000)
     """
     read: Callable[[Any], Figures] = figures or candidate_figures
     items = list(candidates)
     top = max((read(c)[0] for c in items), default=0.0)
+    good = [read(c) for c in items if read(c)[0] >= top - tolerance - 1e-12]
+    tied = min((f[1] for f in good), default=0.0) * (1 + LATENCY_TIE)
 
     def key(c: T) -> tuple[int, float, float, float]:
         accuracy, latency_ms, size = read(c)
         if accuracy >= top - tolerance - 1e-12:
-            return (0, latency_ms, size, -accuracy)
+            return (0, 0.0 if latency_ms <= tied else latency_ms, size, -accuracy)
         return (1, -accuracy, latency_ms, size)
 
     return sorted(items, key=key)

@@ -89,6 +89,18 @@ def test_one_order_for_candidates_and_for_any_record_of_their_figures() -> None:
     assert ordered([], 0.01) == []
 
 
+def test_a_latency_tie_within_timing_noise_goes_to_the_smaller_artifact() -> None:
+    from autoshrink.searching.result import LATENCY_TIE, ordered
+
+    # the README search on a fresh clone: two plans both timed 0.214 ms, one 2.5x smaller and more accurate
+    big, small = (0.9889, 0.2140, 221_700), (0.9916, 0.2143, 86_900)
+    assert ordered([big, small], 0.0053, figures=lambda r: r)[0] == small
+    slower = (0.9916, 0.2140 * (1 + 2 * LATENCY_TIE), 86_900)  # outside the tie: the faster one
+    assert ordered([big, slower], 0.0053, figures=lambda r: r)[0] == big
+    worse = (0.9777, 0.2140, 50_000)  # outside the accuracy tolerance: after both, whatever its size
+    assert ordered([worse, big, small], 0.0053, figures=lambda r: r) == [small, big, worse]
+
+
 def test_the_best_is_re_timed_and_the_slowest_timing_decides(tmp_path) -> None:
     from dataclasses import replace
 
