@@ -55,14 +55,11 @@ def run_one(folder: Path, *, seed: int, rule: bool, code: Path | None = None, mo
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.load_study(study_name=experiment, storage=f"sqlite:///{folder / '.autoshrink' / 'optuna.db'}")
     outcomes = [t.user_attrs["outcome"] for t in study.trials if "outcome" in t.user_attrs]
-    def phase(name: str) -> float:
-        return sum(o.get("phases", {}).get(name, 0.0) for o in outcomes if o.get("duplicate_of") is None)
-
-    phases: dict[str, float] = {}
+    phases: dict[str, float] = {}  # seconds by phase over the trials that ran (a repeat reuses an earlier one)
     for o in outcomes:
         if o.get("duplicate_of") is None:
-            for name, seconds_ in o.get("phases", {}).items():
-                phases[name] = phases.get(name, 0.0) + seconds_
+            for name, spent in o.get("phases", {}).items():
+                phases[name] = phases.get(name, 0.0) + spent
     text = (folder / "out.txt").read_text()
     best = next((line.strip() for line in text.splitlines() if line.startswith("best under budget")), "none")
     return {
@@ -70,9 +67,9 @@ def run_one(folder: Path, *, seed: int, rule: bool, code: Path | None = None, mo
         "seed": seed,
         "rule": rule,
         "seconds": seconds,
-        "distill_s": phase("distill"),
-        "memory_s": phase("memory"),
-        "session_s": phase("session"),
+        "distill_s": phases.get("distill", 0.0),
+        "memory_s": phases.get("memory", 0.0),
+        "session_s": phases.get("session", 0.0),
         "stopped": sum(1 for t in study.trials if t.state.name == "PRUNED"),
         "trials": len(study.trials),
         "best": best,
