@@ -84,7 +84,7 @@ def compress(
         int8_range: int8 weights over their ``"full"`` range or a ``"reduced"`` 7-bit one,
             which CPUs without VNNI need (they saturate otherwise); ``"auto"`` chooses for the
             CPU this runs on. Set it when the artifact will run on another kind of CPU.
-        on_epoch: called before distillation (epoch 0) and after each epoch with the epoch and the student
+        on_epoch: called after each distillation epoch with the epoch (from 1) and the student
             in eval mode; an exception it raises stops the build and propagates.
 
     Example:

@@ -52,15 +52,11 @@ class _Curve:
         self.score, self.start, self.scoring = score, time.perf_counter(), 0.0
         self.epoch_s: list[float] = []
         self.curve: list[float] = []
-        self.before: float | None = None  # the score before distillation (epoch 0)
 
     def __call__(self, epoch: int, student: torch.nn.Module) -> None:
         now = time.perf_counter()
-        if epoch == 0:
-            self.before = self.score(student)
-        else:
-            self.epoch_s.append(now - self.start - self.scoring)
-            self.curve.append(self.score(student))
+        self.epoch_s.append(now - self.start - self.scoring)
+        self.curve.append(self.score(student))
         self.scoring += time.perf_counter() - now
 
 
@@ -137,8 +133,8 @@ def run_grid(workload: Any, space: SearchSpace, *, hardware: HardwareProfile | N
                     replace(ctx, on_epoch=watch),
                 )  # fmt: skip
                 built = arch_s + time.perf_counter() - t1 - watch.scoring
-                timing = {"arch_s": arch_s, "epoch_s": watch.epoch_s, "curve": watch.curve, "curve_start": watch.before,
-                          "curve_score_s": watch.scoring / max(1, len(watch.curve) + (watch.before is not None))}  # fmt: skip
+                timing = {"arch_s": arch_s, "epoch_s": watch.epoch_s, "curve": watch.curve,
+                          "curve_score_s": watch.scoring / max(1, len(watch.curve))}  # fmt: skip
                 for plan in (p for p in plans if (p.prune, p.rank, p.distill_epochs) == (prune, rank, epochs)):
                     measure_plan(stage, plan, built, timing)
     return {"rows": rows, "seconds": time.perf_counter() - started, "space": space.to_dict(), "plans": len(plans)}

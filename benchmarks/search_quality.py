@@ -147,11 +147,7 @@ def replay_timed(
         clock += row["arch_s"]
         stopped = False
         front = Front(tuple(points), tuple(curves), margin or 0.0)
-        start = row.get("curve_start")  # the score before distillation (grids from before it was kept: none)
-        if margin is not None and epochs and start is not None:
-            clock += row["curve_score_s"]
-            stopped = not front.reachable(0, epochs, start, (row["latency_ms"],))
-        for epoch in range(1, epochs + 1 if not stopped else 1):
+        for epoch in range(1, epochs + 1):
             clock += row["epoch_s"][epoch - 1] - (row["epoch_s"][epoch - 2] if epoch > 1 else 0.0)
             if margin is not None:
                 clock += row["curve_score_s"]
@@ -169,7 +165,7 @@ def replay_timed(
         study.tell(trial, seen[key])
         finished.append((clock, row["accuracy"], row["latency_ms"]))
         if margin is not None and epochs:
-            curves.append(Curve(epochs, tuple(row["curve"]), row["accuracy"], row.get("curve_start")))
+            curves.append(Curve(epochs, tuple(row["curve"]), row["accuracy"]))
         if row["latency_ms"] <= budget:
             points.append(Point((row["latency_ms"],), row["accuracy"]))
     return finished, n_stopped

@@ -13,9 +13,7 @@ rule, in the spirit of successive halving but against the front rather than a qu
   seen on the learning curves of earlier candidates that distilled at least as many epochs
   (a longer schedule gains more after a given epoch, so this is optimistic). Until `MIN_CURVES`
   such curves exist, nothing is stopped.
-* it is stopped after epoch ``e`` when ``score_e + gain_e + margin <= to_beat``; epoch 0 is the
-  student before distillation (scored too), so a hopeless one is stopped before its first epoch
-  once two earlier curves have that point.
+* it is stopped after epoch ``e`` when ``score_e + gain_e + margin <= to_beat``.
 
 **Score on a subset first.** When the validation split holds at least `SUBSET_FIRST_RATIO` times
 `SUBSET` samples, a candidate whose cost is known before it is scored (its architecture timed
@@ -89,19 +87,11 @@ def upper_bound(chunks: Sequence[tuple[float, int]]) -> tuple[float, float]:
 @dataclass(frozen=True)
 class Curve:
     """A finished candidate's learning curve: its plan's distillation ``epochs``, the subset score
-    after each, its ``final`` score (the lowered artifact on the whole validation split) and its
-    subset score before distillation (``start``; None in a study from before it was kept)."""
+    after each, and its ``final`` score (the lowered artifact on the whole validation split)."""
 
     epochs: int
     scores: tuple[float, ...]
     final: float
-    start: float | None = None
-
-    def at(self, epoch: int) -> float | None:
-        """The subset score after ``epoch`` epochs (0: before distillation), None if not kept."""
-        if epoch == 0:
-            return self.start
-        return self.scores[epoch - 1] if len(self.scores) >= epoch else None
 
 
 @dataclass(frozen=True)
@@ -130,7 +120,7 @@ class Front:
     def gain(self, epoch: int, epochs: int) -> float | None:
         """The largest final-minus-epoch-``epoch`` gain of the curves of at least ``epochs`` epochs
         (None until `MIN_CURVES` of them exist)."""
-        found = [c.final - at for c in self.curves if c.epochs >= epochs and (at := c.at(epoch)) is not None]
+        found = [c.final - c.scores[epoch - 1] for c in self.curves if c.epochs >= epochs and len(c.scores) >= epoch]
         return max(found) if len(found) >= MIN_CURVES else None
 
     def reachable(self, epoch: int, epochs: int, score: float, costs: tuple[float, ...]) -> bool:
@@ -153,7 +143,7 @@ class Front:
     def from_dict(cls, data: Mapping[str, Any]) -> Front:
         return cls(
             points=tuple(Point(tuple(p["costs"]), p["score"]) for p in data.get("points", ())),
-            curves=tuple(Curve(c["epochs"], tuple(c["scores"]), c["final"], c.get("start")) for c in data.get("curves", ())),
+            curves=tuple(Curve(c["epochs"], tuple(c["scores"]), c["final"]) for c in data.get("curves", ())),
             margin=data.get("margin", 0.0),
             costs=tuple(data.get("costs", ("latency_ms",))),
         )
@@ -169,7 +159,7 @@ def front_of(
         if outcome.failed or outcome.screened or outcome.stopped_epoch is not None or m is None:
             continue
         if outcome.curve and outcome.duplicate_of is None:
-            curves.append(Curve(outcome.plan.distill_epochs, tuple(outcome.curve), m.accuracy, outcome.start_score))
+            curves.append(Curve(outcome.plan.distill_epochs, tuple(outcome.curve), m.accuracy))
         if Budget.met(budget.violations(m.metrics())):
             costs = tuple(float(getattr(m, k)) for k in objectives[1:])
             if all(math.isfinite(c) for c in costs):

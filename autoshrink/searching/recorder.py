@@ -142,15 +142,8 @@ class Recorder:
         """Record a candidate stopped early (`fidelity`): its speed figures, the epoch
         and subset score it stopped at, its curve; then raise `CandidateStopped` (PRUNED)."""
         m, epoch = outcome.measurement, outcome.stopped_epoch
-        assert m is not None and epoch is not None
-        score = outcome.curve[-1] if outcome.curve else outcome.start_score
-        assert score is not None
-        if outcome.subset_bound is None and epoch == 0:
-            reason = (
-                f"distillation not started: {score:.4f} on {fidelity.SUBSET} validation samples before its "
-                f"{outcome.plan.distill_epochs} epochs, it could no longer reach the Pareto front"
-            )
-        elif outcome.subset_bound is None:
+        assert m is not None and epoch is not None and outcome.curve
+        if outcome.subset_bound is None:
             reason = (
                 f"distillation stopped after epoch {epoch} of {outcome.plan.distill_epochs}: {outcome.curve[-1]:.4f} "
                 f"on {fidelity.SUBSET} validation samples, it could no longer reach the Pareto front"
@@ -161,7 +154,7 @@ class Recorder:
                 f"{outcome.subset_bound:.4f} on the whole split), it could not reach the Pareto front; the rest was not scored"
             )
         metrics = {k: v for k, v in m.metrics().items() if k != "accuracy"}  # accuracy: not measured
-        metrics |= {"stopped_epoch": float(epoch), "subset_score": score, "compress_s": outcome.compress_s}
+        metrics |= {"stopped_epoch": float(epoch), "subset_score": outcome.curve[-1], "compress_s": outcome.compress_s}
         if outcome.subset_bound is not None:
             metrics["subset_bound"] = outcome.subset_bound
         metrics |= {f"time_{name}_s": seconds for name, seconds in outcome.phases.items()}

@@ -88,7 +88,6 @@ class TrialOutcome:
     curve: tuple[float, ...] = ()  # distillation: the score on the validation subset after each epoch
     stopped_epoch: int | None = None  # stopped early after this epoch (`fidelity`): not scored on the whole split
     subset_bound: float | None = None  # stopped on its subset score (`fidelity`): the bound on its whole score
-    start_score: float | None = None  # distillation: the subset score before it (`fidelity`, epoch 0)
 
     @property
     def failed(self) -> bool:
@@ -402,19 +401,15 @@ class TrialRunner:
             outcome = self._candidate(plan, name=name, measure_with=measure_with, front=front)
         return replace(outcome, phases=dict(seconds))
 
-    def _watch(
-        self, plan: Plan, front: Front, speed: Measurement | None, curve: list[float], start: list[float]
-    ) -> Callable[[int, nn.Module], None]:
-        """The epoch callback of a distilling candidate: its subset score into ``curve`` (before
-        distillation: into ``start``), and `StoppedEarly` when ``front`` says it can no longer
-        reach it (never without ``speed``)."""
+    def _watch(self, plan: Plan, front: Front, speed: Measurement | None, curve: list[float]) -> Callable[[int, nn.Module], None]:
+        """The epoch callback of a distilling candidate: its subset score into ``curve``, and
+        `StoppedEarly` when ``front`` says it can no longer reach it (never without ``speed``)."""
         costs = tuple(float(getattr(speed, k)) for k in front.costs) if speed is not None else None
 
         def watch(epoch: int, student: nn.Module) -> None:
-            scored = self.epoch_score(student, plan)
-            (start if epoch == 0 else curve).append(scored)
-            if costs is not None and not front.reachable(epoch, plan.distill_epochs, scored, costs):
-                raise StoppedEarly(epoch, scored, front.to_beat(costs) or 0.0)
+            curve.append(self.epoch_score(student, plan))
+            if costs is not None and not front.reachable(epoch, plan.distill_epochs, curve[-1], costs):
+                raise StoppedEarly(epoch, curve[-1], front.to_beat(costs) or 0.0)
 
         return watch
 
@@ -427,7 +422,6 @@ class TrialRunner:
         # timed first: to choose the runtime, to screen a distilling plan, to score on the subset first
         screen = choose or (self.budget is not None and plan.distill_epochs > 0) or self.subset_first(front)
         curve: list[float] = []
-        start_score: list[float] = []
         speed: Measurement | None = None
         try:
             settled = plan if choose else plan.measured_in(choices[0])  # an "auto" left with one runtime runs in it
@@ -437,7 +431,7 @@ class TrialRunner:
                 if self._over_budget(speed):
                     now = time.perf_counter()
                     return TrialOutcome(plan, speed, compress_s=now - start, host=where, screened=True)
-            watch = self._watch(settled, front, speed, curve, start_score) if front is not None and settled.distill_epochs else None
+            watch = self._watch(settled, front, speed, curve) if front is not None and settled.distill_epochs else None
             artifact = timed[settled] if settled in timed else self.build(settled, watch)
             built = time.perf_counter()
             if screen:  # the architecture's speed figures and session options, its own accuracy
@@ -458,7 +452,6 @@ class TrialRunner:
                 plan, speed, compress_s=(built if built > start else time.perf_counter()) - start, host=where,
                 curve=(*curve, stop.score) if stop.bound is not None else tuple(curve), stopped_epoch=stop.epoch,
                 subset_bound=stop.bound, measure_s=time.perf_counter() - built if built > start else 0.0,
-                start_score=start_score[0] if start_score else None,
             )  # fmt: skip
         except candidate_errors() as exc:
             now = time.perf_counter()
@@ -480,7 +473,6 @@ class TrialRunner:
             skipped=artifact.skipped,
             host=where,
             curve=tuple(curve),
-            start_score=start_score[0] if start_score else None,
         )
 
     def _over_budget(self, speed: Measurement) -> bool:

@@ -69,8 +69,8 @@ class Context:
     seed: int = 0
     cache: dict[str, Any] = field(default_factory=dict)
     task: str = "classification"  # or "embedding" / "regression": what distillation matches
-    #: Called before distillation (epoch 0) and after each epoch with the epoch and the student
-    #: (a search scores it there and may stop the candidate by raising).
+    #: Called after each distillation epoch with the epoch and the student (a search scores it
+    #: there and may stop the candidate by raising).
     on_epoch: Callable[[int, nn.Module], None] | None = None
 
 

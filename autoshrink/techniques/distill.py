@@ -161,8 +161,6 @@ def distill(stage: Stage, config: DistillConfig, context: Context) -> Stage:
         if watch is not None:
             watch(epoch, student)
 
-    if watch is not None:  # the student before distillation: a search may stop it here
-        watch(0, student.eval())
     losses = fit(student, shuffled, loss, epochs=config.epochs, lr=config.lr, on_epoch=after_epoch)
     details = {"epochs": config.epochs, "samples": fitted, "task": context.task, "loss_per_epoch": losses}
     if best is not None:

@@ -70,4 +70,3 @@ def test_a_grid_without_timings_is_refused() -> None:
         del row["epoch_s"]
     with pytest.raises(SystemExit, match="regenerate it"):
         run_timed(grid, budgets=[10.0], seeds=1)
-
