@@ -309,8 +309,8 @@ def sensitivity(
 def _prune_probe_table(wl: Any) -> str:
     from autoshrink import pipeline
     from autoshrink.plan import Plan
+    from autoshrink.techniques._allocate import probe
     from autoshrink.techniques._allocate import table as probe_table
-    from autoshrink.techniques.prune import probe
 
     context = pipeline.prepare(wl.model, train_data=wl.train, example_input=wl.example_input, task=wl.task, output=wl.output)
     return probe_table(probe(context, pipeline.technique_configs(Plan(prune=0.5))[0]))

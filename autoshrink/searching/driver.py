@@ -312,7 +312,7 @@ def _probed(space: SearchSpace, opened: _Opened, wl: Workload, runner: TrialRunn
     reuses it), logged on the parent run (``prune_sensitivity.json``) and handed to the
     candidates through the runner's cache."""
     from autoshrink import pipeline
-    from autoshrink.techniques.prune import PROBE_SHARE
+    from autoshrink.techniques._allocate import PROBE_SHARE
 
     low, high, _ = space.prune
     if high <= 0 or low >= PROBE_SHARE or "sensitivity" not in space.prune_method:
@@ -330,8 +330,7 @@ def _probed(space: SearchSpace, opened: _Opened, wl: Workload, runner: TrialRunn
 def _probe_into(opened: _Opened, runner: TrialRunner, context: Any, config: Any, live: _Live) -> None:
     """`_probed` once the model is prepared: from the study if it holds the probe, else measured."""
     from autoshrink.techniques import CompressionError
-    from autoshrink.techniques._allocate import Group
-    from autoshrink.techniques.prune import probe, probe_key
+    from autoshrink.techniques._allocate import Group, probe, probe_key
 
     key = probe_key(context.teacher, config)
     stored = opened.study.user_attrs.get(PRUNE_PROBE, {})

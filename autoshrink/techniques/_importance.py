@@ -31,6 +31,11 @@ import torch_pruning as tp
 from torch import nn
 
 from autoshrink.inputs import Inputs
+from autoshrink.techniques import CompressionError, Context, count_parameters
+
+#: Calibration inputs (training inputs, no labels) channels are weighed on; the layers that lost
+#: inputs are refitted on as many (`autoshrink.techniques.prune`).
+SAMPLES = 256
 
 
 def input_moments(model: nn.Module, inputs: Inputs, *, centered: bool) -> dict[str, torch.Tensor]:
@@ -41,6 +46,20 @@ def input_moments(model: nn.Module, inputs: Inputs, *, centered: bool) -> dict[s
     from autoshrink.techniques._calibration import input_variances
 
     return input_variances(model, [n for n, m in model.named_modules() if _consumer(m)], inputs, centered=centered)
+
+
+def cached_moments(model: nn.Module, context: Context, *, centered: bool) -> dict[str, torch.Tensor]:
+    """The variance (``centered``) or mean square of each layer's input channels on up to
+    `SAMPLES` training inputs (`input_moments`), once per architecture and search
+    (kept in ``context.cache``)."""
+    from autoshrink.data import dataset_size, stack_inputs
+
+    if dataset_size(context.train_data) == 0:
+        raise CompressionError("activation importance needs calibration inputs (train data), and there are none")
+    key = f"prune_moments:{count_parameters(model)}:{centered}"
+    if key not in context.cache:
+        context.cache[key] = input_moments(model, stack_inputs(context.train_data, SAMPLES), centered=centered)
+    return context.cache[key]
 
 
 def _consumer(module: nn.Module) -> bool:

@@ -19,11 +19,11 @@ PRUNED = SearchSpace(prune=(0.2, 0.4, 0.2), rank=("off",), bits=(32,), distill_e
 def test_a_search_probes_the_groups_once_logs_them_and_a_resume_reuses_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from autoshrink.techniques import prune
+    from autoshrink.techniques import _allocate
 
     probes: list[int] = []
-    original = prune._probe
-    monkeypatch.setattr(prune, "_probe", lambda *a, **k: probes.append(1) or original(*a, **k))
+    original = _allocate._probe
+    monkeypatch.setattr(_allocate, "_probe", lambda *a, **k: probes.append(1) or original(*a, **k))
     said: list[str] = []
 
     def progress(p: Progress) -> None:

@@ -211,11 +211,11 @@ def test_activation_importance_removes_the_units_the_data_never_excites() -> Non
 
 
 def test_the_sensitivity_probe_runs_once_per_architecture_and_search(monkeypatch: pytest.MonkeyPatch) -> None:
-    from autoshrink.techniques import prune as prune_module
+    from autoshrink.techniques import _allocate
 
     calls: list[int] = []
-    probe = prune_module._probe
-    monkeypatch.setattr(prune_module, "_probe", lambda *a, **k: calls.append(1) or probe(*a, **k))
+    probe = _allocate._probe
+    monkeypatch.setattr(_allocate, "_probe", lambda *a, **k: calls.append(1) or probe(*a, **k))
     model, x, cache = _TwoBranches().eval(), torch.randn(64, 16), {}
     for ratio in (0.2, 0.3):  # two candidates of one search share its cache
         _pruned(model, PruneConfig(ratio, allocation="sensitivity", reconstruct=False), x, cache)
@@ -229,7 +229,7 @@ def test_the_sensitivity_probe_runs_once_per_architecture_and_search(monkeypatch
 
 def test_a_probe_that_failed_fails_the_next_candidate_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     from autoshrink.techniques import CompressionError
-    from autoshrink.techniques import prune as prune_module
+    from autoshrink.techniques import _allocate
 
     calls: list[int] = []
 
@@ -237,7 +237,7 @@ def test_a_probe_that_failed_fails_the_next_candidate_at_once(monkeypatch: pytes
         calls.append(1)
         raise CompressionError("the pruning probe failed: a graph it cannot trace")
 
-    monkeypatch.setattr(prune_module, "_probe", broken)
+    monkeypatch.setattr(_allocate, "_probe", broken)
     model, x, cache = _TwoBranches().eval(), torch.randn(64, 16), {}
     for ratio in (0.2, 0.3):  # two candidates of one search
         with pytest.raises(CompressionError, match="cannot trace"):
