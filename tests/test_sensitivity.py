@@ -53,10 +53,16 @@ def test_a_layer_that_cannot_be_scored_alone_is_recorded_and_the_analysis_goes_o
 
 
 @pytest.mark.slow
-def test_the_analysis_calibrates_once_for_all_layers(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_analysis_calibrates_and_exports_once_for_all_layers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from autoshrink.techniques import quantize
+
     calibrations = count_calibrations(monkeypatch)
+    exports: list[int] = []
+    original = quantize.export_onnx
+    monkeypatch.setattr(quantize, "export_onnx", lambda *a, **k: exports.append(1) or original(*a, **k))
     model, (x, y), example = make_case("rescnn")
     wl = Workload("t", model, (x[:256], y[:256]), (x[256:320], y[256:320]), (x[320:], y[320:]), example)
     ranked = layer_sensitivity(wl, samples=32)
     assert len(ranked) == 7 and all(not r.error for r in ranked)
     assert len(calibrations) == 1, f"{len(calibrations)} calibrations for {len(ranked)} layers"
+    assert len(exports) == 1, f"{len(exports)} exports for {len(ranked)} layers"  # fp32, int8 and each layer alone

@@ -33,11 +33,11 @@ from autoshrink.searching.study import (
     recover_interrupted,
     snapshot,
     trial_timings,
-    weights_fingerprint,
 )
 from autoshrink.searching.trial import TrialRunner, candidate_errors, objectives_for
 from autoshrink.space import SearchSpace
 from autoshrink.store import experiment_lock, prepare, resolve_tracking_uri, study_storage_for
+from autoshrink.techniques import weights_fingerprint
 from autoshrink.tracking import STUDY, Tracker
 from autoshrink.workloads.base import Workload
 

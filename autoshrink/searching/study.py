@@ -7,7 +7,6 @@ closed, its half-written MLflow run deleted, and it is re-run.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import warnings
@@ -129,30 +128,6 @@ def open_study(
 
 #: The study's user attribute holding `weights_fingerprint` of the model it was started with.
 MODEL_WEIGHTS = "model_weights"
-
-
-def weights_fingerprint(model: Any) -> str:
-    """A hash of a torch model's parameters and buffers (names, shapes, dtypes and values).
-
-    Example:
-        >>> import torch
-        >>> net = torch.nn.Linear(2, 2)
-        >>> before = weights_fingerprint(net)
-        >>> with torch.no_grad():
-        ...     _ = net.weight.add_(1e-3)
-        >>> before == weights_fingerprint(net), len(before)
-        (False, 16)
-    """
-    import torch
-
-    digest = hashlib.sha1()
-    for name, tensor in model.state_dict().items():
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        try:
-            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        except (RuntimeError, TypeError):  # a quantized or sparse tensor: its name and shape only
-            continue
-    return digest.hexdigest()[:16]
 
 
 def check_weights(study: optuna.Study, experiment: str, weights: str) -> None:

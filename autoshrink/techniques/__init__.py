@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -127,6 +128,28 @@ def apply(stage: Stage, config: Any, context: Context) -> Stage:
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """A hash of a torch model's parameters and buffers (names, shapes, dtypes and values).
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Linear(2, 2)
+        >>> before = weights_fingerprint(net)
+        >>> with torch.no_grad():
+        ...     _ = net.weight.add_(1e-3)
+        >>> before == weights_fingerprint(net), len(before)
+        (False, 16)
+    """
+    digest = hashlib.sha1()
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        try:
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        except (RuntimeError, TypeError):  # a quantized or sparse tensor: its name and shape only
+            continue
+    return digest.hexdigest()[:16]
 
 
 def check_forward(module: nn.Module, example_input: Inputs, expected: torch.Size, what: str) -> None:

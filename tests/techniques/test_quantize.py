@@ -162,3 +162,21 @@ def test_percentile_calibration_clips_an_outlier_that_minmax_keeps() -> None:
     assert scale("percentile-99.99") < minmax / 10
     with pytest.raises(ValueError, match="calibration must be one of"):
         QuantizeConfig(bits=8, calibration="kl")
+
+
+def test_an_export_is_reused_for_the_same_weights_and_redone_for_changed_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    from autoshrink.techniques import quantize
+
+    exports: list[int] = []
+    original = quantize.export_onnx
+    monkeypatch.setattr(quantize, "export_onnx", lambda *a, **k: exports.append(1) or original(*a, **k))
+    model, x = _cnn()
+    cache: dict = {}
+    first = compress(model, Plan(bits=8), train_data=(x,), example_input=x[:1], cache=cache)
+    compress(model, Plan(bits=32, runtime="onnxruntime"), train_data=(x,), example_input=x[:1], cache=cache)
+    assert len(exports) == 1  # int8 and fp32 of the same weights: one export
+    with torch.no_grad():
+        model[0].weight.mul_(0.5)
+    again = compress(model, Plan(bits=8), train_data=(x,), example_input=x[:1], cache=cache)
+    assert len(exports) == 2  # other weights: exported again, and the artifact follows them
+    assert not torch.allclose(first(x[:4]), again(x[:4]))
