@@ -228,8 +228,7 @@ def test_the_sensitivity_probe_runs_once_per_architecture_and_search(monkeypatch
 
 
 def test_a_probe_that_failed_fails_the_next_candidate_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from autoshrink.techniques import CompressionError
-    from autoshrink.techniques import _allocate
+    from autoshrink.techniques import CompressionError, _allocate
 
     calls: list[int] = []
 
