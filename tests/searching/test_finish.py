@@ -59,6 +59,11 @@ def test_the_pareto_set_leaves_out_candidates_far_below_the_baseline() -> None:
     assert above_floor([useful, useless], baseline, 0.05) == [useful]
     assert above_floor([useful, useless], baseline, 0.0) == [useful, useless]  # 0 turns it off
     assert above_floor([useless], baseline, 0.05) == [useless]  # never empty-handed
+    # nothing near the baseline (a pretrained CNN whose int8 loses 7 points): the front's best
+    # and what is near it stay, a 0.000 plan kept for being smaller does not
+    int8, mixed, junk = trial(0.83, 5.4), trial(0.93, 5.6), trial(0.0, 3.4)
+    assert above_floor([int8, mixed, junk], make_candidate(0, 1.0, 40.0), 0.05) == [mixed]
+    assert above_floor([int8, mixed, junk], make_candidate(0, 1.0, 40.0), 0.2) == [int8, mixed]
 
 
 @pytest.mark.parametrize(("measured", "label"), [("openvino", "prune0.3-int8-ov-kd4"), ("onnxruntime", "prune0.3-int8-kd4")])
