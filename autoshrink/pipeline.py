@@ -157,9 +157,10 @@ def architecture(configs: list[Any], context: Context) -> Stage:
 
     A search builds an architecture several times: timed first without distillation (to screen
     it against the budget), then again to distil it, and once per bit width or mixed-precision
-    setting. Pruning with reconstruction takes minutes on a pretrained CNN (the first
-    pruned candidate of an EfficientNet-Lite1 search spent 1306 s in two prunings), so the
-    `KEPT_ARCHITECTURES` most recent ones are kept, in memory only.
+    setting. Pruning with reconstruction took minutes on a pretrained CNN (the first
+    pruned candidate of an EfficientNet-Lite1 search spent 1306 s in two prunings; 10-20 s each
+    since reconstruction runs each batch once), so the `KEPT_ARCHITECTURES` most recent ones are
+    kept, in memory only.
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))

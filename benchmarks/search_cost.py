@@ -56,7 +56,8 @@ def run_one(
     with open(folder / "out.txt", "w") as out:
         subprocess.run([sys.executable, "-m", "autoshrink.cli", *command], cwd=folder, stdout=out,
                        stderr=subprocess.STDOUT, check=True, env=env)  # fmt: skip
-    return read_run(folder, model, command, time.perf_counter() - start) | {"seed": seed, "rule": rule}
+    seconds = time.perf_counter() - start
+    return read_run(folder, model, command, seconds) | {"seed": seed, "rule": rule, "load_average": os.getloadavg()[0]}
 
 
 def read_run(folder: Path, model: str, command: list[str], seconds: float) -> dict[str, Any]:
@@ -83,10 +84,9 @@ def read_run(folder: Path, model: str, command: list[str], seconds: float) -> di
         "session_s": phases.get("session", 0.0),
         "stopped": sum(1 for t in study.trials if t.state.name == "PRUNED"),
         "trials": len(study.trials),
-        "complete": sum(1 for t in study.trials if t.state.name == "COMPLETE"),
+        "complete": sum(1 for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")),
         "best": best,
         "phases": {k: round(v, 1) for k, v in sorted(phases.items(), key=lambda kv: -kv[1])},
-        "load_average": os.getloadavg()[0],
     }
 
 
@@ -157,9 +157,10 @@ def write(results: list[dict[str, Any]], report: Report, model: str = "digits", 
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
+        load = f"{r['load_average']:.1f}" if "load_average" in r else "-"
         lines.append(f"| {r['seed']} | {_label(r)} | {r['seconds']:.0f} | {r.get('complete', r['trials'])} of {r['trials']} | "
-                     f"{r['distill_s']:.0f} | {r['stopped']} | {r['memory_s']:.1f} | {r['session_s']:.1f} | "
-                     f"{r.get('load_average', float('nan')):.1f} | {r['best']} |")  # fmt: skip
+                     f"{r['distill_s']:.0f} | {r['stopped']} | {r['memory_s']:.1f} | {r['session_s']:.1f} | {load} | "
+                     f"{r['best']} |")  # fmt: skip
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in results:
         groups.setdefault(_label(r), []).append(r)

@@ -13,7 +13,7 @@ from benchmarks.search_cost import checkout, write
 def _run(seed: int, label: str, seconds: float, phases: dict[str, float]) -> dict:
     return {"seed": seed, "rule": True, "run": label, "seconds": seconds, "trials": 12, "complete": 12 if seconds < 2000 else 5,
             "distill_s": phases.get("distill", 0.0), "memory_s": 1.0, "session_s": 2.0, "stopped": 0,
-            "best": f"best under budget: trial 0 ({label})", "phases": phases, "load_average": 2.0}  # fmt: skip
+            "best": f"best under budget: trial 0 ({label})", "phases": phases}  # fmt: skip
 
 
 def test_before_and_after_rows_and_their_medians(tmp_path: Path) -> None:
