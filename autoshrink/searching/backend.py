@@ -112,10 +112,7 @@ def begin(study: optuna.Study, space: SearchSpace, recorder: Recorder) -> Pendin
     finished = finished_outcomes(study)
     twin = find_twin(finished, plan)
     margin = recorder.early_stop_margin
-    front = None
-    if margin is not None:
-        baseline = recorder.baseline.accuracy if recorder.baseline is not None else None
-        front = front_of(finished, recorder.budget, recorder.objectives, margin, baseline, recorder.pareto_floor)
+    front = None if margin is None else front_of(finished, recorder.budget, recorder.objectives, margin)
     return Pending(trial, plan, run_id, twin[1].duplicate(twin[0]) if twin else None, front)
 
 

@@ -99,7 +99,7 @@ def search(
     with experiment_lock(folder, run.experiment):
         opened = _open(wl, run, uri, space, objectives, backend, run_file)
         _resume(opened, live, alternatives)
-        recorder = Recorder(opened.tracker, opened.parent, run.budget, objectives, run.early_stop_margin, run.pareto_floor)
+        recorder = Recorder(opened.tracker, opened.parent, run.budget, objectives, run.early_stop_margin)
         cache = SearchCache(folder / "cache" / run.experiment)  # int8 calibrations kept for a resume
         runner = TrialRunner(wl, run.hardware, folder / "artifacts" / run.experiment, run.seed, budget=run.budget,
                              runtimes=alternatives, cache=cache)  # fmt: skip

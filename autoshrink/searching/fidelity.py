@@ -8,11 +8,7 @@ rule, in the spirit of successive halving but against the front rather than a qu
 
 * **what it has to beat**: the best final score among the finished, feasible candidates that
   are at least as cheap in every cost objective (latency; energy and peak memory where they are
-  objectives). Its cost is known before it distils: the architecture is timed first. At least
-  the Pareto floor, however cheap it is (`Front.floor`, `front_of`): a candidate more than the
-  search's ``pareto_floor`` below the baseline, or, where none is that close, below the best,
-  is left out of the Pareto set a search reports (on a pretrained EfficientNet-Lite1 every
-  pruned plan is cheaper than every int8 one, and hopeless ones were distilled to the end).
+  objectives). Its cost is known before it distils: the architecture is timed first.
 * **how much it can still gain**: the largest gain, from the same epoch to the final score,
   seen on the learning curves of earlier candidates that distilled at least as many epochs
   (a longer schedule gains more after a given epoch, so this is optimistic). Until `MIN_CURVES`
@@ -115,15 +111,10 @@ class Front:
     curves: tuple[Curve, ...] = ()
     margin: float = 0.0
     costs: tuple[str, ...] = ("latency_ms",)
-    #: The score under which a candidate stays out of the Pareto set however cheap it is
-    #: (`autoshrink.searching.finish.above_floor`); None: no such score yet.
-    floor: float | None = None
 
     def to_beat(self, costs: tuple[float, ...]) -> float | None:
-        """The best final score among the points at least as cheap as ``costs`` in every cost,
-        and at least the `floor`."""
+        """The best final score among the points at least as cheap as ``costs`` in every cost."""
         found = [p.score for p in self.points if all(a <= b for a, b in zip(p.costs, costs, strict=True))]
-        found += [self.floor] if self.floor is not None else []
         return max(found) if found else None
 
     def gain(self, epoch: int, epochs: int) -> float | None:
@@ -155,23 +146,13 @@ class Front:
             curves=tuple(Curve(c["epochs"], tuple(c["scores"]), c["final"]) for c in data.get("curves", ())),
             margin=data.get("margin", 0.0),
             costs=tuple(data.get("costs", ("latency_ms",))),
-            floor=data.get("floor"),
         )
 
 
 def front_of(
-    outcomes: Mapping[int, TrialOutcome], budget: Budget, objectives: tuple[str, ...], margin: float,
-    baseline: float | None = None, pareto_floor: float = 0.0,
-) -> Front:  # fmt: skip
-    """The `Front` of the finished ``outcomes`` of a search (a stopped one adds nothing).
-
-    With the ``baseline`` score and the search's ``pareto_floor``, its `Front.floor` is
-    ``min(baseline, best feasible score) - pareto_floor``: the Pareto set a search reports leaves
-    out candidates more than the floor below the baseline, or, where none is that close, below the
-    best (`autoshrink.searching.finish.above_floor`), and the best only grows, so a candidate that
-    cannot reach this score cannot enter it, however cheap (on a pretrained EfficientNet-Lite1
-    every pruned plan is smaller than every int8 one, and distilled hopeless ones to the end).
-    """
+    outcomes: Mapping[int, TrialOutcome], budget: Budget, objectives: tuple[str, ...], margin: float
+) -> Front:
+    """The `Front` of the finished ``outcomes`` of a search (a stopped one adds nothing)."""
     points, curves = [], []
     for outcome in outcomes.values():
         m = outcome.measurement
@@ -183,10 +164,7 @@ def front_of(
             costs = tuple(float(getattr(m, k)) for k in objectives[1:])
             if all(math.isfinite(c) for c in costs):
                 points.append(Point(costs, m.accuracy))
-    floor = None
-    if baseline is not None and pareto_floor > 0 and points:
-        floor = min(baseline, max(p.score for p in points)) - pareto_floor
-    return Front(tuple(points), tuple(curves), margin, objectives[1:], floor)
+    return Front(tuple(points), tuple(curves), margin, objectives[1:])
 
 
 class StoppedEarly(Exception):

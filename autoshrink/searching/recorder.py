@@ -54,11 +54,10 @@ class Recorder:
 
     def __init__(
         self, tracker: Tracker, parent_run_id: str, budget: Budget, objectives: tuple[str, ...] = OBJECTIVES,
-        early_stop_margin: float | None = None, pareto_floor: float = 0.0,
+        early_stop_margin: float | None = None,
     ) -> None:  # fmt: skip
         self.tracker = tracker
         self.early_stop_margin = early_stop_margin  # None: distillation is never stopped early (`fidelity`)
-        self.pareto_floor = pareto_floor  # what the early-stop rule also compares with (`fidelity.front_of`)
         self.parent_run_id = parent_run_id
         self.budget = budget
         self.objectives = objectives

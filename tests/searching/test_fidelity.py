@@ -58,27 +58,6 @@ def test_the_front_of_a_search_counts_only_finished_feasible_candidates() -> Non
     front = front_of(outcomes, budget, ("accuracy", "latency_ms"), 0.01)
     assert set(front.points) == {Point((0.5,), 0.95), Point((1.0,), 0.9)}
     assert front.curves == (Curve(2, (0.7, 0.9), 0.95),) and front.margin == 0.01 and front.costs == ("latency_ms",)
-    assert front.floor is None  # no baseline given
-
-
-def test_a_cheaper_candidate_that_cannot_reach_the_pareto_floor_is_not_worth_finishing() -> None:
-    # A pretrained Lite1: int8 plans at 0.83-0.93 agreement, every pruned plan smaller, and a
-    # pruned one distilled to the end at 0.125 was kept in the Pareto set for its size.
-    budget = Budget(latency_ms=10.0)
-    outcomes = {
-        0: TrialOutcome(Plan(bits=8), _m(0.83, 5.4)),
-        1: TrialOutcome(Plan(bits=8, layer_bits={"a": 32}), _m(0.93, 5.6)),
-        2: TrialOutcome(Plan(prune=0.3, distill_epochs=4), _m(0.125, 3.4), curve=(0.05, 0.1, 0.12, 0.125)),
-        3: TrialOutcome(Plan(prune=0.5, distill_epochs=4), _m(0.0, 3.0), curve=(0.0, 0.0, 0.0, 0.0)),
-    }
-    plain = front_of(outcomes, budget, ("accuracy", "latency_ms"), 0.01)
-    floored = front_of(outcomes, budget, ("accuracy", "latency_ms"), 0.01, baseline=1.0, pareto_floor=0.05)
-    assert floored.floor == pytest.approx(0.88)  # 5 points below the best (nothing is within 5 of the baseline)
-    cheaper = (2.5,)  # cheaper than every point: nothing to beat but the floor
-    assert plain.reachable(1, 4, 0.06, cheaper) and not floored.reachable(1, 4, 0.06, cheaper)
-    assert floored.reachable(1, 4, 0.80, cheaper)  # its largest gain seen (0.075) could lift it over 0.88
-    above = front_of(outcomes, budget, ("accuracy", "latency_ms"), 0.01, baseline=0.9, pareto_floor=0.05)
-    assert above.floor == pytest.approx(0.85)  # the baseline is the lower of the two
 
 
 def test_a_hopeless_distillation_is_stopped_after_its_first_epoch(tmp_path: Path, monkeypatch) -> None:
