@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -17,7 +16,7 @@ from autoshrink.inputs import Inputs, InputSpec, call_model, is_inputs
 from autoshrink.outputs import OutputKey, single_output
 from autoshrink.phases import phase
 from autoshrink.plan import Plan
-from autoshrink.techniques import Context, Stage, apply, count_parameters
+from autoshrink.techniques import Context, Stage, apply, count_parameters, remembered
 from autoshrink.techniques.distill import DistillConfig
 from autoshrink.techniques.lowrank import LowRankConfig
 from autoshrink.techniques.prune import PruneConfig
@@ -172,14 +171,11 @@ def architecture(configs: list[Any], context: Context) -> Stage:
     """
     if not configs:
         return Stage(module=copy.deepcopy(context.teacher).eval())
-    kept = context.cache.setdefault("architectures", OrderedDict())
-    key = repr((context.seed, configs))
-    if key not in kept:
-        kept[key] = run_techniques(Stage(module=copy.deepcopy(context.teacher).eval()), configs, context)
-        while len(kept) > KEPT_ARCHITECTURES:
-            kept.popitem(last=False)
-    kept.move_to_end(key)
-    built = kept[key]
+    built = remembered(
+        context.cache, "architectures", repr((context.seed, configs)),
+        lambda: run_techniques(Stage(module=copy.deepcopy(context.teacher).eval()), configs, context),
+        keep=KEPT_ARCHITECTURES,
+    )  # fmt: skip
     return replace(built, module=copy.deepcopy(built.module))
 
 

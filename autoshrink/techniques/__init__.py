@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -90,6 +91,7 @@ class Stage:
 
 Handler = Callable[[Stage, Any, Context], Stage]
 C = TypeVar("C")
+T = TypeVar("T")
 
 _HANDLERS: dict[type, Handler] = {}
 
@@ -150,6 +152,26 @@ def weights_fingerprint(model: nn.Module) -> str:
         except (RuntimeError, TypeError):  # a quantized or sparse tensor: its name and shape only
             continue
     return digest.hexdigest()[:16]
+
+
+def remembered(cache: dict[str, Any], bucket: str, key: str, make: Callable[[], T], keep: int) -> T:
+    """``cache[bucket][key]``, made by ``make()`` on a miss; the bucket keeps the ``keep`` most
+    recently used values, in memory (what a search builds once and several candidates reuse).
+
+    Example:
+        >>> cache: dict = {}
+        >>> [remembered(cache, "squares", k, lambda k=k: k * k, keep=2) for k in (2, 3, 2, 4)]
+        [4, 9, 4, 16]
+        >>> list(cache["squares"])  # 3 was the least recently used
+        [2, 4]
+    """
+    kept = cache.setdefault(bucket, OrderedDict())
+    if key not in kept:
+        kept[key] = make()
+        while len(kept) > keep:
+            kept.popitem(last=False)
+    kept.move_to_end(key)
+    return kept[key]
 
 
 def check_forward(module: nn.Module, example_input: Inputs, expected: torch.Size, what: str) -> None:

@@ -39,7 +39,7 @@ import inspect
 import logging
 import tempfile
 import warnings
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Collection, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +53,15 @@ from autoshrink.data import stack_inputs
 from autoshrink.host import INT8_RANGES, int8_weight_range
 from autoshrink.inputs import Inputs, InputSpec, batch_size, tensors
 from autoshrink.runtimes import RUNTIME_BITS
-from autoshrink.techniques import CompressionError, Context, Stage, TechniqueReport, register, weights_fingerprint
+from autoshrink.techniques import (
+    CompressionError,
+    Context,
+    Stage,
+    TechniqueReport,
+    register,
+    remembered,
+    weights_fingerprint,
+)
 from autoshrink.techniques._onnx import (
     WEIGHT_OPS,
     at_least_opset,
@@ -432,13 +440,9 @@ def exported(stage: Stage, context: Context, spec: InputSpec) -> onnx.ModelProto
     example = context.example_input
     digest = hashlib.sha1(repr((str(stage.module), spec, [(tuple(t.shape), str(t.dtype)) for t in tensors(example)])).encode())
     key = f"{weights_fingerprint(stage.module)}:{digest.hexdigest()[:16]}"
-    kept = context.cache.setdefault("exports", OrderedDict())
-    if key not in kept:
-        kept[key] = export_onnx(stage.module, example, spec).SerializeToString()
-        while len(kept) > KEPT_EXPORTS:
-            kept.popitem(last=False)
-    kept.move_to_end(key)
-    return onnx.load_from_string(kept[key])
+    made = remembered(context.cache, "exports", key, lambda: export_onnx(stage.module, example, spec).SerializeToString(),
+                      keep=KEPT_EXPORTS)  # fmt: skip
+    return onnx.load_from_string(made)
 
 
 @register(QuantizeConfig)
