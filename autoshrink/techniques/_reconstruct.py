@@ -139,7 +139,9 @@ class _Lockstep:
     is paused there until the next layer is asked for. So each batch is run once, however many
     layers are refitted, and a student's layer sees the inputs its already-refitted predecessors
     give it (a prefix forward per layer and batch cost the square of the depth: 224 of the 289 s of
-    pruning a pretrained EfficientNet-Lite1)."""
+    pruning a pretrained EfficientNet-Lite1). The price is memory: every batch's forward is alive
+    at once, in student and teacher, so the activations held are those of one forward on all the
+    calibration inputs (`autoshrink.techniques._importance.SAMPLES`), not of one batch."""
 
     def __init__(self, model: nn.Module, names: Sequence[str], parts: Sequence[Inputs], *, output: bool) -> None:
         local = threading.local()
