@@ -14,7 +14,8 @@ never used for calibration; the sensitivity ranking and the accuracy-aware floor
 validation crops). Latency: batch 1, 1 thread, fastest of 3 block medians (and that block's
 p95), every artifact of a model timed in turn, 3 rounds, its fastest round kept, all in this one
 process. Target (issue 18): >= 0.95 agreement at >= 80% of uniform
-int8's speed-up.
+int8's speed-up. The agreement's noise floor is measured too: fp32 against itself on the same
+test crops stored as 8-bit pixels and with Gaussian noise of half a pixel level and one.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ MIXED = (0.05, 0.15)
 MAX_DROP = 1.0  # points, for the accuracy-aware row
 ROUNDS = 3  # timing rounds over every artifact of a model (`Bench.time_all`)
 CONFIDENT = 0.5  # fp32 top-1 probability from which a test crop counts as confidently classified
+NOISE_LEVELS = (0.5, 1.0)  # Gaussian input noise for the agreement's noise floor, in pixel levels (1/255)
+LOW_MARGIN = 0.05  # fp32's two highest probabilities closer than this: a crop on a decision boundary
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,9 @@ class ModelRun:
     accuracy_aware: dict[str, Any] = field(default_factory=dict)
     load: list[float] = field(default_factory=list)  # 1-minute load average after each timing round
     confident_crops: int = 0
+    noise_floor: dict[str, float] = field(default_factory=dict)  # `Bench.noise_floor`
+    low_margin_crops: int = 0
+    normalization: str = "imagenet"
 
 
 def _configs() -> list[tuple[str, dict[str, Any]]]:
@@ -107,10 +113,13 @@ def _nncf_minmax() -> Any:
 class Bench:
     """One model's workload, its shared calibration cache, and how rows are built and measured."""
 
-    def __init__(self, name: str, n_cal: int, n_score: int, log: Callable[[str], None]) -> None:
+    def __init__(
+        self, name: str, n_cal: int, n_score: int, log: Callable[[str], None], normalization: str = "imagenet"
+    ) -> None:
         from benchmarks._pretrained import efficientnet_workload
 
-        self.wl = efficientnet_workload(name, n_cal=n_cal, n_score=n_score)
+        self.wl = efficientnet_workload(name, n_cal=n_cal, n_score=n_score, normalization=normalization)
+        self.normalization = normalization
         self.cache: dict[str, Any] = {}
         self.artifacts: dict[str, Any] = {}  # by row label, timed together at the end (`time_all`)
         self.log = log
@@ -134,13 +143,14 @@ class Bench:
         plan = Plan(bits=config.bits, runtime=config.runtime, layer_bits=config.layer_bits)
         return to_artifact(stage, plan, InputSpec.of(wl.example_input))
 
-    def outputs(self, model: Any) -> Any:
-        """``model``'s outputs (a torch module or an artifact) on the test crops, 32 at a time."""
+    def outputs(self, model: Any, crops: Any = None) -> Any:
+        """``model``'s outputs (a torch module or an artifact) on ``crops`` (the test crops by
+        default), 32 at a time."""
         import torch
 
         from autoshrink.inputs import call_model
 
-        crops = self.wl.test[0]
+        crops = self.wl.test[0] if crops is None else crops
         with torch.no_grad():
             return torch.cat([call_model(model, crops[i : i + 32]) for i in range(0, len(crops), 32)]).float()
 
@@ -152,6 +162,29 @@ class Bench:
         top5 = (outputs.topk(5, dim=-1).indices == expected[:, None]).any(-1)
         return (round(float(same.float().mean()), 4), round(float(same[confident].float().mean()), 4),
                 round(float(top5.float().mean()), 4))  # fmt: skip
+
+    def noise_floor(self, seed: int = 0) -> dict[str, float]:
+        """fp32's top-1 agreement with itself when its test crops change by about a pixel's
+        quantization: stored as 8-bit pixels (``pixels8``), and with Gaussian noise of
+        `NOISE_LEVELS` pixel levels (``noise0.5``, ``noise1``): the floor that a compressed
+        artifact's agreement is read against."""
+        import torch
+
+        from benchmarks._pretrained import NORMALIZATIONS
+
+        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in NORMALIZATIONS[self.normalization])
+        crops = self.wl.test[0]
+        pixels = crops * std + mean  # back to [0, 1]
+        gen = torch.Generator().manual_seed(seed)
+        variants = {"pixels8": (torch.round(pixels * 255) / 255 - mean) / std}
+        for level in NOISE_LEVELS:
+            variants[f"noise{level:g}"] = crops + torch.randn(crops.shape, generator=gen) * (level / 255) / std
+        return {name: self.agreement(self.outputs(self.wl.model, x))[0] for name, x in variants.items()}
+
+    def low_margin_crops(self) -> int:
+        """Test crops whose two highest fp32 probabilities are within `LOW_MARGIN` of each other."""
+        top2 = self.reference.topk(2, dim=-1).values
+        return int((top2[:, 0] - top2[:, 1] < LOW_MARGIN).sum())
 
     def row(self, label: str, make: Callable[[], Any]) -> Row:
         """``make()``'s artifact built, scored and kept for `time_all` (its latency is filled in there)."""
@@ -241,13 +274,17 @@ def _accuracy_aware(bench: Bench, ranked: list[str]) -> tuple[Row, dict[str, Any
     return Row(**{**asdict(row), "build_s": round(seconds, 1)}), info
 
 
-def run_model(name: str, n_cal: int, n_score: int, samples: int, log: Callable[[str], None]) -> ModelRun:
+def run_model(
+    name: str, n_cal: int, n_score: int, samples: int, log: Callable[[str], None], normalization: str = "imagenet"
+) -> ModelRun:
     from autoshrink.pipeline import compress
     from autoshrink.plan import Plan
     from autoshrink.space import SearchSpace
 
-    bench = Bench(name, n_cal, n_score, log)
-    run = ModelRun(f"efficientnet-{name}")
+    bench = Bench(name, n_cal, n_score, log, normalization)
+    run = ModelRun(f"efficientnet-{name}", normalization=normalization)
+    run.noise_floor, run.low_margin_crops = bench.noise_floor(), bench.low_margin_crops()
+    log(f"noise floor {run.noise_floor}, {run.low_margin_crops} low-margin crops")
     wl = bench.wl
     run.rows.append(bench.row("fp32 torch (baseline)", lambda: compress(wl.model, Plan(), train_data=wl.train,
                                                                         example_input=wl.example_input)))  # fmt: skip
@@ -313,6 +350,22 @@ def _table(run: ModelRun) -> list[str]:
     return lines
 
 
+def _noise_floor_lines(run: ModelRun) -> list[str]:
+    """What the agreement can be read against: fp32 against itself on barely changed inputs."""
+    if not run.noise_floor:
+        return []
+    floor = run.noise_floor
+    noise = ", ".join(f"{floor[f'noise{level:g}']:.4f} with Gaussian noise of {level:g} pixel level"
+                      for level in NOISE_LEVELS if f"noise{level:g}" in floor)  # fmt: skip
+    return [
+        f"Noise floor of the agreement (inputs normalized `{run.normalization}`): fp32 torch agrees with itself "
+        f"{floor.get('pixels8', math.nan):.4f} on the same test crops stored as 8-bit pixels, {noise}. "
+        f"{run.low_margin_crops} of the test crops have fp32's two highest probabilities within {LOW_MARGIN} of "
+        f"each other (a crop on a decision boundary). The int8 rows below are read against these figures: "
+        f"agreement under about {TARGET_AGREEMENT} is what the model itself gives under a pixel level of noise."
+    ]
+
+
 def _sensitivity_lines(run: ModelRun) -> list[str]:
     per_layer = run.sensitivity_s / max(run.layers, 1)
     top = [r for r in run.sensitivity if not r["error"]][:10]
@@ -352,7 +405,8 @@ def write(runs: list[ModelRun], report: Report, n_cal: int, n_score: int, sample
                   f"{CONFIDENT} (`confident`: the agreement on those; `top-5`: fp32's class among the artifact's 5 "
                   f"highest). Load average of this 2-core machine after each timing round: "
                   f"{', '.join(str(v) for v in run.load)} (other processes were running; latency ratios between rows "
-                  f"of similar speed are within that noise).", "", *_table(run), ""]  # fmt: skip
+                  f"of similar speed are within that noise).", "", *_noise_floor_lines(run), "", *_table(run),
+                  ""]  # fmt: skip
         if run.accuracy_aware:
             lines += [f"Accuracy-aware: {run.accuracy_aware}", ""]
         lines += [*_sensitivity_lines(run), ""]
@@ -366,6 +420,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calibration", type=int, default=256, help="calibration crops (default: 256)")
     parser.add_argument("--scored", type=int, default=256, help="validation and test crops, each (default: 256)")
     parser.add_argument("--samples", type=int, default=128, help="validation crops the sensitivity scores (default: 128)")
+    parser.add_argument("--normalization", default="imagenet", choices=("imagenet", "tflite"),
+                        help="input normalization: imagenet (the PyTorch port's README) or tflite (the TF Lite "
+                             "models' own (pixel - 127) / 128); default imagenet")  # fmt: skip
     args = parser.parse_args(argv)
     report = Report("pretrained", args.out, argv=sys.argv[1:] if argv is None else argv)
     import torch
@@ -373,7 +430,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     runs: list[ModelRun] = []
     for name in args.models.split(","):
-        runs.append(run_model(name, args.calibration, args.scored, args.samples, print))
+        runs.append(run_model(name, args.calibration, args.scored, args.samples, print, args.normalization))
         path = write(runs, report, args.calibration, args.scored, args.samples)  # each model's rows kept as it ends
     print(f"wrote {path}")
 

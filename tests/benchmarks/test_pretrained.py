@@ -19,7 +19,8 @@ def _run() -> ModelRun:
     ]
     sensitivity = [{"technique": "int8", "layer": "_conv_stem", "score": 0.9, "loss": 0.1, "error": ""}]
     return ModelRun("efficientnet-lite1", rows, sensitivity, sensitivity_s=65.0, layer_uncached_s=31.0,
-                    layer_cached_s=1.0, layers=65, load=[2.5, 3.0], confident_crops=40)  # fmt: skip
+                    layer_cached_s=1.0, layers=65, load=[2.5, 3.0], confident_crops=40,
+                    noise_floor={"pixels8": 0.961, "noise0.5": 0.926, "noise1": 0.9}, low_margin_crops=104)  # fmt: skip
 
 
 def test_the_target_needs_both_the_agreement_and_80_percent_of_int8s_speed_up() -> None:
@@ -36,3 +37,12 @@ def test_the_report_compares_each_row_with_torch_and_ort_fp32_and_names_float_la
     assert "| 10.00x | 5.00x | no (agreement) |" in text  # the uniform int8 row
     assert "FAILED: it broke" in text and "40 of the test crops" in text and "timing round: 2.5, 3.0" in text
     assert "about 34 min (estimated: 65 x the uncached layer), now 1.1 min (measured)" in text
+
+
+def test_the_report_gives_the_agreements_noise_floor_before_the_rows(tmp_path: Path) -> None:
+    text = write([_run()], Report("pretrained", tmp_path), n_cal=256, n_score=256, samples=96).read_text()
+    floor = next(line for line in text.splitlines() if line.startswith("Noise floor"))
+    assert "0.9610 on the same test crops stored as 8-bit pixels" in floor
+    assert "0.9260 with Gaussian noise of 0.5 pixel level, 0.9000 with Gaussian noise of 1 pixel level" in floor
+    assert "104 of the test crops" in floor and "`imagenet`" in floor
+    assert text.index("Noise floor") < text.index("| artifact |")
