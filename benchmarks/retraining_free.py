@@ -2,7 +2,7 @@
 
 ``python -m benchmarks retraining-free`` writes ``results/retraining-free.md`` and ``.json``.
 
-For each pretrained model (EfficientNet-Lite1 with ImageNet weights, scored by top-1 agreement
+For each pretrained model (EfficientNet-Lite1 and -Lite2 with ImageNet weights, scored by top-1 agreement
 with itself on crops of real photos; all-MiniLM-L6-v2, scored by the cosine of its embeddings
 with the original's on 300 generated sentences) and each row's techniques, in one run: the
 artifact is built from 256 unlabelled calibration inputs with no distillation (and, where a row
@@ -33,12 +33,12 @@ ROUNDS = 3
 
 
 def _rows(model: str) -> list[tuple[str, list[Any]]]:
-    """The artifacts built for ``model`` (``lite1`` or ``minilm``): each a label and its configs.
+    """The artifacts built for ``model`` (``lite1``, ``lite2`` or ``minilm``): each a label and its configs.
 
     Pruning rows: "uniform" removes the same share of every channel group, the smallest weights
     first (`Plan(prune_method="uniform")`); "sensitivity" removes as many parameters, from the
     groups a probe found least sensitive, the least varying channels first (the default,
-    `autoshrink.techniques._allocate`). EfficientNet-Lite1 skips the 0.3 rows (every plan at 0.2
+    `autoshrink.techniques._allocate`). EfficientNet-Lite skips the 0.3 rows (every plan at 0.2
     is already far from its target) to keep the run under an hour."""
     from autoshrink.techniques.distill import DistillConfig
     from autoshrink.techniques.lowrank import LowRankConfig
@@ -67,7 +67,7 @@ def _rows(model: str) -> list[tuple[str, list[Any]]]:
         ("rank 0.7 activation-aware + int8", [LowRankConfig(0.7, method="activation"), q8]),
         ("rank 0.7 activation-aware + 1 epoch + int8", [LowRankConfig(0.7, method="activation"), DistillConfig(1), q8]),
     ]
-    return [r for r in rows if not (model == "lite1" and "prune 0.3" in r[0])]
+    return [r for r in rows if not (model.startswith("lite") and "prune 0.3" in r[0])]
 
 
 @dataclass(frozen=True)
@@ -122,22 +122,22 @@ def run(models: list[str], log: Callable[[str], None] = print) -> list[Row]:
     from autoshrink.measuring.accuracy import score
 
     rows: list[Row] = []
-    if "lite1" in models:
+    for lite in [m for m in models if m.startswith("lite")]:
         from benchmarks._pretrained import efficientnet_workload
 
-        wl = efficientnet_workload("lite1", n_cal=256, n_score=256)
+        wl = efficientnet_workload(lite, n_cal=256, n_score=256)
         crops = wl.test[0]
         with torch.no_grad():
             reference = wl.model(crops).argmax(-1)
 
-        def agreement(art: Any) -> float:
+        def agreement(art: Any, crops: Any = crops, reference: Any = reference) -> float:
             from autoshrink.inputs import call_model
 
             with torch.no_grad():
                 out = torch.cat([call_model(art, crops[i : i + 32]) for i in range(0, len(crops), 32)])
             return float((out.argmax(-1) == reference).float().mean())
 
-        rows += run_model("EfficientNet-Lite1 (top-1 agreement)", "lite1", wl, agreement, log)
+        rows += run_model(f"EfficientNet-{lite.capitalize()} (top-1 agreement)", lite, wl, agreement, log)
     if "minilm" in models:
         wl = minilm_workload(scratch_dir("autoshrink-bench-retraining-free-"))
         if wl is None:
@@ -152,7 +152,7 @@ def write(rows: list[Row], report: Report) -> Path:
         *report.header(
             "Pruning and low rank without retraining, on pretrained models",
             "256 unlabelled calibration inputs per model, no distillation unless the row says so; scored on",
-            "held-out inputs against the original model (EfficientNet-Lite1: top-1 agreement on 256 test crops of",
+            "held-out inputs against the original model (EfficientNet-Lite: top-1 agreement on 256 test crops of",
             "other photos; MiniLM: mean cosine of the embeddings on its validation sentences). `ms`: ONNX Runtime,",
             "batch 1, 1 thread, fastest of 3 rounds over every artifact of the model. `built s`: building the",
             "artifact (calibration, reconstruction, factorization, quantization).",
@@ -170,7 +170,8 @@ def write(rows: list[Row], report: Report) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     parser = arguments("retraining-free", __doc__)
-    parser.add_argument("--models", default="lite1,minilm", help="comma-separated: lite1, minilm (default: both)")
+    parser.add_argument("--models", default="lite1,lite2,minilm",
+                        help="comma-separated: lite1, lite2, minilm (default: all three)")  # fmt: skip
     args = parser.parse_args(argv)
     report = Report("retraining-free", args.out, argv=sys.argv[1:] if argv is None else argv)
     print(f"wrote {write(run(args.models.split(',')), report)}")
