@@ -3,8 +3,12 @@
 For each weight layer of the model (the names of ``model.named_modules()``), a candidate is built
 with only that layer quantized (`Plan.layer_bits` keeps every other one in float) and scored with
 the workload's own metric on a fixed subset of its validation split; the loss is the float
-model's score minus that score. The layers that lose most are the ones to keep in float
-(mixed precision). Every candidate is built for real, in the runtime asked for.
+model's score minus that score. The same outputs also give the layer's ``deviation``: how far
+the outputs moved from the float model's (mean squared distance relative to the float outputs'
+squared norm), a continuous measure that still ranks layers whose losses tie, as they often do
+on a few hundred samples (one sample is 1/128 of the score). The layers that lose most are the
+ones to keep in float (mixed precision). Every candidate is built for real, in the runtime
+asked for.
 
 Each row names its ``technique`` (``int8``, ``int4``), so that other per-layer analyses add rows
 of their own to the same table. A search that keeps layers at a higher precision
@@ -14,11 +18,12 @@ search reuses it) and logs it on its MLflow parent run as ``sensitivity.json`` a
 
 Example:
     >>> from autoshrink.sensitivity import LayerSensitivity, table
-    >>> print(table([LayerSensitivity("features.0", 0.91, 0.08), LayerSensitivity("head", 0.99, 0.0)]))
-    | layer | score, quantized alone | loss |
-    |---|---|---|
-    | features.0 | 0.9100 | 0.0800 |
-    | head | 0.9900 | 0.0000 |
+    >>> print(table([LayerSensitivity("features.0", 0.91, 0.08, deviation=0.012),
+    ...              LayerSensitivity("head", 0.99, 0.0, deviation=0.0004)]))
+    | layer | score, quantized alone | loss | output deviation |
+    |---|---|---|---|
+    | features.0 | 0.9100 | 0.0800 | 0.01200 |
+    | head | 0.9900 | 0.0000 | 0.00040 |
 """
 
 from __future__ import annotations
@@ -28,9 +33,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import onnx
+import torch
 
 from autoshrink.artifact import Artifact
-from autoshrink.data import spread
+from autoshrink.data import DataLike, batches, split_batch, spread
+from autoshrink.inputs import call_model
 from autoshrink.measuring.accuracy import score
 from autoshrink.plan import Plan
 from autoshrink.techniques._onnx import layers
@@ -39,22 +46,24 @@ from autoshrink.workloads.base import Workload
 
 @dataclass(frozen=True)
 class LayerSensitivity:
-    """One layer: the workload's score with only this layer quantized, and the loss against float."""
+    """One layer: the workload's score with only this layer quantized, the loss against float,
+    and how far the outputs moved (`deviation`; NaN in rows measured before it was recorded)."""
 
     layer: str
     score: float
     loss: float
     error: str = ""  # why this layer's candidate could not be built or scored (score and loss NaN)
     technique: str = "int8"  # what was applied to the layer alone: int8, int4
+    deviation: float = math.nan
 
     def to_dict(self) -> dict[str, object]:
         return {"technique": self.technique, "layer": self.layer, "score": self.score, "loss": self.loss,
-                "error": self.error}  # fmt: skip
+                "deviation": self.deviation, "error": self.error}  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> LayerSensitivity:
         return cls(str(data["layer"]), float(data["score"]), float(data["loss"]), str(data.get("error", "")),  # type: ignore[arg-type]
-                   str(data.get("technique", "int8")))  # fmt: skip
+                   str(data.get("technique", "int8")), float(data.get("deviation", math.nan)))  # type: ignore[arg-type]  # fmt: skip
 
 
 def technique_of(bits: int) -> str:
@@ -63,15 +72,39 @@ def technique_of(bits: int) -> str:
 
 
 def ranking(rows: list[LayerSensitivity]) -> list[str]:
-    """The layers of ``rows`` that were scored, the most sensitive first (what mixed precision keeps).
+    """The layers of ``rows`` that were scored, the most sensitive first (what mixed precision
+    keeps): by loss, equal losses by deviation.
 
     Example:
         >>> ranking([LayerSensitivity("a", 0.99, 0.0), LayerSensitivity("b", 0.9, 0.09),
         ...          LayerSensitivity("c", math.nan, math.nan, "ValueError: x")])
         ['b', 'a']
+        >>> ranking([LayerSensitivity("a", 0.98, 0.01, deviation=0.001), LayerSensitivity("b", 0.98, 0.01, deviation=0.02)])
+        ['b', 'a']
     """
     scored = [r for r in rows if not r.error and not math.isnan(r.loss)]
-    return [r.layer for r in sorted(scored, key=lambda r: -r.loss)]
+    return [r.layer for r in sorted(scored, key=lambda r: (-r.loss, -_or_zero(r.deviation)))]
+
+
+def _or_zero(value: float) -> float:
+    return 0.0 if math.isnan(value) else value
+
+
+def outputs(artifact: Artifact, data: DataLike) -> torch.Tensor:
+    """``artifact``'s outputs on ``data``, one flattened float row per input."""
+    with torch.no_grad():
+        return torch.cat([call_model(artifact, split_batch(b)[0]).flatten(1).float() for b in batches(data, 64)])
+
+
+def deviation(out: torch.Tensor, reference: torch.Tensor) -> float:
+    """The mean over inputs of ``|out - reference|^2 / |reference|^2`` (rows: inputs).
+
+    Example:
+        >>> deviation(torch.tensor([[1.0, 0.0], [0.0, 2.2]]), torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+        0.005
+    """
+    per_input = (out - reference).pow(2).sum(1) / reference.pow(2).sum(1).clamp_min(1e-12)
+    return round(float(per_input.mean()), 6)
 
 
 def layer_sensitivity(
@@ -96,7 +129,8 @@ def layer_sensitivity(
         return compress(wl.model, plan, train_data=wl.train, example_input=wl.example_input, task=wl.task,
                         output=wl.output, int8_range=int8_range, cache=shared)  # fmt: skip
 
-    baseline = score(build(Plan()), subset, wl.evaluate)
+    floated = build(Plan())
+    baseline, reference = score(floated, subset, wl.evaluate), outputs(floated, subset)
     uniform = build(Plan(bits=bits, runtime=runtime))
     names = list(layers(onnx.load_from_string(uniform.payload))) if uniform.runtime == "onnxruntime" else _ov_layers(uniform)
     if bits == 4:
@@ -105,14 +139,17 @@ def layer_sensitivity(
     for i, name in enumerate(names):
         others = tuple((other, 32) for other in names if other != name)
         try:
-            quantized = score(build(Plan(bits=bits, runtime=runtime, layer_bits=others)), subset, wl.evaluate)
-            row = LayerSensitivity(name, quantized, baseline - quantized, technique=technique_of(bits))
+            candidate = build(Plan(bits=bits, runtime=runtime, layer_bits=others))
+            quantized = score(candidate, subset, wl.evaluate)
+            moved = deviation(outputs(candidate, subset), reference)
+            row = LayerSensitivity(name, quantized, baseline - quantized, technique=technique_of(bits), deviation=moved)
         except candidate_errors() as exc:  # one layer that cannot be built alone does not end the analysis
             row = LayerSensitivity(name, math.nan, math.nan, f"{type(exc).__name__}: {exc}"[:300], technique_of(bits))
         out.append(row)
         if progress is not None:
-            progress(f"[{i + 1}/{len(names)}] {name}: " + (row.error or f"{row.score:.4f} ({row.loss:+.4f})"))
-    return sorted(out, key=lambda s: (math.isnan(s.loss), -s.loss))  # failed layers last
+            progress(f"[{i + 1}/{len(names)}] {name}: "
+                     + (row.error or f"{row.score:.4f} ({row.loss:+.4f}, output deviation {row.deviation:.3g})"))
+    return sorted(out, key=lambda s: (math.isnan(s.loss), -s.loss, -_or_zero(s.deviation)))  # failed layers last
 
 
 def _four_bit_layers(artifact: Artifact) -> list[str]:
@@ -154,7 +191,7 @@ def chart(rows: list[LayerSensitivity], path: str, top: int = 30) -> None:
 
 def table(rows: list[LayerSensitivity]) -> str:
     """A markdown table of ``rows``, in their order."""
-    lines = ["| layer | score, quantized alone | loss |", "|---|---|---|"]
-    lines += [f"| {r.layer} | {r.score:.4f} | {r.loss:.4f} |" if not r.error else f"| {r.layer} | failed: {r.error} | |"
-              for r in rows]  # fmt: skip
+    lines = ["| layer | score, quantized alone | loss | output deviation |", "|---|---|---|---|"]
+    lines += [f"| {r.layer} | {r.score:.4f} | {r.loss:.4f} | {r.deviation:.5f} |" if not r.error
+              else f"| {r.layer} | failed: {r.error} | | |" for r in rows]  # fmt: skip
     return "\n".join(lines)

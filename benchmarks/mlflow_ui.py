@@ -2,9 +2,11 @@
 
 ``python -m benchmarks mlflow-ui --tracking-uri sqlite:///PATH/mlflow.db --experiment digits-demo``
 starts ``autoshrink ui`` on that store, opens the experiment's runs table, the search's parent
-run with its Pareto plot, and the registered model, and writes ``results/mlflow-ui-runs.png``,
-``mlflow-ui-pareto.png`` and ``mlflow-ui-registry.png``. Run the README's main command first
-(it is the search the README shows). Chromium is not a Python package: ``apt install chromium``
+run with its Pareto plot, the registered model and, where the search measured it, the parent
+run's per-layer sensitivity chart, and writes ``results/mlflow-ui-runs.png``,
+``mlflow-ui-pareto.png``, ``mlflow-ui-registry.png`` and ``mlflow-ui-sensitivity.png``
+(``--prefix lite1`` writes ``mlflow-ui-lite1-runs.png`` and so on). Run the README's main
+command first (it is the search the README shows). Chromium is not a Python package: ``apt install chromium``
 (or name another binary with ``--chromium``).
 """
 
@@ -21,11 +23,12 @@ from pathlib import Path
 
 from benchmarks._report import arguments
 
-SHOTS = ("runs", "pareto", "registry")
+SHOTS = ("runs", "pareto", "registry", "sensitivity")
 
 
 def pages(tracking_uri: str, experiment: str, base: str) -> dict[str, str]:
-    """The UI address of each screenshot: the runs table, the parent run's Pareto plot, the registry."""
+    """The UI address of each screenshot: the runs table, the parent run's Pareto plot, the
+    registry, and the parent run's sensitivity chart where it has one."""
     from mlflow.tracking import MlflowClient
 
     from autoshrink.tracking import ROLE, registered_name
@@ -41,11 +44,14 @@ def pages(tracking_uri: str, experiment: str, base: str) -> dict[str, str]:
         sys.exit(f"experiment {experiment!r} has no finished search")
     parent = parents[0].info.run_id
     view = MODEL_TRAINING  # the model-training view, as `autoshrink ui` opens it
-    return {
+    out = {
         "runs": f"{base}/#/experiments/{eid}/runs{view}",
         "pareto": f"{base}/#/experiments/{eid}/runs/{parent}/artifacts/pareto.png{view}",
         "registry": f"{base}/#/models/{registered_name(experiment)}{view}",
     }
+    if any(f.path == "sensitivity.png" for f in client.list_artifacts(parent)):
+        out["sensitivity"] = f"{base}/#/experiments/{eid}/runs/{parent}/artifacts/sensitivity.png{view}"
+    return out
 
 
 def screenshot(chromium: str, url: str, out: Path, *, wait_ms: int = 20000) -> None:
@@ -75,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--tracking-uri", required=True, help="the store of a finished search")
     parser.add_argument("--experiment", default="digits-demo")
     parser.add_argument("--port", type=int, default=5071)
+    parser.add_argument("--prefix", default="", help="written as mlflow-ui-PREFIX-NAME.png (default: no prefix)")
     parser.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser") or "chromium")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -87,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         _wait_for(base)
         for name, url in pages(args.tracking_uri, args.experiment, base).items():
-            path = out / f"mlflow-ui-{name}.png"
+            path = out / f"mlflow-ui-{args.prefix + '-' if args.prefix else ''}{name}.png"
             screenshot(args.chromium, url, path)
             print(f"wrote {path} ({url})")
     finally:

@@ -16,6 +16,10 @@ def test_layers_made_fragile_on_purpose_are_ranked_first() -> None:
     # The outlier tensor is a1's output and a2's input: int8 on either side of it costs the same
     assert {r.layer for r in ranked[:2]} == {"a1", "a2"} and ranked[1].loss > 0.1, ranked
     assert all(r.loss < ranked[1].loss / 2 for r in ranked[2:]), ranked
+    # the outputs move most when either of them is quantized, and measurably for every layer
+    by_deviation = sorted(ranked, key=lambda r: -r.deviation)
+    assert {r.layer for r in by_deviation[:2]} == {"a1", "a2"}, by_deviation
+    assert all(0 < r.deviation < by_deviation[1].deviation for r in by_deviation[2:]), by_deviation
 
 
 def test_the_command_prints_the_table_and_refuses_a_bad_bit_width_in_one_line(tmp_path) -> None:
