@@ -18,7 +18,7 @@ from torch import nn
 from autoshrink.inputs import Inputs, InputSpec, call_model
 from autoshrink.plan import Plan
 from autoshrink.runtimes import OPENVINO, TORCH, Runtime, from_suffix, get
-from autoshrink.sessions import SessionOptions, ort_session_options
+from autoshrink.sessions import SessionOptions, ort_session
 from autoshrink.techniques import TechniqueReport, count_parameters
 
 FORMAT_VERSION = 2
@@ -170,11 +170,7 @@ class Artifact:
         if self.runtime != "onnxruntime":
             raise TypeError(f"a {self.runtime} artifact has no ONNX Runtime session")
         if threads not in self._sessions:
-            import onnxruntime as ort
-
-            self._sessions[threads] = ort.InferenceSession(
-                self.payload, ort_session_options(self.options, threads), providers=["CPUExecutionProvider"]
-            )
+            self._sessions[threads] = ort_session(self.payload, self.options, threads)
         return self._sessions[threads]
 
     def runner(self, threads: int | None = None) -> Any:

@@ -405,7 +405,7 @@ def write(runs: list[ModelRun], report: Report, n_cal: int, n_score: int, sample
         f"with the fp32 model on the test crops (real photos are ambiguous for 1000 classes, so it is a harsh measure).",
         f"- Latency: batch 1, 1 thread, fastest of 3 block medians of 50 (p95 of that block in brackets); every "
         f"artifact of a model timed in turn, {ROUNDS} rounds, its fastest round kept (the machine is shared); "
-        f"speed-ups are ratios to rows timed in this same process. Sensitivity on the first {samples} validation crops.",
+        f"speed-ups are ratios to rows timed in this same process. Sensitivity on {samples} validation crops drawn at random (seeded).",
         f"- Target (issue 18): agreement >= {TARGET_AGREEMENT} at >= {TARGET_SHARE:.0%} of the default uniform "
         f"int8's speed-up over torch.",
         "",

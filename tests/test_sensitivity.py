@@ -13,13 +13,14 @@ def test_layers_made_fragile_on_purpose_are_ranked_first() -> None:
     wl = fragile_workload()  # an activation outlier between a1 and a2
     ranked = layer_sensitivity(wl, samples=128)
     assert {r.layer for r in ranked} == {"stem.0", "a1", "a2", "b1", "b2", "proj", "head"}
-    # The outlier tensor is a1's output and a2's input: int8 on either side of it costs the same
-    assert {r.layer for r in ranked[:2]} == {"a1", "a2"} and ranked[1].loss > 0.1, ranked
-    assert all(r.loss < ranked[1].loss / 2 for r in ranked[2:]), ranked
-    # the outputs move most when either of them is quantized, and measurably for every layer
+    # a2 reads the outlier tensor: its int8 input range rounds the other channels away (a1 quantized
+    # alone keeps its output, the outlier tensor, in float)
+    assert ranked[0].layer == "a2" and ranked[0].loss > 0.1, ranked
+    assert all(r.loss < ranked[0].loss / 4 for r in ranked[1:]), ranked
+    # the outputs move most when a2 is quantized, and measurably for every layer
     by_deviation = sorted(ranked, key=lambda r: -r.deviation)
-    assert {r.layer for r in by_deviation[:2]} == {"a1", "a2"}, by_deviation
-    assert all(0 < r.deviation < by_deviation[1].deviation for r in by_deviation[2:]), by_deviation
+    assert by_deviation[0].layer == "a2", by_deviation
+    assert all(0 < r.deviation < by_deviation[0].deviation / 5 for r in by_deviation[1:]), by_deviation
 
 
 def test_the_command_prints_the_table_and_refuses_a_bad_bit_width_in_one_line(tmp_path) -> None:

@@ -233,7 +233,7 @@ def _measure_file(path: str, runtime: str, threads: int, session: dict[str, Any]
     above where it started."""
     import torch
 
-    from autoshrink.sessions import SessionOptions, ort_session_options
+    from autoshrink.sessions import SessionOptions, ort_session
 
     options = SessionOptions.from_dict(session)
 
@@ -243,13 +243,9 @@ def _measure_file(path: str, runtime: str, threads: int, session: dict[str, Any]
     if start is None:
         return "no VmHWM on this system"
     if runtime == "onnxruntime":
-        import onnxruntime as ort
-
-        ort_session = ort.InferenceSession(
-            path, ort_session_options(options, threads), providers=["CPUExecutionProvider"]
-        )
+        session = ort_session(path, options, threads)
         for _ in range(RUNS):
-            ort_session.run(None, feed)
+            session.run(None, feed)
     else:
         from autoshrink.artifact import load_artifact
 

@@ -180,3 +180,32 @@ def test_an_export_is_reused_for_the_same_weights_and_redone_for_changed_ones(mo
     again = compress(model, Plan(bits=8), train_data=(x,), example_input=x[:1], cache=cache)
     assert len(exports) == 2  # other weights: exported again, and the artifact follows them
     assert not torch.allclose(first(x[:4]), again(x[:4]))
+
+
+@pytest.mark.parametrize("rewrites", ["off", "on"])
+def test_a_layer_kept_in_float_runs_in_float_in_onnx_runtime(monkeypatch: pytest.MonkeyPatch, rewrites: str) -> None:
+    """ONNX Runtime's WeightBiasQuantization rewrite would quantize a float layer that sits
+    between quantized ones, with one scale for all its channels: the session must run the graph
+    as written (``on``: the rewrite let through, to show this test sees it)."""
+    import onnxruntime as ort
+
+    from autoshrink import sessions
+
+    if rewrites == "on":
+        monkeypatch.setattr(sessions, "DISABLED_ORT_REWRITES", ())
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(8, 4, 1)).eval()  # fmt: skip
+    with torch.no_grad():
+        net[2].weight[:4] *= 300  # one int8 scale for all eight output channels erases the other four
+    x = torch.randn(96, 3, 12, 12)
+    art = compress(net, Plan(bits=8, runtime="onnxruntime", layer_bits=(("module.2", 32),)), train_data=(x[:64],),
+                   example_input=x[:1])  # fmt: skip
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    written = ort.InferenceSession(art.payload, plain, providers=["CPUExecutionProvider"])
+    expected = written.run(None, {written.get_inputs()[0].name: x[64:].numpy()})[0]
+    with torch.no_grad():
+        got = art(x[64:]).numpy()
+    error = np.abs(got - expected).max() / np.abs(expected).max()
+    assert (error < 1e-3) == (rewrites == "off"), error
