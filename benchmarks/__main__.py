@@ -29,8 +29,9 @@ def benchmarks() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> None:
     listed = benchmarks()
+    pad = max(map(len, listed), default=0) + 2  # the longest name and two spaces
     epilog = "benchmarks:\n" + "\n".join(
-        textwrap.fill(summary, 100, initial_indent=f"  {name:<16}", subsequent_indent=" " * 18)
+        textwrap.fill(summary, 100, initial_indent=f"  {name:<{pad}}", subsequent_indent=" " * (pad + 2))
         for name, summary in listed.items()
     )
     parser = argparse.ArgumentParser(
