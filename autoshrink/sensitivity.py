@@ -167,7 +167,9 @@ def _ov_layers(artifact: Artifact) -> list[str]:
 
 
 def chart(rows: list[LayerSensitivity], path: str, top: int = 30) -> None:
-    """A bar chart of the ``top`` most sensitive layers of each technique, saved as a PNG at ``path``."""
+    """A bar chart of the ``top`` most sensitive layers of each technique, saved as a PNG at
+    ``path``: the loss of the score and, below it where measured, the output deviation (which
+    still shows the layers that move the outputs when no score changes)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no screen: draw to a file
@@ -175,15 +177,20 @@ def chart(rows: list[LayerSensitivity], path: str, top: int = 30) -> None:
 
     techniques = list(dict.fromkeys(r.technique for r in rows))
     shown = {t: [r for r in rows if r.technique == t and not r.error][:top] for t in techniques}
+    panels = [("loss", "loss of the score, this layer alone quantized", "float score - score with the layer quantized")]
+    if any(not math.isnan(r.deviation) for r in rows):
+        panels.append(("deviation", "output deviation, this layer alone quantized", "|out - float out|^2 / |float out|^2"))
     height = max(len(v) for v in shown.values()) if shown else 1
-    fig, axes = plt.subplots(1, max(1, len(techniques)), figsize=(6 * max(1, len(techniques)), 1 + 0.28 * height),
+    columns = max(1, len(techniques))
+    fig, axes = plt.subplots(len(panels), columns, figsize=(6 * columns, len(panels) * (1 + 0.28 * height)),
                              squeeze=False)  # fmt: skip
-    for ax, technique in zip(axes[0], techniques):
-        picked = shown[technique][::-1]  # most sensitive at the top
-        ax.barh([r.layer for r in picked], [r.loss for r in picked], color="#c0392b")
-        ax.set_title(f"{technique}: loss of the score, this layer alone quantized", fontsize=9)
-        ax.tick_params(axis="y", labelsize=7)
-        ax.set_xlabel("float score - score with the layer quantized")
+    for row, (field, title, label) in enumerate(panels):
+        for ax, technique in zip(axes[row], techniques):
+            picked = sorted(shown[technique], key=lambda r: _or_zero(getattr(r, field)))  # largest at the top
+            ax.barh([r.layer for r in picked], [_or_zero(getattr(r, field)) for r in picked], color="#c0392b")
+            ax.set_title(f"{technique}: {title}", fontsize=9)
+            ax.tick_params(axis="y", labelsize=7)
+            ax.set_xlabel(label)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -71,3 +71,16 @@ def test_the_analysis_calibrates_and_exports_once_for_all_layers(monkeypatch: py
     assert len(ranked) == 7 and all(not r.error for r in ranked)
     assert len(calibrations) == 1, f"{len(calibrations)} calibrations for {len(ranked)} layers"
     assert len(exports) == 1, f"{len(exports)} exports for {len(ranked)} layers"  # fp32, int8 and each layer alone
+
+
+def test_the_chart_adds_the_output_deviation_below_the_loss_where_it_was_measured(tmp_path) -> None:
+    import matplotlib.image
+
+    from autoshrink.sensitivity import LayerSensitivity, chart
+
+    old = [LayerSensitivity(f"l{i}", 1.0, 0.0) for i in range(4)]  # rows from before deviation was recorded
+    new = [LayerSensitivity(f"l{i}", 1.0, 0.0, deviation=0.001 * i) for i in range(4)]
+    chart(old, str(tmp_path / "old.png"))
+    chart(new, str(tmp_path / "new.png"))
+    heights = [matplotlib.image.imread(tmp_path / f"{name}.png").shape[0] for name in ("old", "new")]
+    assert heights[1] == 2 * heights[0], heights
