@@ -1,7 +1,9 @@
 """An MLflow ``pyfunc`` model that serves any autoshrink artifact file (used for OpenVINO ones).
 
 ONNX Runtime artifacts are logged with MLflow's ONNX flavor and torch ones with its PyTorch
-flavor; an OpenVINO artifact has no MLflow flavor, so it is logged as this ``pyfunc`` model:
+flavor; an OpenVINO artifact has no MLflow flavor, and an ONNX Runtime one that keeps layers at a
+higher precision must not be opened with ONNX Runtime's default rewrites (MLflow's ONNX flavor
+would), so those are logged as this ``pyfunc`` model:
 ``mlflow.pyfunc.load_model(uri).predict(inputs)`` loads the exact measured file and runs it.
 Importing this module imports MLflow: only model logging and serving do.
 """

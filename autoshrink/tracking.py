@@ -178,11 +178,16 @@ class Tracker:
         >= 2) becomes the input example: named arrays for ONNX models with several inputs.
         """
         runtime = get(artifact.runtime)
+        flavor = runtime.mlflow_flavor
+        if flavor == "onnx" and artifact.plan.layer_bits:
+            # layers kept at a higher precision: MLflow's ONNX flavour would open the session with
+            # ONNX Runtime's defaults, which quantize them again (`sessions.DISABLED_ORT_REWRITES`)
+            flavor = "pyfunc"
         with tempfile.TemporaryDirectory() as tmp:
             path = artifact.save(Path(tmp) / f"{MODEL_NAME}{artifact.suffix}")
             self.log_file(run_id, path, MODEL_FILE_DIR)
             with _active_run(self.tracking_uri, run_id):
-                info = _LOG_MODEL[runtime.mlflow_flavor](artifact, path, example, runtime.pip_requirements())
+                info = _LOG_MODEL[flavor](artifact, path, example, runtime.pip_requirements())
         return str(info.model_uri)
 
     def register_best(self, model_uri: str, run_id: str) -> tuple[str, str]:

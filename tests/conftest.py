@@ -162,6 +162,24 @@ def fragile_workload():  # -> autoshrink.workloads.Workload
     return Workload("fragile", model, (x[:256], labels[:256]), (x[256:384], labels[256:384]), (x[384:], labels[384:]), example)
 
 
+def float_layer_case():  # -> (autoshrink.artifact.Artifact, torch.Tensor)
+    """An ONNX Runtime int8 artifact whose middle conv is kept in float between quantized ones,
+    half its output channels 300x larger than the rest (one int8 scale for all of them would
+    erase the small ones), and 96 inputs: the first 64 calibrated it."""
+    from autoshrink.pipeline import compress
+    from autoshrink.plan import Plan
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(8, 4, 1)).eval()  # fmt: skip
+    with torch.no_grad():
+        net[2].weight[:4] *= 300
+    x = torch.randn(96, 3, 12, 12)
+    art = compress(net, Plan(bits=8, runtime="onnxruntime", layer_bits=(("module.2", 32),)), train_data=(x[:64],),
+                   example_input=x[:1])  # fmt: skip
+    return art, x
+
+
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(-1) == labels).float().mean())
 

@@ -17,7 +17,7 @@ from autoshrink.artifact import SaturationWarning, load_artifact
 from autoshrink.data import NamedTensorDataset
 from autoshrink.pipeline import compress
 from autoshrink.plan import Plan
-from tests.conftest import count_calibrations
+from tests.conftest import count_calibrations, float_layer_case
 from tests.transformer_models import SEQ, VOCAB, TokenTransformer
 
 AVX2 = {"model": "AMD EPYC (test)", "int8_isa": ["avx2"]}
@@ -193,14 +193,7 @@ def test_a_layer_kept_in_float_runs_in_float_in_onnx_runtime(monkeypatch: pytest
 
     if rewrites == "on":
         monkeypatch.setattr(sessions, "DISABLED_ORT_REWRITES", ())
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-                        nn.Conv2d(8, 4, 1)).eval()  # fmt: skip
-    with torch.no_grad():
-        net[2].weight[:4] *= 300  # one int8 scale for all eight output channels erases the other four
-    x = torch.randn(96, 3, 12, 12)
-    art = compress(net, Plan(bits=8, runtime="onnxruntime", layer_bits=(("module.2", 32),)), train_data=(x[:64],),
-                   example_input=x[:1])  # fmt: skip
+    art, x = float_layer_case()
     plain = ort.SessionOptions()
     plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     written = ort.InferenceSession(art.payload, plain, providers=["CPUExecutionProvider"])
