@@ -1,7 +1,9 @@
 """Per-layer sensitivity: how much of the workload's score each layer loses when it alone is quantized.
 
 For each weight layer of the model (the names of ``model.named_modules()``), a candidate is built
-with only that layer quantized (`Plan.layer_bits` keeps every other one in float) and scored with
+with only that layer quantized (`Plan.layer_bits` keeps every other one in float; ops without
+weights, such as residual additions and pooling, are quantized in every candidate, so each row
+includes their common share: about 0.0016 of output deviation on EfficientNet-Lite1) and scored with
 the workload's own metric on a fixed subset of its validation split; the loss is the float
 model's score minus that score. The same outputs also give the layer's ``deviation``: how far
 the outputs moved from the float model's (mean squared distance relative to the float outputs'
@@ -83,7 +85,12 @@ def ranking(rows: list[LayerSensitivity]) -> list[str]:
         ['b', 'a']
     """
     scored = [r for r in rows if not r.error and not math.isnan(r.loss)]
-    return [r.layer for r in sorted(scored, key=lambda r: (-r.loss, -_or_zero(r.deviation)))]
+    return [r.layer for r in sorted(scored, key=_most_sensitive_first)]
+
+
+def _most_sensitive_first(row: LayerSensitivity) -> tuple[bool, float, float]:
+    """The order of `ranking` and `layer_sensitivity`: by loss, equal losses by deviation, failed rows last."""
+    return (math.isnan(row.loss), -row.loss, -_or_zero(row.deviation))
 
 
 def _or_zero(value: float) -> float:
@@ -149,7 +156,7 @@ def layer_sensitivity(
         if progress is not None:
             progress(f"[{i + 1}/{len(names)}] {name}: "
                      + (row.error or f"{row.score:.4f} ({row.loss:+.4f}, output deviation {row.deviation:.3g})"))
-    return sorted(out, key=lambda s: (math.isnan(s.loss), -s.loss, -_or_zero(s.deviation)))  # failed layers last
+    return sorted(out, key=_most_sensitive_first)
 
 
 def _four_bit_layers(artifact: Artifact) -> list[str]:
