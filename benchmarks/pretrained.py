@@ -415,8 +415,8 @@ def write(runs: list[ModelRun], report: Report, n_cal: int, n_score: int, sample
                   f"{run.confident_crops} of the test crops are classified by fp32 with a top-1 probability >= "
                   f"{CONFIDENT} (`confident`: the agreement on those; `top-5`: fp32's class among the artifact's 5 "
                   f"highest). Load average of this 2-core machine after each timing round: "
-                  f"{', '.join(str(v) for v in run.load)} (other processes were running; latency ratios between rows "
-                  f"of similar speed are within that noise).", "", *_noise_floor_lines(run), "", *_table(run),
+                  f"{', '.join(str(v) for v in run.load)} (above 1.0, another process was running: latency ratios "
+                  f"between rows of similar speed are within that noise).", "", *_noise_floor_lines(run), "", *_table(run),
                   ""]  # fmt: skip
         if run.accuracy_aware:
             lines += [f"Accuracy-aware: {run.accuracy_aware}", ""]
