@@ -175,7 +175,7 @@ def float_layer_case():  # -> (autoshrink.artifact.Artifact, torch.Tensor)
     with torch.no_grad():
         net[2].weight[:4] *= 300
     x = torch.randn(96, 3, 12, 12)
-    art = compress(net, Plan(bits=8, runtime="onnxruntime", layer_bits=(("module.2", 32),)), train_data=(x[:64],),
+    art = compress(net, Plan(bits=8, runtime="onnxruntime", layer_bits=(("2", 32),)), train_data=(x[:64],),
                    example_input=x[:1])  # fmt: skip
     return art, x
 

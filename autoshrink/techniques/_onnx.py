@@ -188,7 +188,9 @@ def module_path(node_name: str) -> str:
 
     The TorchScript exporter names a node ``/<scope>/.../<OpType>``: one scope per module called,
     a child of a ``Sequential`` named ``<attribute>.<index>``; the outer ``module`` is autoshrink's
-    export wrapper. A name without scopes (the dynamo exporter's) is its own layer name.
+    export wrapper (so the children of a model that is itself a ``Sequential`` are scoped
+    ``module.<index>``, and named ``<index>`` as in ``named_modules()``). A name without scopes
+    (the dynamo exporter's) is its own layer name.
 
     Example:
         >>> module_path("/module/layer4/layer4.0/downsample/downsample.0/Conv")
@@ -199,9 +201,10 @@ def module_path(node_name: str) -> str:
         'head'
         >>> module_path("/module/Conv2d_1a_3x3/Conv")  # a module attribute that starts like an op
         'Conv2d_1a_3x3'
+        >>> module_path("/module/module.2/Conv"), module_path("/module/module/module.0/Conv")  # a Sequential model; an attribute named module
+        ('2', 'module.0')
     """
-    parts = node_name.strip("/").split("/")
-    scopes = parts[1:-1] if parts[:1] == ["module"] else parts[:-1]
+    scopes = node_name.strip("/").split("/")[:-1]
     while scopes and _NODE_NAME.match(scopes[-1]):  # a rewrite's or fusion's name under the op's
         scopes = scopes[:-1]
     path: list[str] = []
@@ -210,6 +213,10 @@ def module_path(node_name: str) -> str:
             path[-1] = scope  # a Sequential's child, named after the Sequential's attribute
         else:
             path.append(scope)
+    if path and path[0] == "module":  # the export wrapper
+        path = path[1:]
+    elif path and path[0].startswith("module.") and scopes[0] == "module":  # a child of the wrapped Sequential
+        path[0] = path[0].removeprefix("module.")
     return ".".join(path) or node_name
 
 

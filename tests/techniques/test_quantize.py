@@ -123,11 +123,11 @@ def test_a_shared_cache_calibrates_once_and_builds_the_same_model(monkeypatch: p
     def build(plan: Plan, cache: dict | None) -> onnx.ModelProto:
         return compress(model, plan, train_data=(x,), example_input=x[:1], cache=cache).onnx_model
 
-    fresh = build(Plan(bits=8, layer_bits={"module.0": 32}), None)
+    fresh = build(Plan(bits=8, layer_bits={"0": 32}), None)
     assert len(calibrations) == 1
     shared: dict = {}
     build(Plan(bits=8), shared)
-    reused = build(Plan(bits=8, layer_bits={"module.0": 32}), shared)  # other layers in float: the same ranges
+    reused = build(Plan(bits=8, layer_bits={"0": 32}), shared)  # other layers in float: the same ranges
     assert len(calibrations) == 2, "the second build with the shared cache calibrated again"
     scales = {t.name: numpy_helper.to_array(t) for t in fresh.graph.initializer if t.name.endswith("_scale")}
     again = {t.name: numpy_helper.to_array(t) for t in reused.graph.initializer if t.name.endswith("_scale")}
@@ -202,3 +202,15 @@ def test_a_layer_kept_in_float_runs_in_float_in_onnx_runtime(monkeypatch: pytest
         got = art(x[64:]).numpy()
     error = np.abs(got - expected).max() / np.abs(expected).max()
     assert (error < 1e-3) == (rewrites == "off"), error
+
+
+def test_the_layers_of_a_sequential_model_keep_their_torch_names() -> None:
+    """The export wrapper scoped a ``Sequential`` model's children ``module.<i>``: `layer_bits` had to
+    say ``module.2`` where ``named_modules()`` says ``2``."""
+    from autoshrink.techniques._onnx import layers
+
+    model, x = _cnn()
+    art = compress(model, Plan(bits=8, layer_bits={"2": 32}), train_data=(x,), example_input=x[:1])
+    weight_layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert list(layers(onnx.load_from_string(art.payload))) == weight_layers == ["0", "2", "6"]
+    assert [node for node, why in art.skipped.items() if "plan" in why] == ["quantize: /module/module.2/Conv"]  # layer 2's node
