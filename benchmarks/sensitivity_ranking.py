@@ -6,8 +6,8 @@ For each pretrained EfficientNet-Lite (``--models``, Lite1 by default), the int8
 analysis (`autoshrink.sensitivity.layer_sensitivity`, ONNX Runtime) runs twice, on two disjoint
 halves of the validation crops (128 each). From each half's rows, three rankings: by the loss of
 top-1 agreement alone (equal losses in graph order: the ranking before output deviation was
-recorded), by loss with equal losses ranked by output deviation (the default, `ranking`), and by
-output deviation alone. A ranking that measures the layers, not the sampling noise of 128 crops,
+recorded), by loss with equal losses ranked by output deviation, and by output deviation alone;
+the report marks the one `autoshrink.sensitivity.ranking` (the default) gives. A ranking that measures the layers, not the sampling noise of 128 crops,
 names the same most sensitive layers on both halves: the report gives the overlap of the top 5%
 and 15% between the halves. Then mixed precision keeps the top 5% and 15% of half A's rankings in
 float, in ONNX Runtime and OpenVINO, and each artifact is scored on the test crops (other crops
@@ -29,7 +29,7 @@ from typing import Any
 from benchmarks._report import Report, arguments
 from benchmarks.pretrained import MIXED, Bench
 
-RANKINGS = ("loss (graph order on ties)", "loss, ties by deviation (default)", "deviation")
+RANKINGS = ("loss (graph order on ties)", "loss, ties by deviation", "deviation")
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,7 @@ class ModelRun:
     overlap: dict[str, dict[str, float]] = field(default_factory=dict)  # ranking -> share -> |top A & top B| / k
     top: dict[str, list[str]] = field(default_factory=dict)  # ranking -> half A's top 15%
     rows: list[Row] = field(default_factory=list)
+    default: str = ""  # the label of RANKINGS that autoshrink.sensitivity.ranking gave on half A
     sensitivity_s: float = 0.0
     layers: int = 0
     int8_ms: float = math.nan
@@ -66,14 +67,12 @@ def rankings(rows: list[Any], graph_order: list[str]) -> dict[str, list[str]]:
     >>> list(rankings(rows, ["a", "b", "c"]).values())
     [['b', 'c', 'a'], ['c', 'b', 'a'], ['a', 'c', 'b']]
     """
-    from autoshrink.sensitivity import ranking
-
     scored = [r for r in rows if not r.error and not math.isnan(r.loss)]
     position = {name: i for i, name in enumerate(graph_order)}
     by_graph = sorted(scored, key=lambda r: position.get(r.layer, len(position)))
     return {
         RANKINGS[0]: [r.layer for r in sorted(by_graph, key=lambda r: -r.loss)],
-        RANKINGS[1]: ranking(scored),
+        RANKINGS[1]: [r.layer for r in sorted(by_graph, key=lambda r: (-r.loss, -r.deviation))],
         RANKINGS[2]: [r.layer for r in sorted(scored, key=lambda r: -r.deviation)],
     }
 
@@ -92,7 +91,7 @@ def run_model(name: str, log: Callable[[str], None]) -> ModelRun:
 
     from autoshrink.config import HardwareProfile
     from autoshrink.measuring.latency import measure_latency
-    from autoshrink.sensitivity import layer_sensitivity
+    from autoshrink.sensitivity import layer_sensitivity, ranking
     from autoshrink.space import SearchSpace
     from autoshrink.techniques._onnx import layers
 
@@ -104,7 +103,9 @@ def run_model(name: str, log: Callable[[str], None]) -> ModelRun:
     uniform = bench.build(bits=8)
     graph_order = list(layers(onnx.load_from_string(uniform.payload)))
     start = time.perf_counter()
-    ranked = {half: rankings(layer_sensitivity(wl, samples=128), graph_order) for half, wl in halves.items()}
+    rows = {half: layer_sensitivity(wl, samples=128) for half, wl in halves.items()}
+    ranked = {half: rankings(rows[half], graph_order) for half in halves}
+    run.default = next((label for label in RANKINGS if ranked["A"][label] == ranking(rows["A"])), "")
     run.sensitivity_s = round(time.perf_counter() - start, 1)
     run.layers = len(graph_order)
     for label in RANKINGS:
@@ -135,6 +136,10 @@ def run_model(name: str, log: Callable[[str], None]) -> ModelRun:
     return run
 
 
+def _marked(label: str, run: ModelRun) -> str:
+    return f"{label} (default)" if label == run.default else label
+
+
 def write(runs: list[ModelRun], report: Report) -> Path:
     lines = [*report.header("Per-layer sensitivity: which ranking is reproducible, and what mixed precision gets from it"),
              "The analysis ran twice per model, on two disjoint halves of the validation crops (A and B, 128 each).",
@@ -147,12 +152,12 @@ def write(runs: list[ModelRun], report: Report) -> Path:
                   "| ranking | top 5% shared by A and B | top 15% shared by A and B | A's top 15% |", "|---|---|---|---|"]  # fmt: skip
         for label in RANKINGS:
             shares = run.overlap[label]
-            lines.append(f"| {label} | {shares[f'{MIXED[0]:g}']:.0%} | {shares[f'{MIXED[1]:g}']:.0%} | "
+            lines.append(f"| {_marked(label, run)} | {shares[f'{MIXED[0]:g}']:.0%} | {shares[f'{MIXED[1]:g}']:.0%} | "
                          + ", ".join(f"`{n}`" for n in run.top[label]) + " |")  # fmt: skip
         lines += ["", "| ranking (half A) | in float | runtime | agreement | stable | MB | ms | vs int8 |",
                   "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in run.rows:
-            lines.append(f"| {r.ranking} | {r.share:.0%} | {r.runtime} | {r.agreement:.4f} | {r.stable:.4f} | "
+            lines.append(f"| {_marked(r.ranking, run)} | {r.share:.0%} | {r.runtime} | {r.agreement:.4f} | {r.stable:.4f} | "
                          f"{r.bytes / 1e6:.2f} | {r.ms:.2f} | {run.int8_ms / r.ms:.2f}x |")  # fmt: skip
         lines.append("")
     return report.write({"runs": [asdict(r) for r in runs]}, lines)
