@@ -7,10 +7,12 @@ includes their common share: about 0.0016 of output deviation on EfficientNet-Li
 the workload's own metric on a fixed subset of its validation split; the loss is the float
 model's score minus that score. The same outputs also give the layer's ``deviation``: how far
 the outputs moved from the float model's (mean squared distance relative to the float outputs'
-squared norm), a continuous measure that still ranks layers whose losses tie, as they often do
-on a few hundred samples (one sample is 1/128 of the score). The layers that lose most are the
-ones to keep in float (mixed precision). Every candidate is built for real, in the runtime
-asked for.
+squared norm). Layers are ranked by deviation, not loss: on a few hundred samples a loss moves
+in steps of one sample (1/128 of the score) and the top layers' losses differ by one to three
+samples, so the loss ranking is mostly sampling noise, while the deviation ranking names the
+same layers on disjoint samples (``results/sensitivity-ranking.md``). The layers that move the
+outputs most are the ones to keep in float (mixed precision). Every candidate is built for
+real, in the runtime asked for.
 
 Each row names its ``technique`` (``int8``, ``int4``), so that other per-layer analyses add rows
 of their own to the same table. A search that keeps layers at a higher precision
@@ -74,23 +76,37 @@ def technique_of(bits: int) -> str:
 
 
 def ranking(rows: list[LayerSensitivity]) -> list[str]:
-    """The layers of ``rows`` that were scored, the most sensitive first (what mixed precision
-    keeps): by loss, equal losses by deviation.
+    """The layers of ``rows`` that were scored, in their order: `layer_sensitivity` returns its
+    rows most sensitive first (what mixed precision keeps), so a search that resumes with the
+    rows it stored ranks its layers as it did when it measured them, even where this version's
+    rule (`most_sensitive_first`) would order them otherwise.
 
     Example:
-        >>> ranking([LayerSensitivity("a", 0.99, 0.0), LayerSensitivity("b", 0.9, 0.09),
+        >>> ranking([LayerSensitivity("b", 0.99, 0.0, deviation=0.02), LayerSensitivity("a", 0.99, 0.0, deviation=0.001),
         ...          LayerSensitivity("c", math.nan, math.nan, "ValueError: x")])
         ['b', 'a']
-        >>> ranking([LayerSensitivity("a", 0.98, 0.01, deviation=0.001), LayerSensitivity("b", 0.98, 0.01, deviation=0.02)])
+    """
+    return [r.layer for r in rows if not r.error and not math.isnan(r.loss)]
+
+
+def most_sensitive_first(rows: list[LayerSensitivity]) -> list[LayerSensitivity]:
+    """``rows`` ranked: by output deviation, equal deviations by loss, failed rows last (rows
+    recorded before deviation was measured, whose deviation is NaN, rank by loss alone).
+
+    Example:
+        >>> rows = [LayerSensitivity("a", 0.95, 0.04, deviation=0.001), LayerSensitivity("b", 0.98, 0.01, deviation=0.02),
+        ...         LayerSensitivity("c", math.nan, math.nan, "ValueError: x")]
+        >>> [r.layer for r in most_sensitive_first(rows)]
+        ['b', 'a', 'c']
+        >>> [r.layer for r in most_sensitive_first([LayerSensitivity("a", 0.99, 0.0), LayerSensitivity("b", 0.9, 0.09)])]
         ['b', 'a']
     """
-    scored = [r for r in rows if not r.error and not math.isnan(r.loss)]
-    return [r.layer for r in sorted(scored, key=_most_sensitive_first)]
+    return sorted(rows, key=_most_sensitive_first)
 
 
 def _most_sensitive_first(row: LayerSensitivity) -> tuple[bool, float, float]:
-    """The order of `ranking` and `layer_sensitivity`: by loss, equal losses by deviation, failed rows last."""
-    return (math.isnan(row.loss), -row.loss, -_or_zero(row.deviation))
+    """The sort key of `most_sensitive_first`."""
+    return (math.isnan(row.loss), -_or_zero(row.deviation), -row.loss)
 
 
 def _or_zero(value: float) -> float:
@@ -156,7 +172,7 @@ def layer_sensitivity(
         if progress is not None:
             progress(f"[{i + 1}/{len(names)}] {name}: "
                      + (row.error or f"{row.score:.4f} ({row.loss:+.4f}, output deviation {row.deviation:.3g})"))
-    return sorted(out, key=_most_sensitive_first)
+    return most_sensitive_first(out)
 
 
 def _four_bit_layers(artifact: Artifact) -> list[str]:

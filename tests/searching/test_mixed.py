@@ -28,18 +28,27 @@ def test_a_search_ranks_the_layers_once_keeps_the_worst_in_float_and_a_resume_re
     rows = json.loads(Path(c.download_artifacts(result.parent_run_id, "sensitivity.json", str(tmp_path))).read_text())
     scored = [r for r in rows if not r["error"]]
     assert len(scored) >= 3 and all(r["technique"] == "int8" for r in rows)
-    worst = max(scored, key=lambda r: r["loss"])["layer"]
+    assert [r["deviation"] for r in scored] == sorted((r["deviation"] for r in scored), reverse=True)  # ranked
+    worst = scored[0]["layer"]
     plans = [t.user_attrs["plan"] for t in study(tmp_path).trials]
     mixed = [p for p in plans if p.get("layer_bits")]
     assert mixed, "a random sampler over two values drew mixed=1 in four trials"  # seed 0: it does
     assert all(p["layer_bits"] == {worst: 32} for p in mixed)  # the most sensitive layer, in float
     assert all(p.get("layer_bits") in (None, {worst: 32}) for p in plans)
 
+    # A study measured under another ranking rule keeps its order on resume: its plans do not change.
+    stored = study(tmp_path)
+    rows = stored.user_attrs["sensitivity"]["int8"]
+    stored.set_user_attr("sensitivity", {"int8": rows[1:] + rows[:1]})
+    other = rows[1]["layer"]
     said.clear()
-    run_search(tmp_path, Budget(latency_ms=1000.0), trials=6, space=MIXED, sampler="random", progress=progress)
+    run_search(tmp_path, Budget(latency_ms=1000.0), trials=10, space=MIXED, sampler="random", progress=progress)
     assert not any("measuring each layer" in line for line in said)
     assert any("reusing the per-layer sensitivity" in line for line in said)
-    assert len(study(tmp_path).trials) == 6
+    trials = study(tmp_path).trials
+    assert len(trials) == 10
+    resumed = [t.user_attrs["plan"].get("layer_bits") for t in trials[4:]]
+    assert {other: 32} in resumed and all(bits in (None, {other: 32}) for bits in resumed), resumed
 
 
 def test_max_drop_keeps_the_fewest_sensitive_layers_in_float_that_hold_the_floor(tmp_path: Path) -> None:
