@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +68,28 @@ def backend_name(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@functools.cache
+def _empty_mlflow_store() -> Path:
+    """An empty MLflow store, made once per test process (removed at its exit)."""
+    from mlflow.tracking import MlflowClient
+
+    folder = Path(tempfile.mkdtemp(prefix="autoshrink-test-store-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    MlflowClient(f"sqlite:///{folder}/mlflow.db").search_experiments()  # builds the schema
+    return folder / "mlflow.db"
+
+
+def mlflow_uri(tmp: Path) -> str:
+    """``sqlite:///{tmp}/mlflow.db``, a new store started as a copy of an empty one: MLflow builds a
+    new store's schema by running its migrations (1.4-2.3 s here), and the suite makes about 80
+    stores. Autoshrink's own first use of a new store is tested where the store is not made here
+    (`tests/test_tracking.py`, `tests/test_cli.py`)."""
+    store = tmp / "mlflow.db"
+    if not store.exists():
+        shutil.copyfile(_empty_mlflow_store(), store)
+    return f"sqlite:///{store}"
+
+
 def run_search(tmp: Path, budget: Budget, trials: int, experiment: str = "exp", **kwargs: Any) -> SearchResult:
     """A search on the small residual CNN with a temporary MLflow/Optuna store in ``tmp`` (the
     distillation early-stop rule off unless asked for: these tests count finished trials)."""
@@ -78,7 +104,7 @@ def run_search(tmp: Path, budget: Budget, trials: int, experiment: str = "exp", 
         budget=budget,
         trials=trials,
         experiment=experiment,
-        tracking_uri=f"sqlite:///{tmp}/mlflow.db",
+        tracking_uri=mlflow_uri(tmp),
         **options,
     )
 
@@ -114,7 +140,7 @@ def tiny_search(tmp: Path, wl: Any, trials: int = 2, experiment: str = "e", **kw
     """`search` of ``wl`` (a `tests.tiny` workload, or whatever a test passes in its place) on the
     tiny space and hardware under `BUDGET`, with a temporary MLflow/Optuna store in ``tmp``."""
     options: dict[str, Any] = {"space": TINY_SPACE, "hardware": TINY_HW, "budget": BUDGET, "early_stop_margin": None} | kwargs
-    return search(wl, trials=trials, experiment=experiment, tracking_uri=f"sqlite:///{tmp}/mlflow.db", **options)
+    return search(wl, trials=trials, experiment=experiment, tracking_uri=mlflow_uri(tmp), **options)
 
 
 def size_budget() -> Budget:

@@ -23,7 +23,7 @@ def slow(artifact, data):
     time.sleep(0.3)
     return top1_accuracy(artifact, data)
 
-run_search(__import__("pathlib").Path(sys.argv[1]), Budget(latency_ms=1000.0), trials=5, experiment="kill",
+run_search(__import__("pathlib").Path(sys.argv[1]), Budget(latency_ms=1000.0), trials=3, experiment="kill",
      evaluate=slow if sys.argv[2] == "slow" else None, backend=make_backend(sys.argv[3]))
 """
 
@@ -41,17 +41,17 @@ def test_sigkill_mid_search_then_resume(tmp_path: Path, backend: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path), "slow", backend], cwd=ROOT, env=env)
     deadline = time.time() + 240
-    while len(_complete(tmp_path)) < 2 and time.time() < deadline and proc.poll() is None:
+    while len(_complete(tmp_path)) < 1 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     proc.kill()
     proc.wait()
     before = _complete(tmp_path)
-    assert 2 <= len(before) < 5, "the kill should land mid-search"
+    assert 1 <= len(before) < 3, "the kill should land mid-search"
 
     done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path), "fast", backend], cwd=ROOT, env=env, timeout=300)
     assert done.returncode == 0
     after = _complete(tmp_path)
-    assert len(after) == 5 and set(before) <= set(after)
+    assert len(after) == 3 and set(before) <= set(after)
     c = client(tmp_path)
     runs = c.search_runs([c.get_experiment_by_name("kill").experiment_id], max_results=100)
     trial_runs = [r for r in runs if r.data.tags.get("autoshrink.role") == "trial"]

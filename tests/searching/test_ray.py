@@ -27,7 +27,7 @@ tmp = pathlib.Path(sys.argv[1])
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
 edge = cluster.add_node(num_cpus=0, resources={"edge": 1})
 ray.init(address=cluster.address, logging_level="ERROR")
-result = search(tiny_workload(tmp), budget=Budget(latency_ms=1000), space=SPACE, hardware=HW, trials=4,
+result = search(tiny_workload(tmp), budget=Budget(latency_ms=1000), space=SPACE, hardware=HW, trials=2,
                 experiment="edge", tracking_uri=f"sqlite:///{tmp}/mlflow.db",
                 backend=RayBackend(address=cluster.address, measure_on="edge", max_concurrent_trials=2))
 print(json.dumps({"edge": edge.node_id, "n": result.n_complete}))
@@ -44,7 +44,7 @@ def test_every_latency_is_measured_on_the_node_with_the_resource(tmp_path: Path)
                          capture_output=True, text=True, timeout=400)  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     info = json.loads(out.stdout.strip().splitlines()[-1])
-    assert info["n"] == 4
+    assert info["n"] == 2
     import optuna
     from mlflow.tracking import MlflowClient
 
@@ -143,40 +143,12 @@ def test_the_searcher_pickles_as_the_key_of_its_driver_side_search(tmp_path: Pat
 
 
 @pytest.mark.slow
-def test_the_cli_searches_on_ray_with_its_output_in_a_file(tmp_path: Path) -> None:
-    """The command line hands Tune a progress callback that holds the console: it used to fail to pickle."""
-    pytest.importorskip("ray")
-    from tests.searching.conftest import client
-    from tests.tiny import write_files
-
-    files = write_files(tmp_path)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    command = [sys.executable, "-m", "autoshrink.cli", "search", "--backend", "ray", "--trials", "2",
-               "--workload", f"{files['workload']}:tiny", "--space", str(files["space"]),
-               "--hardware", str(files["hardware"]), "--latency-budget-ms", "1000", "--experiment", "cli-ray",
-               "--tracking-uri", uri, "--trial-cpus", "1", "--max-concurrent-trials", "2"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
-    log = tmp_path / "search.log"
-    with log.open("w") as out:
-        done = subprocess.run(command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=400)
-    output = log.read_text()
-    assert done.returncode == 0, output[-3000:]
-    trial_lines = [line for line in output.splitlines() if "done," in line]
-    assert len(trial_lines) == 2 and "2/2 done" in trial_lines[-1], output[-3000:]
-    assert "best under budget" in output and "registered: models:/autoshrink-cli-ray@best" in output
-    c = client(tmp_path)
-    runs = c.search_runs([c.get_experiment_by_name("cli-ray").experiment_id])
-    trial_runs = [r for r in runs if r.data.tags.get("autoshrink.role") == "trial"]
-    assert len(trial_runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
-    best = c.get_model_version_by_alias("autoshrink-cli-ray", "best")
-    assert best.run_id in {r.info.run_id for r in trial_runs}
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_the_cli_on_ray_stops_on_ctrl_c_or_sigterm_and_keeps_its_trials(tmp_path: Path, sig: str) -> None:
     """Tune's Ctrl-C handler ended the run quietly (a best registered after one trial, exit 0), and
-    ``ray.init``'s SIGTERM handler aborted the process: both now stop the search as a local one stops."""
+    ``ray.init``'s SIGTERM handler aborted the process: both now stop the search as a local one stops.
+    The output goes to a file: the command line hands Tune a progress callback that holds the
+    console, which used to fail to pickle (a finished search on Ray is `test_search`'s, in process)."""
     pytest.importorskip("ray")
     import signal
     import time
@@ -188,7 +160,7 @@ def test_the_cli_on_ray_stops_on_ctrl_c_or_sigterm_and_keeps_its_trials(tmp_path
     command = [sys.executable, "-m", "autoshrink.cli", "search", "--backend", "ray", "--trials", "12",
                "--workload", f"{files['workload']}:tiny", "--workload-arg", "n=4000", "--space", str(files["space"]),
                "--hardware", str(files["hardware"]), "--latency-budget-ms", "1000", "--experiment", "stop",
-               "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]  # fmt: skip
+               "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--trial-cpus", "1", "--max-concurrent-trials", "2"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
     log = tmp_path / "search.log"
     with log.open("w") as out:  # Ctrl-C reaches the search even when pytest itself ignores SIGINT
@@ -206,6 +178,7 @@ def test_the_cli_on_ray_stops_on_ctrl_c_or_sigterm_and_keeps_its_trials(tmp_path
                 proc.wait()
     output = log.read_text()
     assert returncode == 130, output[-3000:]
+    assert "1/12 done" in output  # the progress callback ran in Tune and wrote to the file
     assert "finished trial(s) are kept; run the same command again to resume" in output
     assert "registered:" not in output
     finished = [t for t in study(tmp_path, "stop").trials if t.state.name == "COMPLETE"]
