@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.searching.conftest import client, study
+from tests.searching.conftest import client, mlflow_uri, study
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = """
@@ -39,6 +39,7 @@ def _complete(tmp: Path) -> list[int]:
 @pytest.mark.parametrize("backend", ["local", "ray"])
 def test_sigkill_mid_search_then_resume(tmp_path: Path, backend: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    mlflow_uri(tmp_path)  # the store made here: a killed process leaves no empty store of its own behind
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path), "slow", backend], cwd=ROOT, env=env)
     deadline = time.time() + 240
     while len(_complete(tmp_path)) < 1 and time.time() < deadline and proc.poll() is None:
