@@ -280,10 +280,11 @@ def sensitivity(
     bits: int = typer.Option(8, help="The precision each layer is quantized to alone: 8 or 4."),
     runtime: str = typer.Option("onnxruntime", help="onnxruntime or openvino (8 bits)."),
     samples: int = typer.Option(128, help="Validation inputs scored, the same for every layer."),
-    technique: str = typer.Option("quantize", help="quantize: each layer quantized alone, the score it loses; prune: each channel group pruned alone by half, the output's error (what pruning allocates by)."),
+    technique: str = typer.Option("quantize", help="quantize: each layer quantized alone, the score it loses and how far the outputs move (ranked by that); prune: each channel group pruned alone by half, the output's error (what pruning allocates by)."),
 ) -> None:
-    """Print how much of the workload's score each layer loses when it alone is quantized (or, with
-    --technique prune, how much each channel group pruned alone changes the output), worst first."""
+    """Print how much of the workload's score each layer loses when it alone is quantized, and how far
+    the outputs move, which ranks the layers (or, with --technique prune, how much each channel
+    group pruned alone changes the output), worst first."""
     from autoshrink import workloads
     from autoshrink.config import ConfigError
     from autoshrink.measuring.accuracy import EvaluationError
