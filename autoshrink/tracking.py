@@ -53,6 +53,54 @@ MODEL_NAME = "model"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
+#: How long a call waits, in all, while another process holds the sqlite store's write lock
+#: (sqlite's own wait is 5 s per statement; a Ray worker on a loaded machine held it longer and a
+#: Ctrl-C'd search ended in "database is locked" instead of marking its run killed).
+LOCK_WAIT_S = 120.0
+
+
+class PatientClient:
+    """An `MlflowClient` whose calls are tried again while a sqlite store is locked by another
+    writer (a locked statement was rolled back, so trying it again is safe), for up to
+    `LOCK_WAIT_S`; any other error is raised at once.
+
+    Example:
+        >>> from mlflow.exceptions import MlflowException
+        >>> class Busy:
+        ...     calls = 0
+        ...     def get_run(self, run_id):
+        ...         Busy.calls += 1
+        ...         if Busy.calls < 3:
+        ...             raise MlflowException("(sqlite3.OperationalError) database is locked")
+        ...         return run_id
+        >>> PatientClient(Busy(), first_wait_s=0.001).get_run("abc"), Busy.calls
+        ('abc', 3)
+    """
+
+    def __init__(self, client: Any, wait_s: float = LOCK_WAIT_S, first_wait_s: float = 0.05) -> None:
+        self._client, self._wait_s, self._first_wait_s = client, wait_s, first_wait_s
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            from mlflow.exceptions import MlflowException
+
+            deadline, pause = time.monotonic() + self._wait_s, self._first_wait_s
+            while True:
+                try:
+                    return attr(*args, **kwargs)
+                except MlflowException as exc:
+                    if "database is locked" not in str(exc) or time.monotonic() + pause > deadline:
+                        raise
+                time.sleep(pause)
+                pause = min(2 * pause, 2.0)
+
+        return call
+
+
 def trial_name(number: int) -> str:
     """Trial ``number``'s name: its artifact's file name, and the start of its MLflow run's name.
 
@@ -82,7 +130,7 @@ class Tracker:
                 raise LookupError(f"no MLflow store at {tracking_uri}: has a search run there?")
         self.tracking_uri = tracking_uri
         self.experiment = experiment
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.client = PatientClient(MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri))
         found = self.client.get_experiment_by_name(experiment)
         if not create and (found is None or found.lifecycle_stage == "deleted"):
             names = sorted(e.name for e in self.client.search_experiments() if e.name != "Default")
