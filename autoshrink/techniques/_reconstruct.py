@@ -5,7 +5,10 @@ fewer inputs now) computes something else. Its weights and bias are refitted so 
 few hundred calibration inputs, its output matches the unpruned model's output of the same
 layer (only the output channels it kept), by ridge-regularised least squares on the normal
 equations (He et al., ICCV 2017, channel pruning with reconstruction, done here in closed form
-for all the remaining weights). Layers are refitted in forward order, each on the inputs the
+for all the remaining weights). The fit always has an intercept: a layer without a bias (a
+convolution followed by BatchNorm, as in most CNNs) gets one, which takes up the mean of the
+channels removed from its input (FLAP's bias compensation; the variance ranking of
+`autoshrink.techniques._importance` counts on it). Layers are refitted in forward order, each on the inputs the
 already-refitted student gives it, so errors do not pile up. Grouped and depthwise
 convolutions (no mixing across channels) are left as they are.
 
@@ -185,15 +188,22 @@ def _refit(module: nn.Module, gram: torch.Tensor, cross: torch.Tensor, check: tu
 
     before = error()
     saved = {k: v.clone() for k, v in module.state_dict().items()}
+    had_bias = module.bias is not None
     ridge = RIDGE * float(gram.diagonal().mean()) * torch.eye(gram.shape[0], dtype=gram.dtype)
-    solution = torch.linalg.solve(gram + ridge, cross).T  # (out, d)
+    ridge[-1, -1] = 0  # the intercept is not shrunk
+    solution = torch.linalg.solve(gram + ridge, cross).T  # (out, d + 1)
     cols = module.weight[0].numel()
     with torch.no_grad():
         module.weight.copy_(solution[:, :cols].reshape(module.weight.shape).to(module.weight.dtype))
-        if module.bias is not None:
-            module.bias.copy_(solution[:, cols].to(module.bias.dtype))
+        intercept = solution[:, cols].to(module.weight.dtype)
+        if had_bias:
+            module.bias.copy_(intercept)
+        else:  # the removed channels' mean is taken up here (FLAP's bias compensation)
+            module.bias = nn.Parameter(intercept)
     after = error()
     if not after < before:  # the refit did not help (or the layer computes otherwise): undone
+        if not had_bias:
+            module.bias = None
         module.load_state_dict(saved)
         return before, before
     return before, after
@@ -244,8 +254,7 @@ def reconstruct(
                     if held_out is not None:
                         continue  # the check batch is not fitted on
                 x2, y2 = _rows(module, x, y, gen)
-                if module.bias is not None:
-                    x2 = torch.cat([x2, torch.ones(x2.shape[0], 1, dtype=x2.dtype)], 1)
+                x2 = torch.cat([x2, torch.ones(x2.shape[0], 1, dtype=x2.dtype)], 1)  # the intercept
                 # float32 products of one batch, summed in float64 over the batches
                 rows += x2.shape[0]
                 g, c = (x2.T @ x2).double(), (x2.T @ y2).double()

@@ -85,3 +85,22 @@ def test_a_forward_that_fails_reaches_the_caller_and_leaves_no_thread_behind() -
     with pytest.raises(RuntimeError, match="layer 'unused' was not called by the model's forward"):
         reconstruct(_Wrapped(student, False), _Wrapped(teacher, False), ["inner.6", "unused"], {}, torch.randn(3 * BATCH, 8))
     assert threading.active_count() == before
+
+
+def test_a_layer_without_bias_gets_one_that_takes_up_the_mean_of_the_removed_channels() -> None:
+    """A bias-free 1x1 conv (followed by BatchNorm in a real CNN) reads 16 ReLU channels; 4 are
+    removed. Their mean cannot be made up by the 12 left without an intercept; with one it is."""
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 1, bias=False))
+    student = nn.Sequential(nn.Conv2d(3, 12, 3, padding=1), nn.ReLU(), nn.Conv2d(12, 8, 1, bias=False))
+    with torch.no_grad():
+        teacher[0].bias.add_(1.0)  # every channel positive on average, as after ReLU in a trained net
+        student[0].weight.copy_(teacher[0].weight[:12]), student[0].bias.copy_(teacher[0].bias[:12])
+        student[2].weight.copy_(teacher[2].weight[:, :12])
+    x = torch.randn(96, 3, 8, 8)
+    before, after = reconstruct(student, teacher, ["2"], {}, x)["2"]
+    assert student[2].bias is not None and student[2].bias.abs().max() > 0.05  # the intercept was used
+    assert after < 0.5 * before
+    with torch.no_grad():  # and the error it reports is the model's: the teacher's output, within it
+        err = float((student(x) - teacher(x)).norm() / teacher(x).norm())
+    assert err < 1.5 * after
