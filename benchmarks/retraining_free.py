@@ -46,6 +46,7 @@ def _rows(model: str) -> list[tuple[str, list[Any]]]:
     from autoshrink.techniques.quantize import QuantizeConfig
 
     q8 = QuantizeConfig(bits=8, runtime="onnxruntime")
+    q32 = QuantizeConfig(bits=32, runtime="onnxruntime")
 
     def sensitivity(ratio: float) -> PruneConfig:
         return PruneConfig(ratio, allocation="sensitivity", importance="activation")
@@ -53,12 +54,14 @@ def _rows(model: str) -> list[tuple[str, list[Any]]]:
     rows = [
         ("fp32 ONNX Runtime", [QuantizeConfig(bits=32, runtime="onnxruntime")]),
         ("int8", [q8]),
+        ("prune 0.1 sensitivity + reconstruction, fp32", [sensitivity(0.1), q32]),
         ("prune 0.1 sensitivity + reconstruction + int8", [sensitivity(0.1), q8]),
         ("prune 0.2 uniform, no reconstruction + int8", [PruneConfig(0.2, reconstruct=False), q8]),
         ("prune 0.2 uniform + reconstruction + int8", [PruneConfig(0.2), q8]),
         ("prune 0.2 sensitivity + reconstruction + int8", [sensitivity(0.2), q8]),
         ("prune 0.2 sensitivity + reconstruction + 1 epoch + int8", [sensitivity(0.2), DistillConfig(1), q8]),
         ("prune 0.3 uniform + reconstruction + int8", [PruneConfig(0.3), q8]),
+        ("prune 0.3 sensitivity + reconstruction, fp32", [sensitivity(0.3), q32]),
         ("prune 0.3 sensitivity + reconstruction + int8", [sensitivity(0.3), q8]),
         ("prune 0.3 sensitivity + reconstruction + 1 epoch + int8", [sensitivity(0.3), DistillConfig(1), q8]),
         ("rank 0.5 weight SVD + int8", [LowRankConfig(0.5), q8]),
@@ -78,6 +81,7 @@ class Row:
     size_mb: float
     ms: float
     built_s: float
+    removed: str = ""
     error: str = ""
 
 
@@ -101,7 +105,8 @@ def run_model(name: str, key: str, wl: Any, score: Callable[[Any], float], log: 
             stage = run_techniques(Stage(module=copy.deepcopy(context.teacher).eval()), configs, context)
             art = to_artifact(stage, Plan(bits=configs[-1].bits, runtime="onnxruntime"), InputSpec.of(wl.example_input))
             built = time.perf_counter() - start
-            row = Row(name, label, round(score(art), 4), round(art.size_bytes / 1e6, 2), math.nan, round(built, 1))
+            row = Row(name, label, round(score(art), 4), round(art.size_bytes / 1e6, 2), math.nan, round(built, 1),
+                      "; ".join(filter(None, [removed(context.teacher, stage.module), _distilled(stage)])))  # fmt: skip
             artifacts[label] = art
         except candidate_errors() as exc:
             row = Row(name, label, math.nan, math.nan, math.nan, round(time.perf_counter() - start, 1), str(exc)[:200])
@@ -114,6 +119,41 @@ def run_model(name: str, key: str, wl: Any, score: Callable[[Any], float], log: 
             ms = measure_latency(artifacts[label], wl.example_input, HardwareProfile()).median_ms
             best[label] = min(best.get(label, ms), ms)
     return [replace(r, ms=round(best[r.label], 3)) if r.label in best else r for r in rows]
+
+
+def removed(teacher: Any, student: Any) -> str:
+    """What a row took out of the model: its share of parameters and, in a BERT-style encoder, of
+    attention heads and FFN neurons (``intermediate.dense`` outputs)."""
+
+    def count(model: Any) -> tuple[int, int, int]:
+        heads = sum(getattr(m, "num_attention_heads", 0) for m in model.modules() if hasattr(m, "query"))
+        ffn = sum(_width(m) for n, m in model.named_modules() if n.endswith("intermediate.dense"))
+        return sum(p.numel() for p in model.parameters()), heads, ffn
+
+    (p0, h0, f0), (p1, h1, f1) = count(teacher), count(student)
+    parts = [f"params {1 - p1 / p0:.0%}"] if p1 != p0 else []
+    if h0:
+        parts.append(f"heads {h0 - h1}/{h0}")
+    if f0:
+        parts.append(f"FFN neurons {f0 - f1}/{f0}")
+    return ", ".join(parts)
+
+
+def _width(layer: Any) -> int:
+    """The output width of a Linear layer, or of a factorized one (the last Linear of its pair)."""
+    from torch import nn
+
+    return [m for m in layer.modules() if isinstance(m, nn.Linear)][-1].out_features
+
+
+def _distilled(stage: Any) -> str:
+    """What distillation did, if a row has it: the epoch kept and the held-out loss before and after."""
+    for report in stage.reports:
+        if report.technique == "distill" and "kept_epoch" in report.details:
+            losses, kept = report.details["held_out_loss"], report.details["kept_epoch"]
+            verdict = f"epoch {kept} kept" if kept else "undone (no epoch came closer to the teacher on held-out inputs)"
+            return f"distillation {verdict}, held-out loss {losses[0]:.4g} -> {losses[-1]:.4g}"
+    return ""
 
 
 def run(models: list[str], log: Callable[[str], None] = print) -> list[Row]:
@@ -155,16 +195,21 @@ def write(rows: list[Row], report: Report) -> Path:
             "held-out inputs against the original model (EfficientNet-Lite: top-1 agreement on 256 test crops of",
             "other photos; MiniLM: mean cosine of the embeddings on its validation sentences). `ms`: ONNX Runtime,",
             "batch 1, 1 thread, fastest of 3 rounds over every artifact of the model. `built s`: building the",
-            "artifact (calibration, reconstruction, factorization, quantization).",
+            "artifact (calibration, reconstruction, factorization, quantization). `removed`: the share of the",
+            "fp32 model's parameters the torch model lost before quantization (low rank can add some) and, in the",
+            "encoder, the attention heads and FFN neurons removed; where a row distils, whether the epoch was kept",
+            "(distillation keeps the weights that come closest to the teacher on held-out inputs, those from before",
+            "it included). Layers refitted without a bias of their own get",
+            "one (the removed channels' mean, FLAP's bias compensation).",
         ),
-        "| model | artifact | score | MB | ms | built s |",
-        "|---|---|---|---|---|---|",
+        "| model | artifact | score | MB | ms | built s | removed, distillation |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r.error:
-            lines.append(f"| {r.model} | {r.label} | failed: {r.error} | | | {r.built_s} |")
+            lines.append(f"| {r.model} | {r.label} | failed: {r.error} | | | {r.built_s} | |")
         else:
-            lines.append(f"| {r.model} | {r.label} | {r.score} | {r.size_mb} | {r.ms} | {r.built_s} |")
+            lines.append(f"| {r.model} | {r.label} | {r.score} | {r.size_mb} | {r.ms} | {r.built_s} | {r.removed} |")
     return report.write({"rows": [asdict(r) for r in rows]}, lines)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from benchmarks.retraining_free import _rows
 
 
@@ -11,3 +13,31 @@ def test_every_lite_variant_gets_the_same_rows_without_the_0_3_prunings() -> Non
     assert not any("prune 0.3" in label for label in lite2)
     assert [label for label in minilm if "prune 0.3" not in label] == lite2
     assert any("prune 0.3" in label for label in minilm)
+
+
+def test_removed_counts_the_heads_and_ffn_neurons_a_pruned_encoder_lost() -> None:
+    import copy
+
+    from transformers import BertConfig, BertModel
+
+    from autoshrink.outputs import single_output
+    from autoshrink.techniques import Context, Stage, apply
+    from autoshrink.techniques.prune import PruneConfig
+    from benchmarks.retraining_free import removed
+    from tests.transformer_models import FFN, HEADS, HIDDEN, LAYERS, VOCAB
+
+    config = BertConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                        intermediate_size=FFN, max_position_embeddings=64)  # fmt: skip
+    ids = {"input_ids": torch.randint(0, VOCAB, (2, 16))}
+    model = single_output(BertModel(config).eval(), ids)
+    assert removed(model, copy.deepcopy(model)) == f"heads 0/{HEADS * LAYERS}, FFN neurons 0/{FFN * LAYERS}"
+    context = Context(teacher=model, train_data=(ids["input_ids"],), example_input=ids, cache={})
+    pruned = apply(Stage(copy.deepcopy(model)), PruneConfig(0.5, reconstruct=False), context).module
+    text = removed(model, pruned)
+    assert f"heads {HEADS * LAYERS // 2}/{HEADS * LAYERS}" in text and f"FFN neurons {FFN * LAYERS // 2}/" in text
+    assert text.startswith("params ")
+    from autoshrink.techniques.lowrank import LowRankConfig  # factorized layers are pairs: the run crashed on them once
+
+    factorized = apply(Stage(copy.deepcopy(model)), LowRankConfig(0.5), context).module
+    assert any(isinstance(m, torch.nn.Sequential) for n, m in factorized.named_modules() if n.endswith("intermediate.dense"))
+    assert f"heads 0/{HEADS * LAYERS}, FFN neurons 0/{FFN * LAYERS}" in removed(model, factorized)
