@@ -57,7 +57,6 @@ def test_a_layer_that_cannot_be_scored_alone_is_recorded_and_the_analysis_goes_o
     assert all(not r.error and r.loss == r.loss for r in ranked[:-1])  # every other layer scored
 
 
-@pytest.mark.slow
 def test_the_analysis_calibrates_and_exports_once_for_all_layers(monkeypatch: pytest.MonkeyPatch) -> None:
     from autoshrink.techniques import quantize
 
