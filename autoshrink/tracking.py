@@ -54,8 +54,8 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 #: How long a call waits, in all, while another process holds the sqlite store's write lock
-#: (sqlite's own wait is 5 s per statement; a Ray worker on a loaded machine held it longer and a
-#: Ctrl-C'd search ended in "database is locked" instead of marking its run killed).
+#: (MLflow gives up after about 20 s, measured; on a loaded machine another writer held it longer
+#: and a Ctrl-C'd Ray search ended in "database is locked" instead of marking its run killed).
 LOCK_WAIT_S = 120.0
 
 
