@@ -106,10 +106,10 @@ def run_model(name: str, key: str, wl: Any, score: Callable[[Any], float], log: 
             art = to_artifact(stage, Plan(bits=configs[-1].bits, runtime="onnxruntime"), InputSpec.of(wl.example_input))
             built = time.perf_counter() - start
             row = Row(name, label, round(score(art), 4), round(art.size_bytes / 1e6, 2), math.nan, round(built, 1),
-                      "; ".join(filter(None, [removed(context.teacher, stage.module), _distilled(stage)])))  # fmt: skip
+                      _annotation(context.teacher, stage))  # fmt: skip
             artifacts[label] = art
         except candidate_errors() as exc:
-            row = Row(name, label, math.nan, math.nan, math.nan, round(time.perf_counter() - start, 1), str(exc)[:200])
+            row = Row(name, label, math.nan, math.nan, math.nan, round(time.perf_counter() - start, 1), error=str(exc)[:200])
         log(str(row))
         rows.append(row)
     best: dict[str, float] = {}
@@ -137,6 +137,15 @@ def removed(teacher: Any, student: Any) -> str:
     if f0:
         parts.append(f"FFN neurons {f0 - f1}/{f0}")
     return ", ".join(parts)
+
+
+def _annotation(teacher: Any, stage: Any) -> str:
+    """A row's "removed, distillation" cell; an error in working it out is written there instead
+    of ending the run (it once cost a 55-minute run its report)."""
+    try:
+        return "; ".join(filter(None, [removed(teacher, stage.module), _distilled(stage)]))
+    except Exception as exc:  # noqa: BLE001 -- a note about the row, never worth the run
+        return f"not worked out: {type(exc).__name__}: {exc}"[:200]
 
 
 def _width(layer: Any) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from benchmarks.retraining_free import _rows
@@ -41,3 +43,19 @@ def test_removed_counts_the_heads_and_ffn_neurons_a_pruned_encoder_lost() -> Non
     factorized = apply(Stage(copy.deepcopy(model)), LowRankConfig(0.5), context).module
     assert any(isinstance(m, torch.nn.Sequential) for n, m in factorized.named_modules() if n.endswith("intermediate.dense"))
     assert f"heads 0/{HEADS * LAYERS}, FFN neurons 0/{FFN * LAYERS}" in removed(model, factorized)
+
+
+def test_a_row_that_fails_to_build_is_reported_failed_and_a_cell_that_cannot_be_worked_out_ends_nothing(
+    tmp_path: Path,
+) -> None:
+    import math
+
+    from benchmarks._report import Report
+    from benchmarks.retraining_free import Row, _annotation, write
+
+    failed = Row("m", "prune 0.2", math.nan, math.nan, math.nan, 1.0, error="structured pruning failed: boom")
+    ok = Row("m", "int8", 0.9, 5.0, 1.2, 2.0, removed="params 0%")
+    text = write([failed, ok], Report("retraining-free", tmp_path)).read_text()
+    assert "| m | prune 0.2 | failed: structured pruning failed: boom | | | 1.0 | |" in text
+    assert "| m | int8 | 0.9 | 5.0 | 1.2 | 2.0 | params 0% |" in text
+    assert _annotation(torch.nn.Linear(2, 2), object()).startswith("not worked out: AttributeError")
