@@ -84,6 +84,11 @@ class Row:
     removed: str = ""
     error: str = ""
 
+    @classmethod
+    def failed(cls, model: str, label: str, built_s: float, exc: BaseException) -> Row:
+        """The row of an artifact that could not be built: its error, no score."""
+        return cls(model, label, math.nan, math.nan, math.nan, round(built_s, 1), error=str(exc)[:200])
+
 
 def run_model(name: str, key: str, wl: Any, score: Callable[[Any], float], log: Callable[[str], None]) -> list[Row]:
     """Every row of `_rows` (``key``: the model) built for ``wl``, scored by ``score(artifact)``,
@@ -109,7 +114,7 @@ def run_model(name: str, key: str, wl: Any, score: Callable[[Any], float], log: 
                       _annotation(context.teacher, stage))  # fmt: skip
             artifacts[label] = art
         except candidate_errors() as exc:
-            row = Row(name, label, math.nan, math.nan, math.nan, round(time.perf_counter() - start, 1), error=str(exc)[:200])
+            row = Row.failed(name, label, time.perf_counter() - start, exc)
         log(str(row))
         rows.append(row)
     best: dict[str, float] = {}

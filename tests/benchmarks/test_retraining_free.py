@@ -53,7 +53,8 @@ def test_a_row_that_fails_to_build_is_reported_failed_and_a_cell_that_cannot_be_
     from benchmarks._report import Report
     from benchmarks.retraining_free import Row, _annotation, write
 
-    failed = Row("m", "prune 0.2", math.nan, math.nan, math.nan, 1.0, error="structured pruning failed: boom")
+    failed = Row.failed("m", "prune 0.2", 1.04, RuntimeError("structured pruning failed: boom"))  # what run_model writes
+    assert failed.removed == "" and math.isnan(failed.score)
     ok = Row("m", "int8", 0.9, 5.0, 1.2, 2.0, removed="params 0%")
     text = write([failed, ok], Report("retraining-free", tmp_path)).read_text()
     assert "| m | prune 0.2 | failed: structured pruning failed: boom | | | 1.0 | |" in text
