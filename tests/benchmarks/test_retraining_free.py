@@ -56,7 +56,22 @@ def test_a_row_that_fails_to_build_is_reported_failed_and_a_cell_that_cannot_be_
     failed = Row.failed("m", "prune 0.2", 1.04, RuntimeError("structured pruning failed: boom"))  # what run_model writes
     assert failed.removed == "" and math.isnan(failed.score)
     ok = Row("m", "int8", 0.9, 5.0, 1.2, 2.0, removed="params 0%")
-    text = write([failed, ok], Report("retraining-free", tmp_path)).read_text()
-    assert "| m | prune 0.2 | failed: structured pruning failed: boom | | | 1.0 | |" in text
-    assert "| m | int8 | 0.9 | 5.0 | 1.2 | 2.0 | params 0% |" in text
+    classifier = Row("c", "int8", 0.8, 5.0, 1.2, 2.0, stable=0.85)
+    text = write([failed, ok, classifier], Report("retraining-free", tmp_path)).read_text()
+    assert "| m | prune 0.2 | failed: structured pruning failed: boom | | | | 1.0 | |" in text
+    assert "| m | int8 | 0.9 |  | 5.0 | 1.2 | 2.0 | params 0% |" in text
+    assert "| c | int8 | 0.8 | 0.85 | 5.0 | 1.2 | 2.0 |  |" in text
     assert _annotation(torch.nn.Linear(2, 2), object()).startswith("not worked out: AttributeError")
+
+
+def test_removed_counts_the_multiply_adds_a_pruned_cnn_lost_where_given_an_input() -> None:
+    from torch import nn
+
+    from benchmarks.retraining_free import removed
+
+    teacher = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 3, padding=1))
+    student = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))  # half the inner width
+    x = torch.randn(1, 3, 8, 8)
+    # multiply-adds per position: 27*16 + 144*8 = 1584 before, 27*8 + 72*8 = 792 after; parameters lose as much
+    assert removed(teacher, student, x) == "params 50%, MACs 50%"
+    assert removed(teacher, student) == "params 50%"  # no input, no count
