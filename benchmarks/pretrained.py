@@ -286,7 +286,7 @@ def _accuracy_aware(bench: Bench, ranked: list[str]) -> tuple[Row, dict[str, Any
 
 def run_model(
     name: str, n_cal: int, n_score: int, samples: int, log: Callable[[str], None], normalization: str = "imagenet",
-    mixed: tuple[float, ...] = MIXED,
+    mixed: tuple[float | int, ...] = MIXED,
 ) -> ModelRun:  # fmt: skip
     from autoshrink.pipeline import compress
     from autoshrink.plan import Plan
@@ -308,7 +308,8 @@ def run_model(
     for share in mixed:
         kept = tuple(space.kept(8, share).items())
         for runtime in ("onnxruntime", "openvino"):
-            label = f"int8 {'ORT' if runtime == 'onnxruntime' else 'OpenVINO (NNCF)'}, {share:.0%} most sensitive in float"
+            kept_what = f"{share} most sensitive layers" if isinstance(share, int) else f"{share:.0%} most sensitive"
+            label = f"int8 {'ORT' if runtime == 'onnxruntime' else 'OpenVINO (NNCF)'}, {kept_what} in float"
             run.rows.append(bench.row(label, lambda r=runtime, k=kept: bench.build(runtime=r, layer_bits=k)))  # type: ignore[misc]
     try:
         row, run.accuracy_aware = _accuracy_aware(bench, ranked)
@@ -436,10 +437,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="input normalization: imagenet (the PyTorch port's README) or tflite (the TF Lite "
                              "models' own (pixel - 127) / 128); default imagenet")  # fmt: skip
     parser.add_argument("--mixed", default=",".join(f"{m:g}" for m in MIXED),
-                        help="comma-separated shares of the layers kept in float, most sensitive first, one row "
+                        help="comma-separated shares (0.15) or counts (16) of the layers kept in float, most sensitive first, one row "
                              f"per share and runtime (default: {','.join(f'{m:g}' for m in MIXED)})")  # fmt: skip
     args = parser.parse_args(argv)
-    mixed = tuple(float(m) for m in args.mixed.split(","))
+    mixed = tuple(int(m) if m.strip().isdigit() else float(m) for m in args.mixed.split(","))  # a count, or a share
     report = Report("pretrained", args.out, argv=sys.argv[1:] if argv is None else argv)
     import torch
 
