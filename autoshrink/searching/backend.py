@@ -20,6 +20,8 @@ from autoshrink.tracking import trial_name
 if TYPE_CHECKING:
     import optuna
 
+    from autoshrink.measuring.latency import Latency
+
     StudyCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
 
@@ -59,13 +61,14 @@ class Backend(abc.ABC):
     def evaluate(self, runner: TrialRunner, plan: Plan, *, name: str) -> TrialOutcome:
         return runner(plan, name=name)
 
-    def retime(self, artifact_path: str, batch: Inputs, hardware: HardwareProfile) -> float:
+    def retime(self, artifact_path: str, batch: Inputs, hardware: HardwareProfile) -> Latency:
+        """The saved artifact timed again where trials are measured (here)."""
         from autoshrink.artifact import load_artifact
         from autoshrink.measuring.latency import measure_latency
 
         artifact = load_artifact(artifact_path)
         with measurement_lock():
-            return measure_latency(artifact, batch, hardware).median_ms
+            return measure_latency(artifact, batch, hardware)
 
     def close(self) -> None:  # noqa: B027 - a hook with a do-nothing default, not abstract
         """Release resources; the default backend holds none."""

@@ -17,6 +17,7 @@ from autoshrink.config import Budget, ConfigError, check_installed, duration
 from autoshrink.data import dataset_size
 from autoshrink.measuring import Measurement, timing_batch
 from autoshrink.measuring.accuracy import score
+from autoshrink.measuring.latency import WORST_OF
 from autoshrink.plan import Plan
 from autoshrink.runfile import RunConfig
 from autoshrink.searching.backend import Backend
@@ -43,6 +44,8 @@ from autoshrink.workloads.base import Workload
 
 if TYPE_CHECKING:
     import optuna
+
+    from autoshrink.measuring.latency import Latency
 
 log = logging.getLogger("autoshrink")
 
@@ -443,10 +446,35 @@ def _baseline(backend: Backend, runner: TrialRunner, budget: Budget, wl: Workloa
             f"the uncompressed model of workload {wl.name!r} could not be measured, so no candidate "
             f"can be: {outcome.error}"
         )
-    m = outcome.measurement
+    path, batch = outcome.artifact_path, timing_batch(wl.val, runner.hardware.batch_size)
+    m = _fastest(outcome.measurement, lambda: backend.retime(path, batch, runner.hardware))
     test_accuracy = score(load_artifact(outcome.artifact_path), wl.test, wl.evaluate)
     candidate = Candidate(None, Plan(), m, budget.violations(m.metrics()), test_accuracy, artifact_path=outcome.artifact_path)
     return candidate, outcome.host
+
+
+def _fastest(m: Measurement, retime: Callable[[], Latency], n: int = WORST_OF) -> Measurement:
+    """``m`` with the fastest of its timing and ``n - 1`` more (``retime()``, where trials are
+    timed): every speed-up and relative budget is read against the baseline, so an unlucky slow
+    block would flatter every candidate. Pretrained EfficientNet-Lite1 in torch on a 2-core EPYC
+    timed 40-70 ms from one measurement to the next; a search's single timing of 69.8 ms made
+    its best (17.1 ms) 4.1x faster, 2.4x against the benchmark's 40.5 ms (fastest of three).
+
+    Example:
+        >>> from autoshrink.measuring.latency import Latency
+        >>> m = Measurement(1.0, 70.0, 74.0, 1.0, 1, 1, "torch", 1, 1, 150, 1.1, "codecarbon")
+        >>> faster = iter([Latency(41.0, 44.0, 150, 1, 1, 1.1), Latency(55.0, 60.0, 150, 1, 1, 1.1)])
+        >>> best = _fastest(m, lambda: next(faster))
+        >>> best.latency_ms, best.latency_p95_ms, best.latency_repeats
+        (41.0, 44.0, 450)
+    """
+    timings = [retime() for _ in range(n - 1)]
+    best = min(timings, key=lambda t: t.median_ms)
+    repeats = m.latency_repeats + sum(t.repeats for t in timings)
+    if best.median_ms >= m.latency_ms:
+        return replace(m, latency_repeats=repeats)
+    return replace(m, latency_ms=best.median_ms, latency_p95_ms=best.p95_ms, latency_spread=best.spread,
+                   latency_repeats=repeats)  # fmt: skip
 
 
 def _cpu_tags(measured_on: str) -> dict[str, str]:

@@ -48,6 +48,7 @@ from autoshrink.space import SearchSpace
 if TYPE_CHECKING:
     import optuna
 
+    from autoshrink.measuring.latency import Latency
     from autoshrink.searching.backend import StudyCallback
 
 log = logging.getLogger("autoshrink")
@@ -162,13 +163,13 @@ class RayBackend(Backend):
         self._ensure_ray()
         return runner(plan, name=name, measure_with=self._measurer(runner))
 
-    def retime(self, artifact_path: str, batch: Inputs, hardware: HardwareProfile) -> float:
+    def retime(self, artifact_path: str, batch: Inputs, hardware: HardwareProfile) -> Latency:
         ray = self._ensure_ray()
         if self.measure_on is None:
             return super().retime(artifact_path, batch, hardware)
         payload = Path(artifact_path).read_bytes()
         task = _retime_task(ray).options(num_cpus=0, resources={self.measure_on: 1})
-        return float(ray.get(task.remote(payload, Path(artifact_path).suffix, batch, hardware)))
+        return ray.get(task.remote(payload, Path(artifact_path).suffix, batch, hardware))
 
     def run(
         self,
@@ -288,12 +289,12 @@ def _measure_task(ray: Any) -> Any:
 
 def _retime_task(ray: Any) -> Any:
     @ray.remote(max_retries=0)
-    def retime_artifact(payload: bytes, suffix: str, batch: Inputs, hardware: HardwareProfile) -> float:
+    def retime_artifact(payload: bytes, suffix: str, batch: Inputs, hardware: HardwareProfile) -> Latency:
         from autoshrink.measuring.latency import measure_latency
         from autoshrink.searching.trial import measurement_lock
 
         with measurement_lock():
-            return measure_latency(_from_bytes(payload, suffix), batch, hardware).median_ms
+            return measure_latency(_from_bytes(payload, suffix), batch, hardware)
 
     return retime_artifact
 

@@ -14,6 +14,7 @@ import pytest
 
 from autoshrink.config import Budget, HardwareProfile
 from autoshrink.measuring import Measurement
+from autoshrink.measuring.latency import Latency
 from autoshrink.plan import Plan
 from autoshrink.searching import Progress, SearchResult, search
 from autoshrink.searching.result import Candidate
@@ -228,9 +229,9 @@ def staged_search(
         return accuracy[artifact.plan.bits]
 
     class Logged(LocalBackend):
-        def retime(self, artifact_path: str, batch: Any, hardware: HardwareProfile) -> float:
+        def retime(self, artifact_path: str, batch: Any, hardware: HardwareProfile) -> Latency:
             events.append(("retime", artifact_path))
-            return (retimed or latency)[load_artifact(artifact_path).plan.bits]
+            return Latency((retimed or latency)[load_artifact(artifact_path).plan.bits], 0.0, 1, 1, 1, 1.0)
 
     register = Tracker.register_best
 

@@ -68,8 +68,10 @@ def test_autoshrink_best_under_the_search_budget_names_the_registered_model(stag
 
 
 def test_the_best_is_re_timed_before_it_is_registered(staged: Staged) -> None:
-    best = staged.result.best
-    assert staged.events == [("retime", best.artifact_path)] * 3 + [("register", best.run_id)]
+    best, baseline = staged.result.best, staged.result.baseline.artifact_path
+    # the baseline is timed twice more first, where trials are timed, and its fastest timing kept
+    assert baseline is not None and baseline.endswith("baseline.pt")
+    assert staged.events == [("retime", baseline)] * 2 + [("retime", best.artifact_path)] * 3 + [("register", best.run_id)]
     run = client(staged.tmp).get_run(best.run_id)
     assert run.data.metrics["recheck_latency_ms"] == LATENCY[8]
 
@@ -94,6 +96,7 @@ def test_a_best_that_fails_its_re_timing_gives_way_and_load_best_agrees(tmp_path
     fp32, int8 = s.by_bits(32), s.by_bits(8)
     assert s.result.best == fp32 and s.result.closest is None
     retimed = [("retime", int8.artifact_path)] * 3 + [("retime", fp32.artifact_path)] * 3
+    retimed = [("retime", s.result.baseline.artifact_path)] * 2 + retimed
     assert s.events == [*retimed, ("register", fp32.run_id)]
     assert best_run(s.experiment, tracking_uri=s.uri, budget=s.budget).info.run_id == fp32.run_id
     assert best_run(s.experiment, tracking_uri=s.uri).info.run_id == fp32.run_id

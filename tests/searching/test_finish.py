@@ -6,6 +6,7 @@ import pytest
 
 from autoshrink.config import ConfigError
 from autoshrink.measuring import Measurement
+from autoshrink.measuring.latency import Latency
 from autoshrink.plan import Plan
 from autoshrink.searching.finish import Selection, accuracy_tolerance, select
 from tests.searching.conftest import make_candidate
@@ -119,7 +120,7 @@ def test_the_best_is_re_timed_and_the_slowest_timing_decides(tmp_path) -> None:
 
     class Backend:
         def retime(self, *args):
-            return next(timings)
+            return Latency(next(timings), 0.0, 1, 1, 1, 1.0)
 
     class Tracker:
         def log_metrics(self, run_id, metrics):
