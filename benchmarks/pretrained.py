@@ -427,6 +427,25 @@ def write(runs: list[ModelRun], report: Report, n_cal: int, n_score: int, sample
     return report.write(data, lines)
 
 
+def _mixed(parser: Any, text: str) -> tuple[float | int, ...]:
+    """``--mixed`` as the search space takes it, checked before an hour of building (a bad value
+    ends the command with one line, as argparse does).
+
+    >>> import argparse
+    >>> _mixed(argparse.ArgumentParser(), "0.05,16")
+    (0.05, 16)
+    """
+    from autoshrink.config import ConfigError
+    from autoshrink.space import SearchSpace
+
+    try:
+        mixed = tuple(int(m) if m.strip().isdigit() else float(m) for m in text.split(","))
+        SearchSpace(mixed=mixed)
+    except (ValueError, ConfigError) as exc:
+        parser.error(f"--mixed {text!r}: {exc}")
+    return mixed
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = arguments("pretrained", __doc__)
     parser.add_argument("--models", default="lite1", help="comma-separated EfficientNet-Lite variants (default: lite1)")
@@ -440,7 +459,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="comma-separated shares (0.15) or counts (16) of the layers kept in float, most sensitive first, one row "
                              f"per share and runtime (default: {','.join(f'{m:g}' for m in MIXED)})")  # fmt: skip
     args = parser.parse_args(argv)
-    mixed = tuple(int(m) if m.strip().isdigit() else float(m) for m in args.mixed.split(","))  # a count, or a share
+    mixed = _mixed(parser, args.mixed)
     report = Report("pretrained", args.out, argv=sys.argv[1:] if argv is None else argv)
     import torch
 

@@ -47,3 +47,14 @@ def test_the_report_gives_the_agreements_noise_floor_before_the_rows(tmp_path: P
     assert "0.9260 with Gaussian noise of 0.5 pixel level, 0.9000 with Gaussian noise of 1 pixel level" in floor
     assert "104 of the test crops" in floor and "`imagenet`" in floor and "on the 200 test crops whose" in floor
     assert text.index("Noise floor") < text.index("| artifact |")
+
+
+def test_a_bad_mixed_setting_ends_the_command_before_anything_is_built(capsys) -> None:
+    import pytest
+
+    from benchmarks.pretrained import main
+
+    with pytest.raises(SystemExit) as stopped:  # before the models load (an hour of building once did)
+        main(["--mixed", "0.05,1.5"])
+    assert stopped.value.code == 2
+    assert "space.mixed values must be a fraction in [0, 1) or a count" in capsys.readouterr().err
