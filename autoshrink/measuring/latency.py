@@ -87,10 +87,29 @@ def worst_of(
         >>> worst_of(lambda: next(timings))
         3.0
     """
+    return _pick(max, time_once, n, key, taken)
+
+
+def fastest_of(
+    time_once: Callable[[], T], n: int = WORST_OF, *, key: Callable[[T], float] = _as_ms, taken: Sequence[T] = ()
+) -> T:
+    """The fastest of ``n`` timings (as `worst_of`, the other way round): how the baseline is
+    timed, since every speed-up and relative budget is read against it and one slow block would
+    flatter every candidate.
+
+    Example:
+        >>> timings = iter([3.0, 1.0])
+        >>> fastest_of(lambda: next(timings), taken=[2.0])
+        1.0
+    """
+    return _pick(min, time_once, n, key, taken)
+
+
+def _pick(pick: Callable[..., T], time_once: Callable[[], T], n: int, key: Callable[[T], float], taken: Sequence[T]) -> T:
     if n < 1:
-        raise ValueError(f"worst_of needs at least one timing, got n={n}")
+        raise ValueError(f"a timing needs at least one run, got n={n}")
     timings = [*taken, *(time_once() for _ in range(n - len(taken)))]
-    return max(timings, key=key)
+    return pick(timings, key=key)
 
 
 def measure_latency(artifact: Artifact, batch: Inputs, hardware: HardwareProfile) -> Latency:

@@ -17,7 +17,7 @@ from autoshrink.config import Budget, ConfigError, check_installed, duration
 from autoshrink.data import dataset_size
 from autoshrink.measuring import Measurement, timing_batch
 from autoshrink.measuring.accuracy import score
-from autoshrink.measuring.latency import WORST_OF
+from autoshrink.measuring.latency import WORST_OF, Latency, fastest_of
 from autoshrink.plan import Plan
 from autoshrink.runfile import RunConfig
 from autoshrink.searching.backend import Backend
@@ -44,8 +44,6 @@ from autoshrink.workloads.base import Workload
 
 if TYPE_CHECKING:
     import optuna
-
-    from autoshrink.measuring.latency import Latency
 
 log = logging.getLogger("autoshrink")
 
@@ -461,20 +459,16 @@ def _fastest(m: Measurement, retime: Callable[[], Latency], n: int = WORST_OF) -
     its best (17.1 ms) 4.1x faster, 2.4x against the benchmark's 40.5 ms (fastest of three).
 
     Example:
-        >>> from autoshrink.measuring.latency import Latency
         >>> m = Measurement(1.0, 70.0, 74.0, 1.0, 1, 1, "torch", 1, 1, 150, 1.1, "codecarbon")
         >>> faster = iter([Latency(41.0, 44.0, 150, 1, 1, 1.1), Latency(55.0, 60.0, 150, 1, 1, 1.1)])
         >>> best = _fastest(m, lambda: next(faster))
         >>> best.latency_ms, best.latency_p95_ms, best.latency_repeats
         (41.0, 44.0, 450)
     """
-    timings = [retime() for _ in range(n - 1)]
-    best = min(timings, key=lambda t: t.median_ms)
-    repeats = m.latency_repeats + sum(t.repeats for t in timings)
-    if best.median_ms >= m.latency_ms:
-        return replace(m, latency_repeats=repeats)
+    first = Latency(m.latency_ms, m.latency_p95_ms, m.latency_repeats, m.threads, m.batch_size, m.latency_spread)
+    best = fastest_of(retime, n, key=lambda t: t.median_ms, taken=[first])
     return replace(m, latency_ms=best.median_ms, latency_p95_ms=best.p95_ms, latency_spread=best.spread,
-                   latency_repeats=repeats)  # fmt: skip
+                   latency_repeats=m.latency_repeats * n)  # fmt: skip
 
 
 def _cpu_tags(measured_on: str) -> dict[str, str]:
