@@ -80,6 +80,23 @@ def test_a_cpu_without_vnni_gets_7_bit_weights_and_one_with_vnni_the_full_range(
     assert min(int(np.abs(w).max()) for w in full.values()) >= 120  # every layer uses the 8th bit
 
 
+def test_depthwise_convolutions_keep_the_full_range_where_other_weights_get_7_bits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(host, "cpu", lambda *a, **k: AVX2)
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU(), nn.Conv2d(16, 8, 1),
+    ).eval()  # fmt: skip
+    x = torch.randn(64, 3, 8, 8)
+    art = compress(model, Plan(bits=8), train_data=(x,), example_input=x[:1])
+    largest = {n.split("/")[-2]: int(np.abs(w).max()) for n, w in _int8_weights(art.onnx_model).items()}
+    assert largest.keys() == {"module.0", "module.2", "module.4"}, largest
+    assert largest["module.2"] >= 120  # the depthwise one: MLAS sums its products in int32
+    assert largest["module.0"] <= 64 and largest["module.4"] <= 64
+    assert art.int8_weight_range == "reduced"
+
+
 def test_embedding_tables_keep_the_full_range_on_any_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     model = _build("encoder", AVX2, monkeypatch).onnx_model
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
