@@ -28,7 +28,7 @@
   so do depthwise convolutions' weights (`depthwise_weights`): ONNX Runtime's depthwise
   kernels widen both operands to int16 and sum in int32, so nothing saturates there. On
   pretrained EfficientNet-Lite1 on an AVX2-only EPYC that took int8's top-1 agreement with fp32
-  from 0.754 to 0.797 at the same speed (13.7 / 13.4 ms; ``results/amd-avx2/pretrained.md``).
+  from 0.754 to 0.797 at the same speed (13.7 / 13.4 ms, timed in one process; README).
   ``results/int8-range.md`` measures both ranges on both kinds of CPU.
 
 * 4 bits: MatMul weights become ONNX Runtime ``MatMulNBits`` (asymmetric 4-bit blocks of 32,

@@ -38,7 +38,10 @@ def _complete(tmp: Path) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["local", "ray"])
 def test_sigkill_mid_search_then_resume(tmp_path: Path, backend: str) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # A killed process cannot remove its temporary folders (a memory measurement's, Ray's results):
+    # they go under tmp_path, not into the machine's /tmp.
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path / "tmp")}
     mlflow_uri(tmp_path)  # the store made here: a killed process leaves no empty store of its own behind
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path), "slow", backend], cwd=ROOT, env=env)
     deadline = time.time() + 240

@@ -97,6 +97,42 @@ def test_depthwise_convolutions_keep_the_full_range_where_other_weights_get_7_bi
     assert art.int8_weight_range == "reduced"
 
 
+def _integer_vs_simulated(groups: int, int8_range: str) -> tuple[float, float]:
+    """A conv built to saturate u8 x s8 pairs (every weight 1.0, activations near the top of their
+    range), run by ONNX Runtime's integer kernels on this CPU and by the same QDQ graph without
+    fusion (float arithmetic on the dequantized values): the largest difference and the output's
+    largest value."""
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 16, 3, padding=1, groups=groups, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+    model, x = nn.Sequential(nn.ReLU(), conv).eval(), torch.rand(64, 16, 8, 8) * 0.1 + 0.9
+    art = compress(model, Plan(bits=8), train_data=(x,), example_input=x[:1], int8_range=int8_range)
+    outputs = []
+    for level in (ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ort.GraphOptimizationLevel.ORT_DISABLE_ALL):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = level
+        session = ort.InferenceSession(art.onnx_model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        outputs.append(session.run(None, {session.get_inputs()[0].name: x[:8].numpy()})[0])
+    return float(np.abs(outputs[0] - outputs[1]).max()), float(np.abs(outputs[1]).max())
+
+
+def test_full_range_depthwise_weights_do_not_saturate_on_this_cpu() -> None:
+    difference, largest = _integer_vs_simulated(groups=16, int8_range="auto")
+    assert difference <= 0.02 * largest
+
+
+@pytest.mark.skipif(host.int8_weight_range("auto") == "full", reason="this CPU sums int8 products in int32")
+def test_the_saturation_check_sees_full_range_weights_saturate_where_the_cpu_does() -> None:
+    """The check above can fail: a regular conv with full-range weights on a CPU without VNNI."""
+    difference, largest = _integer_vs_simulated(groups=1, int8_range="full")
+    assert difference > 0.2 * largest
+    difference, largest = _integer_vs_simulated(groups=1, int8_range="auto")  # 7 bits: no saturation
+    assert difference <= 0.02 * largest
+
+
 def test_embedding_tables_keep_the_full_range_on_any_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     model = _build("encoder", AVX2, monkeypatch).onnx_model
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
