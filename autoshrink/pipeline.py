@@ -46,7 +46,8 @@ def technique_configs(plan: Plan, *, int8_range: str = "auto") -> list[Any]:
     if plan.distill_epochs > 0:
         configs.append(DistillConfig(epochs=plan.distill_epochs))
     configs.append(
-        QuantizeConfig(bits=plan.bits, runtime=plan.resolved_runtime, int8_range=int8_range, layer_bits=plan.layer_bits)
+        QuantizeConfig(bits=plan.bits, runtime=plan.resolved_runtime, int8_range=int8_range, layer_bits=plan.layer_bits,
+                       calibration=plan.calibration)  # fmt: skip
     )
     return configs
 

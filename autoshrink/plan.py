@@ -24,6 +24,10 @@ from autoshrink.runtimes import (
 RANK_METHODS = ("svd", "asvd", "tt", "att")
 #: How ``Plan.prune`` chooses what goes (`Plan.prune_method`); the first is the default.
 PRUNE_METHODS = ("sensitivity", "uniform")
+#: How ONNX Runtime's static int8 picks each activation's range (`Plan.calibration`), with the tag
+#: a plan's label shows; the first is the default (`autoshrink.techniques.quantize.CALIBRATIONS`).
+CALIBRATION_TAGS = {"minmax": "", "percentile": "pct", "percentile-99.99": "pct4", "entropy": "ent"}
+CALIBRATION_METHODS = tuple(CALIBRATION_TAGS)
 
 
 def _shown(name: str, value: Any) -> bool:
@@ -32,6 +36,7 @@ def _shown(name: str, value: Any) -> bool:
         (name == "layer_bits" and not value)
         or (name == "rank_method" and value == "svd")
         or (name == "prune_method" and value == PRUNE_METHODS[0])
+        or (name == "calibration" and value == CALIBRATION_METHODS[0])
     )
 
 
@@ -66,6 +71,11 @@ class Plan:
             ``model.named_modules()``): the layers named stay at a higher precision than
             ``bits``, 32 (float) in an int8 plan, 32 or 8 in a 4-bit plan. Given as a mapping
             or pairs; kept as sorted pairs so that the plan stays hashable.
+        calibration: how an int8 or 4-bit plan lowered by ONNX Runtime's static recipe (the
+            convolutions) picks each activation's range: ``"minmax"`` (the default),
+            ``"percentile"``, ``"percentile-99.99"`` or ``"entropy"``. No choice won on
+            pretrained CNNs (README, "Which int8 calibration"), so a space can search it.
+            OpenVINO's NNCF picks its own ranges, and the dynamic recipe (transformers) has none.
 
     Example:
         >>> p = Plan(prune=0.5, rank=0.5, bits=8, distill_epochs=2)
@@ -83,6 +93,8 @@ class Plan:
         >>> mixed = Plan(bits=8, layer_bits={"features.0": 32, "classifier": 32})
         >>> mixed.label, mixed.layer_bits, Plan.from_json(mixed.to_json()) == mixed
         ('int8-mixed2', (('classifier', 32), ('features.0', 32)), True)
+        >>> Plan(bits=8, calibration="percentile").label
+        'int8-pct'
     """
 
     prune: float = 0.0
@@ -93,6 +105,7 @@ class Plan:
     layer_bits: tuple[tuple[str, int], ...] = ()
     rank_method: str = "svd"
     prune_method: str = PRUNE_METHODS[0]
+    calibration: str = CALIBRATION_METHODS[0]
 
     def __post_init__(self) -> None:
         table = dict(self.layer_bits.items() if isinstance(self.layer_bits, dict) else self.layer_bits)
@@ -123,6 +136,13 @@ class Plan:
             raise ValueError(
                 f"Plan.runtime={self.runtime!r} runs bits in {RUNTIME_BITS[self.runtime]}, got bits={self.bits}"
             )
+        if self.calibration not in CALIBRATION_METHODS:
+            raise ValueError(f"Plan.calibration must be one of {CALIBRATION_METHODS}, got {self.calibration!r}")
+        if self.calibration != CALIBRATION_METHODS[0] and (self.bits == 32 or self.resolved_runtime != "onnxruntime"):
+            raise ValueError(
+                f"Plan.calibration={self.calibration!r} applies to int8 and 4-bit plans in ONNX Runtime, "
+                f"not to a {self.bits}-bit plan in {self.resolved_runtime}"
+            )
         higher = tuple(b for b in (32, 8) if b > self.bits and runtime_supports(self.runtime, b))
         for layer, bits in self.layer_bits:
             if bits not in higher:
@@ -150,8 +170,19 @@ class Plan:
             True
         """
         if self.runtime == AUTO and runtime != self.resolved_runtime:
-            return replace(self, runtime=runtime)
+            return self.on(runtime)
         return self
+
+    def on(self, runtime: str) -> Plan:
+        """This plan in ``runtime``; a calibration that only ONNX Runtime uses goes back to the
+        default elsewhere.
+
+        Example:
+            >>> Plan(bits=8, calibration="percentile").on("openvino").label
+            'int8-ov'
+        """
+        keeps = resolve(runtime, self.bits) == "onnxruntime"
+        return replace(self, runtime=runtime, calibration=self.calibration if keeps else CALIBRATION_METHODS[0])
 
     @property
     def label(self) -> str:
@@ -162,6 +193,8 @@ class Plan:
         if self.rank is not None:
             parts.append(f"rank{self.rank:g}{'' if self.rank_method == 'svd' else self.rank_method}")
         parts.append("fp32" if self.bits == 32 else f"int{self.bits}")
+        if CALIBRATION_TAGS[self.calibration]:
+            parts.append(CALIBRATION_TAGS[self.calibration])
         if self.resolved_runtime != default_runtime(self.bits):  # e.g. -ort for fp32, -ov
             parts.append(get(self.resolved_runtime).tag)
         if self.layer_bits:
@@ -179,6 +212,8 @@ class Plan:
             del out["rank_method"]  # likewise for the default factorization
         if self.prune_method == PRUNE_METHODS[0]:
             del out["prune_method"]  # and the default pruning
+        if self.calibration == CALIBRATION_METHODS[0]:
+            del out["calibration"]  # and the default calibration
         return out
 
     @classmethod

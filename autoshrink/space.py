@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from autoshrink.config import ConfigError, check_keys, load_yaml_mapping
-from autoshrink.plan import PRUNE_METHODS, RANK_METHODS, Plan
+from autoshrink.plan import CALIBRATION_METHODS, PRUNE_METHODS, RANK_METHODS, Plan
 from autoshrink.runtimes import ALLOWED_BITS, AUTO, DEFAULT_RUNTIMES, RUNTIMES, runtime_supports
 
 OFF = "off"
 
 #: Mixed precision in the built-in spaces: none, or the most sensitive 5% or 15% of the layers.
 PRESET_MIXED: tuple[float, ...] = (0, 0.05, 0.15)
+#: Calibration methods the CNN space draws for int8 and 4-bit plans in ONNX Runtime.
+PRESET_CALIBRATION: tuple[str, ...] = ("minmax", "percentile")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,10 @@ class SearchSpace:
             none. Drawn after the bit width (parameter ``mixed``). The ranking is the per-layer
             sensitivity analysis (`autoshrink.sensitivity`), measured once per search before
             the first trial and kept in the study, so a resumed search reuses it.
+        calibration: how int8 and 4-bit plans in ONNX Runtime pick activation ranges
+            (`Plan.calibration`); drawn after ``mixed``, only for those plans and when more than
+            one is listed (parameter ``calibration``). Each method is calibrated once per
+            architecture and kept in the search's cache.
         ranking: the layers ranked for ``mixed``, most sensitive first, per bit width (set by
             the search with `ranked`; not a setting of its own, not in files).
 
@@ -69,6 +75,7 @@ class SearchSpace:
     runtime: tuple[str, ...] = (AUTO,)
     distill_epochs: tuple[int, ...] = (0, 2, 4)
     mixed: tuple[float, ...] = (0,)
+    calibration: tuple[str, ...] = (CALIBRATION_METHODS[0],)
     ranking: tuple[tuple[int, tuple[str, ...]], ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -109,6 +116,10 @@ class SearchSpace:
             count = isinstance(m, int) and not isinstance(m, bool) and m >= 0
             if not count and not (isinstance(m, float) and 0.0 <= m < 1.0):
                 raise ConfigError(f"space.mixed values must be a fraction in [0, 1) or a count >= 0, got {m!r}")
+        _nonempty("calibration", self.calibration)
+        for c in self.calibration:
+            if c not in CALIBRATION_METHODS:
+                raise ConfigError(f"space.calibration values must be in {CALIBRATION_METHODS}, got {c!r}")
 
     @property
     def ranked_bits(self) -> tuple[int, ...]:
@@ -156,6 +167,11 @@ class SearchSpace:
         mixed: float = 0
         if bits != 32:
             mixed = trial.suggest_categorical("mixed", list(self.mixed)) if len(self.mixed) > 1 else self.mixed[0]
+        calibration = CALIBRATION_METHODS[0]
+        if bits != 32 and runtime in (AUTO, "onnxruntime"):
+            calibration = self.calibration[0]
+            if len(self.calibration) > 1:
+                calibration = trial.suggest_categorical("calibration", list(self.calibration))
         return Plan(
             prune=round(float(prune), 6),
             prune_method=str(pruning) if prune > 0 else PRUNE_METHODS[0],
@@ -165,6 +181,7 @@ class SearchSpace:
             distill_epochs=int(epochs),
             runtime=str(runtime),
             layer_bits=tuple(self.kept(int(bits), mixed).items()),
+            calibration=str(calibration),
         )
 
     def runtimes_for(self, bits: int) -> list[str]:
@@ -238,6 +255,8 @@ class SearchSpace:
             data.pop("rank_method")  # likewise
         if self.prune_method == (PRUNE_METHODS[0],):
             data.pop("prune_method")  # likewise
+        if self.calibration == (CALIBRATION_METHODS[0],):
+            data.pop("calibration")  # likewise
         low, high, step = self.prune
         data["prune"] = {"low": low, "high": high, "step": step}
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in data.items()}
@@ -251,7 +270,7 @@ class SearchSpace:
             if not isinstance(p, dict) or set(p) - {"low", "high", "step"}:
                 raise ConfigError(f"space.prune must be a mapping with low, high, step; got {p!r}")
             kwargs["prune"] = (float(p.get("low", 0.0)), float(p.get("high", 0.0)), float(p.get("step", 0.1)))
-        for key in ("prune_method", "rank", "rank_method", "bits", "distill_epochs", "runtime", "mixed"):
+        for key in ("prune_method", "rank", "rank_method", "bits", "distill_epochs", "runtime", "mixed", "calibration"):
             if key in data:
                 values = data[key]
                 if isinstance(values, dict):
@@ -275,7 +294,8 @@ def _presets() -> dict[str, SearchSpace]:
     """Built-in spaces by model family; ``search_spaces/<name>.yaml`` are copies (a test checks)."""
     return {
         "default": SearchSpace(mixed=PRESET_MIXED),
-        "cnn": SearchSpace(mixed=PRESET_MIXED),
+        # Calibration: MinMax or Percentile won by turns on pretrained CNNs (README), so CNNs draw both.
+        "cnn": SearchSpace(mixed=PRESET_MIXED, calibration=PRESET_CALIBRATION),
         # Encoders lose more to low rank; their low rank is activation-aware, and pruning by
         # sensitivity holds them without distillation up to about 0.3 (results/retraining-free.md:
         # MiniLM 0.962 cosine in int8); distillation stays drawn for models with more data.

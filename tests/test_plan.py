@@ -26,6 +26,9 @@ def test_json_round_trip() -> None:
         ({"rank": 0.5, "rank_method": "cp"}, "Plan.rank_method"),
         ({"rank_method": "tt"}, "Plan.rank_method"),
         ({"prune": 0.3, "prune_method": "global"}, "Plan.prune_method"),
+        ({"bits": 8, "calibration": "kl"}, "Plan.calibration"),
+        ({"calibration": "percentile"}, "Plan.calibration"),  # an fp32 plan has no activation ranges
+        ({"bits": 8, "runtime": "openvino", "calibration": "entropy"}, "Plan.calibration"),  # NNCF picks its own
     ],
 )
 def test_invalid_plan_names_the_field(kwargs: dict, field: str) -> None:
@@ -69,3 +72,17 @@ def test_rank_method_round_trips_and_the_default_is_not_written() -> None:
     svd = Plan(rank=0.25)
     assert "rank_method" not in svd.to_dict() and "rank_method" not in repr(svd)  # stored plans read as before
     assert Plan.from_dict({"rank": 0.25}) == svd and svd.label == "rank0.25-fp32"
+
+
+def test_calibration_round_trips_reaches_the_quantizer_and_goes_where_it_does_not_apply() -> None:
+    from autoshrink.pipeline import technique_configs
+
+    plan = Plan(bits=8, calibration="percentile", layer_bits={"stem": 32})
+    assert plan.label == "int8-pct-mixed1" and Plan.from_json(plan.to_json()) == plan
+    assert technique_configs(plan)[-1].calibration == "percentile"
+    default = Plan(bits=8)
+    assert "calibration" not in default.to_dict() and "calibration" not in repr(default)  # stored plans read as before
+    assert technique_configs(default)[-1].calibration == "minmax"
+    assert plan.measured_in("openvino").calibration == "minmax"  # an auto plan that OpenVINO ran best
+    assert plan.measured_in("openvino").label == "int8-ov-mixed1"
+    assert plan.on("onnxruntime").calibration == "percentile"

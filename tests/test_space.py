@@ -112,3 +112,19 @@ def test_rank_method_is_drawn_only_for_a_rank_and_round_trips() -> None:
     assert space.sample(optuna.trial.FixedTrial(trial.params)) == plan
     with pytest.raises(ConfigError, match="rank_method"):
         SearchSpace(rank_method=("svd", "cp"))
+
+
+def test_calibration_is_drawn_only_for_quantized_plans_in_onnx_runtime_and_round_trips() -> None:
+    space = SearchSpace(prune=(0.0, 0.0, 0.1), rank=("off",), bits=(32, 8), runtime=("onnxruntime", "openvino"),
+                        distill_epochs=(0,), calibration=("minmax", "entropy"))  # fmt: skip
+    ort = space.sample(optuna.trial.FixedTrial({"rank": "off", "bits": 8, "runtime_8": "onnxruntime",
+                                                "distill_epochs": 0, "calibration": "entropy"}))  # fmt: skip
+    assert ort.calibration == "entropy" and ort.label == "int8-ent"
+    for params in ({"bits": 8, "runtime_8": "openvino"}, {"bits": 32, "runtime_32": "onnxruntime"}):
+        plan = space.sample(optuna.trial.FixedTrial({"rank": "off", "distill_epochs": 0, **params}))
+        assert plan.calibration == "minmax"  # no calibration parameter drawn, none needed
+    assert SearchSpace.from_dict(json.loads(json.dumps(space.to_dict()))) == space
+    assert "calibration" not in SearchSpace().to_dict()  # the default space reads as before
+    assert SearchSpace.preset("cnn").calibration == ("minmax", "percentile")
+    with pytest.raises(ConfigError, match="calibration"):
+        SearchSpace(calibration=("kl",))

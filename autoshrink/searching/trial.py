@@ -285,7 +285,7 @@ class TrialRunner:
         best: tuple[Measurement, str, Plan] | None = None
         for runtime in choices:
             last_chance = len(choices) == 1 or runtime == choices[-1] and best is None
-            candidate = replace(plan, runtime=runtime, distill_epochs=0)
+            candidate = replace(plan.on(runtime), distill_epochs=0)
             key = json.dumps(
                 [plan.prune, plan.prune_method, plan.rank, plan.rank_method, plan.bits, candidate.resolved_runtime, plan.layer_bits]
             )
@@ -307,7 +307,7 @@ class TrialRunner:
                     built[candidate] = artifact
             m, where = cached[key]
             if best is None or m.latency_ms < best[0].latency_ms:
-                best = (m, where, replace(plan, runtime=runtime))
+                best = (m, where, plan.on(runtime))
         assert best is not None  # the last choice raised if no runtime could take the model
         return best
 

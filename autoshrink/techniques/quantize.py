@@ -56,6 +56,7 @@ from autoshrink._quiet import output_to_debug, quiet_onnxruntime, root_logging_t
 from autoshrink.data import stack_inputs
 from autoshrink.host import INT8_RANGES, int8_weight_range
 from autoshrink.inputs import Inputs, InputSpec, batch_size, tensors
+from autoshrink.plan import CALIBRATION_METHODS
 from autoshrink.runtimes import RUNTIME_BITS
 from autoshrink.techniques import (
     CompressionError,
@@ -90,16 +91,16 @@ CALIBRATION_CACHE = "ort-calibration"
 #: (``CalibrationMethod`` member, ``extra_options``). MinMax covers every value seen; Percentile
 #: clips the top 0.001% (or 0.01%) of magnitudes; Entropy picks the range whose quantized histogram
 #: keeps the most information (KL divergence). ``results/pretrained.md`` measures them.
-CALIBRATIONS: dict[str, tuple[str, dict[str, Any]]] = {
+CALIBRATIONS: dict[str, tuple[str, dict[str, Any]]] = {  # keyed by `Plan.calibration`'s names
     "minmax": ("MinMax", {}),
     "percentile": ("Percentile", {"CalibPercentile": 99.999}),
     "percentile-99.99": ("Percentile", {"CalibPercentile": 99.99}),
     "entropy": ("Entropy", {}),
 }
-# MinMax stays the default: on pretrained EfficientNet-Lite1 (results/pretrained.md) Percentile
-# tied it, Entropy and Percentile 99.99 did worse, and the histogram methods took 2.5-3x longer
-# to calibrate; none won clearly, so the method is a knob (`QuantizeConfig.calibration`).
-DEFAULT_CALIBRATION = "minmax"
+# MinMax stays the default: on pretrained EfficientNet-Lite (README, "Which int8 calibration") no
+# method won on both models and both CPUs, and the histogram methods take 2.5-3x longer to
+# calibrate; so the method is a knob (`Plan.calibration`) that the CNN space searches.
+DEFAULT_CALIBRATION = CALIBRATION_METHODS[0]
 #: The report detail (and artifact metadata) that says which int8 weight range a model was built with.
 INT8_RANGE_KEY = "int8_weight_range"
 INT4_OPSET = 21  # the first opset with an int4 tensor type
