@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -39,9 +40,11 @@ def _complete(tmp: Path) -> list[int]:
 @pytest.mark.parametrize("backend", ["local", "ray"])
 def test_sigkill_mid_search_then_resume(tmp_path: Path, backend: str) -> None:
     # A killed process cannot remove its temporary folders (a memory measurement's, Ray's results):
-    # they go under tmp_path, not into the machine's /tmp.
+    # they go under tmp_path, not into the machine's /tmp; Ray's session folder must stay short-pathed
+    # in /tmp (`RayBackend`), so the one the killed run leaves there is removed below.
     (tmp_path / "tmp").mkdir()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path / "tmp")}
+    ray_sessions = set(Path("/tmp").glob("ray-*"))
     mlflow_uri(tmp_path)  # the store made here: a killed process leaves no empty store of its own behind
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path), "slow", backend], cwd=ROOT, env=env)
     deadline = time.time() + 240
@@ -49,6 +52,8 @@ def test_sigkill_mid_search_then_resume(tmp_path: Path, backend: str) -> None:
         time.sleep(0.2)
     proc.kill()
     proc.wait()
+    for folder in set(Path("/tmp").glob("ray-*")) - ray_sessions:
+        shutil.rmtree(folder, ignore_errors=True)
     before = _complete(tmp_path)
     assert 1 <= len(before) < 3, "the kill should land mid-search"
 
