@@ -229,7 +229,8 @@ def quantize_static(
     chunks = [
         {n: t[i : i + 32].numpy() for n, t in zip(spec.names, tensors(calibration))} for i in range(0, rows, 32)
     ]
-    with tempfile.TemporaryDirectory() as tmp, working_dir(Path(tmp)), root_logging_to_debug():
+    with tempfile.TemporaryDirectory() as tmp, working_dir(Path(tmp)), root_logging_to_debug(), output_to_debug():
+        # (the histogram calibrators print their progress)
         src, pre, dst = (Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
         onnx.save(model, src)
         try:
