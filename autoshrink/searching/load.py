@@ -39,7 +39,7 @@ def _best_run(tracker: Tracker, budget: Budget | None) -> Any:
         except MlflowException:
             raise LookupError(
                 f"no model registered as {registered_name(experiment)}@best in {tracker.tracking_uri}: "
-                "did the search finish, and did any candidate meet its budget?"
+                + _why_none(tracker)
             ) from None
         if not version.run_id:
             raise LookupError(f"{registered_name(experiment)}@best is not linked to a run")
@@ -67,6 +67,20 @@ def _best_run(tracker: Tracker, budget: Budget | None) -> Any:
         raise LookupError(f"no logged Pareto model of {experiment!r} meets {budget}")
     tolerance = parents[0].data.metrics.get(TOLERANCE, 0.0)  # 0 for searches logged before it was
     return ordered(ok, tolerance, _figures)[0]
+
+
+def _why_none(tracker: Tracker) -> str:
+    """Why a search registered nothing: what its latest search said, where it met no budget, and
+    how to load one of its logged Pareto models all the same."""
+    parents = tracker.client.search_runs(
+        [tracker.experiment_id], filter_string=f"tags.`{ROLE}` = 'search'", order_by=["start_time DESC"], max_results=1
+    )
+    tags = parents[0].data.tags if parents else {}
+    if tags.get("met_budget") != "False":
+        return "did the search finish, and did any candidate meet its budget?"
+    said = tags.get("outcome", "").strip().splitlines()
+    return (f"its latest search met no budget ({said[0] if said else 'no candidate met it'}); load a logged "
+            "Pareto model under a budget of your own with load_best(..., budget=Budget(...))")  # fmt: skip
 
 
 def _resolved(budget: Budget, parent: dict[str, float]) -> Budget:
