@@ -44,17 +44,15 @@ def _best_run(tracker: Tracker, budget: Budget | None) -> Any:
         if not version.run_id:
             raise LookupError(f"{registered_name(experiment)}@best is not linked to a run")
         return client.get_run(version.run_id)
-    parents = client.search_runs(
-        [tracker.experiment_id], filter_string=f"tags.`{ROLE}` = 'search'", order_by=["start_time DESC"], max_results=1
-    )
-    if not parents:
+    parent = _latest_search(tracker)
+    if parent is None:
         raise LookupError(f"experiment {experiment!r} has no search in {tracker.tracking_uri}")
     runs = client.search_runs(
         [tracker.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{parents[0].info.run_id}' and tags.{PARETO} = '{True}'",
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.{PARETO} = '{True}'",
         max_results=10_000,
     )
-    budget = _resolved(budget, parents[0].data.metrics)
+    budget = _resolved(budget, parent.data.metrics)
     ok = []
     for run in runs:
         metrics = run.data.metrics
@@ -65,17 +63,23 @@ def _best_run(tracker: Tracker, budget: Budget | None) -> Any:
             ok.append(run)
     if not ok:
         raise LookupError(f"no logged Pareto model of {experiment!r} meets {budget}")
-    tolerance = parents[0].data.metrics.get(TOLERANCE, 0.0)  # 0 for searches logged before it was
+    tolerance = parent.data.metrics.get(TOLERANCE, 0.0)  # 0 for searches logged before it was
     return ordered(ok, tolerance, _figures)[0]
+
+
+def _latest_search(tracker: Tracker) -> Any:
+    """The parent run of the experiment's latest search, or None."""
+    parents = tracker.client.search_runs(
+        [tracker.experiment_id], filter_string=f"tags.`{ROLE}` = 'search'", order_by=["start_time DESC"], max_results=1
+    )
+    return parents[0] if parents else None
 
 
 def _why_none(tracker: Tracker) -> str:
     """Why a search registered nothing: what its latest search said, where it met no budget, and
     how to load one of its logged Pareto models all the same."""
-    parents = tracker.client.search_runs(
-        [tracker.experiment_id], filter_string=f"tags.`{ROLE}` = 'search'", order_by=["start_time DESC"], max_results=1
-    )
-    tags = parents[0].data.tags if parents else {}
+    parent = _latest_search(tracker)
+    tags = parent.data.tags if parent is not None else {}
     if tags.get("met_budget") != "False":
         return "did the search finish, and did any candidate meet its budget?"
     said = tags.get("outcome", "").strip().splitlines()
