@@ -262,17 +262,20 @@ def quantize_static(
 
 
 def depthwise_weights(model: onnx.ModelProto) -> list[str]:
-    """The weight initializers of ``model``'s depthwise convolutions (one input channel per
-    group), which ONNX Runtime multiplies in its depthwise kernel (MLAS ``MlasConvDepthwise``:
-    operands widened to int16, products summed in int32) rather than in the u8 x s8 pairs that
-    saturate without VNNI; so they keep the full int8 range even where other weights get 7 bits.
+    """The weight initializers of ``model``'s depthwise convolutions (one input and one output
+    channel per group), which ONNX Runtime multiplies in its depthwise kernels (operands widened to
+    int16, products summed in int32) rather than in the u8 x s8 pairs that saturate without VNNI;
+    so they keep the full int8 range even where other weights get 7 bits. A grouped conv with more
+    output channels than groups goes through the GEMM and keeps 7 bits: with full-range weights it
+    saturated on an AVX2-only EPYC (``tests/techniques/test_quantize.py`` runs both on the CPU).
 
     >>> from onnx import TensorProto, helper
     >>> def conv(name, shape, group):
     ...     return (helper.make_node("Conv", ["x", name], [name + "_y"], group=group),
     ...             helper.make_tensor(name, TensorProto.FLOAT, shape, [0.0] * int(np.prod(shape))))
     >>> (dw, w1), (pw, w2) = conv("dw", [8, 1, 3, 3], 8), conv("pw", [8, 8, 1, 1], 1)
-    >>> graph = helper.make_graph([dw, pw], "g", [], [], initializer=[w1, w2])
+    >>> twice, w3 = conv("x2", [16, 1, 3, 3], 8)  # two output channels per group
+    >>> graph = helper.make_graph([dw, pw, twice], "g", [], [], initializer=[w1, w2, w3])
     >>> depthwise_weights(helper.make_model(graph))
     ['dw']
     """
@@ -281,7 +284,7 @@ def depthwise_weights(model: onnx.ModelProto) -> list[str]:
     for node in model.graph.node:
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
         weight = node.input[1] if node.op_type == "Conv" and len(node.input) > 1 else ""
-        if group > 1 and len(shapes.get(weight, [])) > 1 and shapes[weight][1] == 1:
+        if group > 1 and len(shapes.get(weight, [])) > 1 and shapes[weight][:2] == [group, 1]:
             found.append(weight)
     return found
 
