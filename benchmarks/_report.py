@@ -13,12 +13,14 @@ import os
 import platform
 import shlex
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from autoshrink.config import HardwareProfile
 from autoshrink.host import INT8_ISA, cpu
+
+T = TypeVar("T")
 
 
 def environment(hardware: HardwareProfile) -> dict[str, Any]:
@@ -110,3 +112,21 @@ class Report:
         md = self.path(".md")
         md.write_text("\n".join(lines).rstrip("\n") + "\n")
         return md
+
+
+def each_model(models: str, run: Callable[[str], T], write: Callable[[list[T]], Path]) -> None:
+    """Run each of the comma-separated ``models`` (torch on 1 thread, as every timing here is) and
+    rewrite the report after each, so that a run stopped half-way keeps the models it finished.
+
+    >>> each_model("a,b", str.upper, lambda runs: Path("-".join(runs)))
+    wrote A-B
+    """
+    import torch
+
+    torch.set_num_threads(1)
+    runs: list[T] = []
+    path = None
+    for name in models.split(","):
+        runs.append(run(name))
+        path = write(runs)
+    print(f"wrote {path}")

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks._report import Report, arguments
+from benchmarks._report import Report, arguments, each_model
 from benchmarks.pretrained import MIXED, Bench
 
 RANKINGS = ("loss (graph order on ties)", "loss, ties by deviation", "deviation")
@@ -168,14 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", default="lite1", help="comma-separated EfficientNet-Lite variants (default: lite1)")
     args = parser.parse_args(argv)
     report = Report("sensitivity-ranking", args.out, argv=sys.argv[1:] if argv is None else argv)
-    import torch
-
-    torch.set_num_threads(1)
-    runs: list[ModelRun] = []
-    for name in args.models.split(","):
-        runs.append(run_model(name, print))
-        path = write(runs, report)
-    print(f"wrote {path}")
+    each_model(args.models, lambda name: run_model(name, print), lambda runs: write(runs, report))
 
 
 if __name__ == "__main__":
