@@ -28,6 +28,11 @@ PRUNE_METHODS = ("sensitivity", "uniform")
 #: a plan's label shows; the first is the default (`autoshrink.techniques.quantize.CALIBRATIONS`).
 CALIBRATION_TAGS = {"minmax": "", "percentile": "pct", "percentile-99.99": "pct4", "entropy": "ent"}
 CALIBRATION_METHODS = tuple(CALIBRATION_TAGS)
+#: How a plan's layer table was chosen (`Plan.mixed_by`) and its tag in the label: the layers that
+#: move the outputs most (`autoshrink.sensitivity.ranking`), or most per multiply-accumulate
+#: (`autoshrink.sensitivity.per_mac_ranking`).
+MIXED_TAGS = {"deviation": "", "per-mac": "mac"}
+MIXED_RULES = tuple(MIXED_TAGS)
 
 
 def _shown(name: str, value: Any) -> bool:
@@ -37,6 +42,7 @@ def _shown(name: str, value: Any) -> bool:
         or (name == "rank_method" and value == "svd")
         or (name == "prune_method" and value == PRUNE_METHODS[0])
         or (name == "calibration" and value == CALIBRATION_METHODS[0])
+        or (name == "mixed_by" and value == MIXED_RULES[0])
     )
 
 
@@ -76,6 +82,9 @@ class Plan:
             ``"percentile"``, ``"percentile-99.99"`` or ``"entropy"``. No choice won on
             pretrained CNNs (README, "Which int8 calibration"), so a space can search it.
             OpenVINO's NNCF picks its own ranges, and the dynamic recipe (transformers) has none.
+        mixed_by: how ``layer_bits`` was chosen, for the label and the record: ``"deviation"``
+            (the layers that move the outputs most when quantized alone) or ``"per-mac"`` (most
+            per multiply-accumulate, label ``mixed<n>mac``). The table itself is what is built.
 
     Example:
         >>> p = Plan(prune=0.5, rank=0.5, bits=8, distill_epochs=2)
@@ -106,6 +115,7 @@ class Plan:
     rank_method: str = "svd"
     prune_method: str = PRUNE_METHODS[0]
     calibration: str = CALIBRATION_METHODS[0]
+    mixed_by: str = MIXED_RULES[0]
 
     def __post_init__(self) -> None:
         table = dict(self.layer_bits.items() if isinstance(self.layer_bits, dict) else self.layer_bits)
@@ -143,6 +153,10 @@ class Plan:
                 f"Plan.calibration={self.calibration!r} applies to int8 and 4-bit plans in ONNX Runtime, "
                 f"not to a {self.bits}-bit plan in {self.resolved_runtime}"
             )
+        if self.mixed_by not in MIXED_RULES:
+            raise ValueError(f"Plan.mixed_by must be one of {MIXED_RULES}, got {self.mixed_by!r}")
+        if self.mixed_by != MIXED_RULES[0] and not self.layer_bits:
+            raise ValueError(f"Plan.mixed_by={self.mixed_by!r} says how layer_bits was chosen, but layer_bits is empty")
         higher = tuple(b for b in (32, 8) if b > self.bits and runtime_supports(self.runtime, b))
         for layer, bits in self.layer_bits:
             if bits not in higher:
@@ -198,7 +212,7 @@ class Plan:
         if self.resolved_runtime != default_runtime(self.bits):  # e.g. -ort for fp32, -ov
             parts.append(get(self.resolved_runtime).tag)
         if self.layer_bits:
-            parts.append(f"mixed{len(self.layer_bits)}")
+            parts.append(f"mixed{len(self.layer_bits)}{MIXED_TAGS[self.mixed_by]}")
         if self.distill_epochs:
             parts.append(f"kd{self.distill_epochs}")
         return "-".join(parts)
@@ -214,6 +228,8 @@ class Plan:
             del out["prune_method"]  # and the default pruning
         if self.calibration == CALIBRATION_METHODS[0]:
             del out["calibration"]  # and the default calibration
+        if self.mixed_by == MIXED_RULES[0]:
+            del out["mixed_by"]  # and the default choice of mixed-precision layers
         return out
 
     @classmethod

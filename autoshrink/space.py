@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from autoshrink.config import ConfigError, check_keys, load_yaml_mapping
-from autoshrink.plan import CALIBRATION_METHODS, PRUNE_METHODS, RANK_METHODS, Plan
+from autoshrink.plan import CALIBRATION_METHODS, MIXED_RULES, PRUNE_METHODS, RANK_METHODS, Plan
 from autoshrink.runtimes import ALLOWED_BITS, AUTO, DEFAULT_RUNTIMES, RUNTIMES, runtime_supports
 
 OFF = "off"
@@ -22,6 +22,9 @@ OFF = "off"
 PRESET_MIXED: tuple[float, ...] = (0, 0.05, 0.15)
 #: Calibration methods the CNN space draws for int8 and 4-bit plans in ONNX Runtime.
 PRESET_CALIBRATION: tuple[str, ...] = ("minmax", "percentile")
+#: Which layers mixed precision keeps in the CNN space: the deviation ranking and the per-MAC one
+#: traded differently on pretrained EfficientNet-Lite (results/amd-avx2/mixed-selection.md).
+PRESET_MIXED_BY: tuple[str, ...] = ("deviation", "per-mac")
 
 
 @dataclass(frozen=True)
@@ -52,8 +55,14 @@ class SearchSpace:
             (`Plan.calibration`); drawn after ``mixed``, only for those plans and when more than
             one is listed (parameter ``calibration``). Each method is calibrated once per
             architecture and kept in the search's cache.
+        mixed_by: which layers ``mixed`` keeps (`Plan.mixed_by`): ``deviation`` (those that move
+            the outputs most when quantized alone) or ``per-mac`` (most per multiply-accumulate:
+            more layers for the same latency, `autoshrink.sensitivity.per_mac_ranking`); drawn
+            after ``mixed``, only when it is not 0 and more than one is listed (parameter
+            ``mixed_by``). Both rankings come from the same analysis.
         ranking: the layers ranked for ``mixed``, most sensitive first, per bit width (set by
             the search with `ranked`; not a setting of its own, not in files).
+        per_mac: the same layers ranked by `autoshrink.sensitivity.per_mac_ranking` (likewise).
 
     Example:
         >>> import optuna
@@ -76,7 +85,9 @@ class SearchSpace:
     distill_epochs: tuple[int, ...] = (0, 2, 4)
     mixed: tuple[float, ...] = (0,)
     calibration: tuple[str, ...] = (CALIBRATION_METHODS[0],)
+    mixed_by: tuple[str, ...] = (MIXED_RULES[0],)
     ranking: tuple[tuple[int, tuple[str, ...]], ...] = field(default=(), compare=False, repr=False)
+    per_mac: tuple[tuple[int, tuple[str, ...]], ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.prune) != 3:
@@ -120,6 +131,10 @@ class SearchSpace:
         for c in self.calibration:
             if c not in CALIBRATION_METHODS:
                 raise ConfigError(f"space.calibration values must be in {CALIBRATION_METHODS}, got {c!r}")
+        _nonempty("mixed_by", self.mixed_by)
+        for m in self.mixed_by:
+            if m not in MIXED_RULES:
+                raise ConfigError(f"space.mixed_by values must be in {MIXED_RULES}, got {m!r}")
 
     @property
     def ranked_bits(self) -> tuple[int, ...]:
@@ -128,22 +143,24 @@ class SearchSpace:
             return ()
         return tuple(b for b in (8, 4) if b in self.bits)
 
-    def ranked(self, ranking: Mapping[int, Sequence[str]]) -> SearchSpace:
-        """This space with the layers ``mixed`` keeps, most sensitive first, per bit width."""
-        return replace(self, ranking=tuple((int(b), tuple(names)) for b, names in sorted(ranking.items())))
+    def ranked(self, ranking: Mapping[int, Sequence[str]], per_mac: Mapping[int, Sequence[str]] | None = None) -> SearchSpace:
+        """This space with the layers ``mixed`` keeps, most sensitive first, per bit width (and,
+        for ``mixed_by: per-mac``, ranked per multiply-accumulate)."""
+        return replace(self, ranking=tuple((int(b), tuple(names)) for b, names in sorted(ranking.items())),
+                       per_mac=tuple((int(b), tuple(names)) for b, names in sorted((per_mac or {}).items())))  # fmt: skip
 
-    def kept(self, bits: int, mixed: float) -> dict[str, int]:
+    def kept(self, bits: int, mixed: float, by: str = MIXED_RULES[0]) -> dict[str, int]:
         """The layer table (`Plan.layer_bits`) that keeps ``mixed`` of the ranked layers of a
-        ``bits``-bit plan at the next precision up.
+        ``bits``-bit plan at the next precision up, ranked as ``by`` says (`mixed_by`).
 
         Example:
-            >>> space = SearchSpace(mixed=(0, 0.25, 1)).ranked({8: ["stem", "head", "b1", "b2"]})
-            >>> space.kept(8, 0.25), space.kept(8, 1), space.kept(8, 0)
-            ({'stem': 32}, {'stem': 32}, {})
+            >>> space = SearchSpace(mixed=(0, 0.25, 1)).ranked({8: ["stem", "head", "b1", "b2"]}, {8: ["b2", "stem", "head", "b1"]})
+            >>> space.kept(8, 0.25), space.kept(8, 1), space.kept(8, 0), space.kept(8, 1, "per-mac")
+            ({'stem': 32}, {'stem': 32}, {}, {'b2': 32})
         """
         if not mixed:
             return {}
-        names = dict(self.ranking).get(bits)
+        names = dict(self.per_mac if by == "per-mac" else self.ranking).get(bits)
         if names is None:
             raise ValueError(f"space.mixed={mixed} for {bits}-bit plans needs a ranking of the layers (SearchSpace.ranked)")
         count = mixed if isinstance(mixed, int) else math.ceil(mixed * len(names))
@@ -167,6 +184,9 @@ class SearchSpace:
         mixed: float = 0
         if bits != 32:
             mixed = trial.suggest_categorical("mixed", list(self.mixed)) if len(self.mixed) > 1 else self.mixed[0]
+        by = self.mixed_by[0] if mixed else MIXED_RULES[0]
+        if mixed and len(self.mixed_by) > 1:
+            by = trial.suggest_categorical("mixed_by", list(self.mixed_by))
         calibration = CALIBRATION_METHODS[0]
         if bits != 32 and runtime in (AUTO, "onnxruntime"):
             calibration = self.calibration[0]
@@ -180,8 +200,9 @@ class SearchSpace:
             bits=int(bits),
             distill_epochs=int(epochs),
             runtime=str(runtime),
-            layer_bits=tuple(self.kept(int(bits), mixed).items()),
+            layer_bits=tuple(self.kept(int(bits), mixed, str(by)).items()),
             calibration=str(calibration),
+            mixed_by=str(by),
         )
 
     def runtimes_for(self, bits: int) -> list[str]:
@@ -247,6 +268,7 @@ class SearchSpace:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("ranking")  # measured, not set: kept in the study
+        data.pop("per_mac")
         if self.runtime == (AUTO,):
             data.pop("runtime")  # the default, as before the knob existed: stored studies still match
         if self.mixed == (0,):
@@ -257,20 +279,22 @@ class SearchSpace:
             data.pop("prune_method")  # likewise
         if self.calibration == (CALIBRATION_METHODS[0],):
             data.pop("calibration")  # likewise
+        if self.mixed_by == (MIXED_RULES[0],):
+            data.pop("mixed_by")  # likewise
         low, high, step = self.prune
         data["prune"] = {"low": low, "high": high, "step": step}
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in data.items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchSpace:
-        check_keys(data, {f.name for f in fields(cls)} - {"ranking"}, "search space")
+        check_keys(data, {f.name for f in fields(cls)} - {"ranking", "per_mac"}, "search space")
         kwargs: dict[str, Any] = {}
         if "prune" in data:
             p = data["prune"]
             if not isinstance(p, dict) or set(p) - {"low", "high", "step"}:
                 raise ConfigError(f"space.prune must be a mapping with low, high, step; got {p!r}")
             kwargs["prune"] = (float(p.get("low", 0.0)), float(p.get("high", 0.0)), float(p.get("step", 0.1)))
-        for key in ("prune_method", "rank", "rank_method", "bits", "distill_epochs", "runtime", "mixed", "calibration"):
+        for key in ("prune_method", "rank", "rank_method", "bits", "distill_epochs", "runtime", "mixed", "calibration", "mixed_by"):
             if key in data:
                 values = data[key]
                 if isinstance(values, dict):
@@ -294,8 +318,9 @@ def _presets() -> dict[str, SearchSpace]:
     """Built-in spaces by model family; ``search_spaces/<name>.yaml`` are copies (a test checks)."""
     return {
         "default": SearchSpace(mixed=PRESET_MIXED),
-        # Calibration: MinMax or Percentile won by turns on pretrained CNNs (README), so CNNs draw both.
-        "cnn": SearchSpace(mixed=PRESET_MIXED, calibration=PRESET_CALIBRATION),
+        # Calibration: MinMax or Percentile won by turns on pretrained CNNs (README), so CNNs draw
+        # both; likewise which layers mixed precision keeps.
+        "cnn": SearchSpace(mixed=PRESET_MIXED, calibration=PRESET_CALIBRATION, mixed_by=PRESET_MIXED_BY),
         # Encoders lose more to low rank; their low rank is activation-aware, and pruning by
         # sensitivity holds them without distillation up to about 0.3 (results/retraining-free.md:
         # MiniLM 0.962 cosine in int8); distillation stays drawn for models with more data.

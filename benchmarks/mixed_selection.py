@@ -31,7 +31,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,43 +66,13 @@ class ModelRun:
     restore_s: float = 0.0
 
 
-def layer_macs(model: Any, example: Any) -> dict[str, int]:
-    """Multiply-accumulates of each Conv2d and Linear of ``model`` on one input (batch 1).
+def by_ratio(value: Mapping[str, float], cost: Mapping[str, float]) -> list[str]:
+    """The layers of ``value`` by ``value / cost``, highest first.
 
-    >>> import torch
-    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(8 * 16, 2))
-    >>> layer_macs(net, torch.zeros(4, 3, 4, 4))
-    {'0': 3456, '2': 256}
-    """
-    import torch
-    from torch import nn
-
-    macs: dict[str, int] = {}
-    hooks = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            per = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
-        elif isinstance(module, nn.Linear):
-            per = module.in_features
-        else:
-            continue
-        hooks.append(module.register_forward_hook(lambda m, i, out, n=name, k=per: macs.__setitem__(n, out[0].numel() * k)))
-    try:
-        with torch.no_grad():
-            model(example[:1])
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return macs
-
-
-def by_ratio(value: Mapping[str, float], cost: Mapping[str, float], floor: float = 0.0) -> list[str]:
-    """The layers of ``value`` by ``(value - floor) / cost``, highest first.
-
-    >>> by_ratio({"a": 3.0, "b": 2.0, "c": 1.0}, {"a": 3.0, "b": 1.0, "c": 1.0}, floor=1.0)
+    >>> by_ratio({"a": 3.0, "b": 2.0, "c": 1.0}, {"a": 3.0, "b": 1.0, "c": 2.0})
     ['b', 'a', 'c']
     """
-    return sorted(value, key=lambda n: -(value[n] - floor) / max(cost[n], 1e-12))
+    return sorted(value, key=lambda n: -value[n] / max(cost[n], 1e-12))
 
 
 def within(ranked: list[str], gain: Mapping[str, float], cost: Mapping[str, float], budget: float) -> list[str]:
@@ -147,16 +117,18 @@ def restore_costs(restored: Mapping[str, Any], uniform: Any, time_ms: Callable[[
     return costs, min(min(v) for v in near.values())
 
 
-def _deviation_ranking(bench: Bench, name: str, ranking_from: Path | None, log: Callable[[str], None]) -> dict[str, float]:
-    """Each layer's output deviation when quantized alone, most sensitive first (measured, or read from ``ranking_from``)."""
-    from autoshrink.sensitivity import LayerSensitivity, layer_sensitivity
+def _sensitivity(bench: Bench, name: str, ranking_from: Path | None, log: Callable[[str], None]) -> list[Any]:
+    """The int8 sensitivity rows, most sensitive first, with each layer's MACs (measured, or read
+    from ``ranking_from`` and counted here)."""
+    from autoshrink.sensitivity import LayerSensitivity, layer_macs, layer_sensitivity
 
     if ranking_from is not None:
         stored = next(r for r in json.loads(ranking_from.read_text())["runs"] if r["name"] == f"efficientnet-{name}")
         rows = [LayerSensitivity.from_dict(d) for d in stored["sensitivity"]]
     else:
         rows = layer_sensitivity(bench.wl, samples=SAMPLES, progress=lambda s: log(f"  sensitivity {s}"))
-    return {r.layer: r.deviation for r in rows if not r.error}
+    macs = layer_macs(bench.wl.model, bench.wl.example_input)
+    return [replace(r, macs=macs.get(r.layer, 0)) for r in rows if not r.error]
 
 
 def run_model(name: str, counts: tuple[int, ...], budgets: tuple[float, ...], ranking_from: Path | None,
@@ -165,13 +137,14 @@ def run_model(name: str, counts: tuple[int, ...], budgets: tuple[float, ...], ra
     from autoshrink.measuring.latency import measure_latency
     from autoshrink.pipeline import compress
     from autoshrink.plan import Plan
-    from autoshrink.sensitivity import deviation
+    from autoshrink.sensitivity import deviation, per_mac_ranking
 
     bench = Bench(name, 256, 256, log)
     wl = bench.wl
     run = ModelRun(f"efficientnet-{name}", ranking_from=str(ranking_from or ""))
-    dev = _deviation_ranking(bench, name, ranking_from, log)
-    macs = layer_macs(wl.model, wl.example_input)
+    analysed = _sensitivity(bench, name, ranking_from, log)
+    dev = {r.layer: r.deviation for r in analysed}
+    macs = {r.layer: r.macs for r in analysed}
     val = wl.val[0][:SAMPLES]
     reference = bench.outputs(wl.model, val)
     uniform = bench.build()
@@ -188,7 +161,7 @@ def run_model(name: str, counts: tuple[int, ...], budgets: tuple[float, ...], ra
     del restored
     run.layers = [{"layer": n, "deviation": dev[n], "macs": macs[n], "restore_gain": round(gain[n], 6),
                    "restore_ms": round(cost[n], 3)} for n in dev]  # fmt: skip
-    rules = {"deviation": list(dev), "deviation per MAC": by_ratio(dev, macs, floor=min(dev.values())),
+    rules = {"deviation": list(dev), "deviation per MAC": per_mac_ranking(analysed),
              "restore-one gain": sorted(dev, key=lambda n: -gain[n])}  # fmt: skip
     chosen = {(rule, f"{c} layers"): ranked[:c] for rule, ranked in rules.items() for c in counts}
     per_ms = by_ratio(gain, {n: max(cost[n], 0.02) for n in dev})

@@ -29,6 +29,8 @@ def test_json_round_trip() -> None:
         ({"bits": 8, "calibration": "kl"}, "Plan.calibration"),
         ({"calibration": "percentile"}, "Plan.calibration"),  # an fp32 plan has no activation ranges
         ({"bits": 8, "runtime": "openvino", "calibration": "entropy"}, "Plan.calibration"),  # NNCF picks its own
+        ({"bits": 8, "layer_bits": {"stem": 32}, "mixed_by": "flops"}, "Plan.mixed_by"),
+        ({"bits": 8, "mixed_by": "per-mac"}, "Plan.mixed_by"),  # a rule with no layers chosen by it
     ],
 )
 def test_invalid_plan_names_the_field(kwargs: dict, field: str) -> None:
@@ -86,3 +88,10 @@ def test_calibration_round_trips_reaches_the_quantizer_and_goes_where_it_does_no
     assert plan.measured_in("openvino").calibration == "minmax"  # an auto plan that OpenVINO ran best
     assert plan.measured_in("openvino").label == "int8-ov-mixed1"
     assert plan.on("onnxruntime").calibration == "percentile"
+
+
+def test_mixed_by_is_in_the_label_and_json_and_left_out_at_its_default() -> None:
+    plan = Plan(bits=8, layer_bits={"stem": 32, "b1": 32}, mixed_by="per-mac")
+    assert plan.label == "int8-mixed2mac" and Plan.from_json(plan.to_json()) == plan
+    default = Plan(bits=8, layer_bits={"stem": 32})
+    assert "mixed_by" not in default.to_dict() and "mixed_by" not in repr(default)  # stored plans read as before

@@ -83,3 +83,18 @@ def test_the_chart_adds_the_output_deviation_below_the_loss_where_it_was_measure
     chart(new, str(tmp_path / "new.png"))
     heights = [matplotlib.image.imread(tmp_path / f"{name}.png").shape[0] for name in ("old", "new")]
     assert heights[1] == 2 * heights[0], heights
+
+
+def test_each_row_counts_its_layers_macs_and_the_per_mac_ranking_uses_them() -> None:
+    from autoshrink.sensitivity import LayerSensitivity, per_mac_ranking
+
+    wl = fragile_workload()
+    rows = layer_sensitivity(wl, samples=64)
+    assert all(r.macs > 0 for r in rows), rows  # every layer of the net is a Conv2d or Linear
+    assert len({r.macs for r in rows}) > 1
+    assert LayerSensitivity.from_dict(rows[0].to_dict()) == rows[0]
+    ranked = per_mac_ranking(rows)
+    assert sorted(ranked) == sorted(r.layer for r in rows)
+    best = max(rows, key=lambda r: (r.deviation - min(x.deviation for x in rows)) / r.macs)
+    assert ranked[0] == best.layer
+    assert LayerSensitivity.from_dict({"layer": "a", "score": 0.9, "loss": 0.1}).macs == 0  # rows stored before

@@ -128,3 +128,19 @@ def test_calibration_is_drawn_only_for_quantized_plans_in_onnx_runtime_and_round
     assert SearchSpace.preset("cnn").calibration == ("minmax", "percentile")
     with pytest.raises(ConfigError, match="calibration"):
         SearchSpace(calibration=("kl",))
+
+
+def test_mixed_by_draws_the_per_mac_ranking_only_for_mixed_plans_and_round_trips() -> None:
+    space = SearchSpace(prune=(0.0, 0.0, 0.1), rank=("off",), bits=(32, 8), distill_epochs=(0,), mixed=(0, 2),
+                        mixed_by=("deviation", "per-mac")).ranked({8: ["stem", "head", "b1"]}, {8: ["b1", "b2", "stem"]})  # fmt: skip
+    common = {"rank": "off", "distill_epochs": 0, "bits": 8}
+    cheap = space.sample(optuna.trial.FixedTrial({**common, "mixed": 2, "mixed_by": "per-mac"}))
+    assert dict(cheap.layer_bits) == {"b1": 32, "b2": 32} and cheap.label == "int8-mixed2mac"
+    costly = space.sample(optuna.trial.FixedTrial({**common, "mixed": 2, "mixed_by": "deviation"}))
+    assert dict(costly.layer_bits) == {"stem": 32, "head": 32} and costly.label == "int8-mixed2"
+    uniform = space.sample(optuna.trial.FixedTrial({**common, "mixed": 0}))  # no mixed_by parameter drawn
+    assert uniform.layer_bits == () and uniform.mixed_by == "deviation"
+    assert SearchSpace.from_dict(json.loads(json.dumps(space.to_dict()))) == space
+    assert "mixed_by" not in SearchSpace().to_dict()  # the default space reads as before
+    with pytest.raises(ConfigError, match="mixed_by"):
+        SearchSpace(mixed_by=("flops",))

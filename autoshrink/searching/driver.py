@@ -272,7 +272,14 @@ def _ranked(space: SearchSpace, opened: _Opened, wl: Workload, run: RunConfig, l
     import tempfile
     from pathlib import Path
 
-    from autoshrink.sensitivity import LayerSensitivity, chart, layer_sensitivity, ranking, technique_of
+    from autoshrink.sensitivity import (
+        LayerSensitivity,
+        chart,
+        layer_sensitivity,
+        per_mac_ranking,
+        ranking,
+        technique_of,
+    )
 
     stored = opened.study.user_attrs.get(SENSITIVITY, {})
     rows = {t: [LayerSensitivity.from_dict(r) for r in found] for t, found in stored.items()}
@@ -300,7 +307,11 @@ def _ranked(space: SearchSpace, opened: _Opened, wl: Workload, run: RunConfig, l
             picture = Path(folder) / "sensitivity.png"
             chart(every, str(picture))
             opened.tracker.log_file(opened.parent, picture)
-    return space.ranked({b: ranking(rows[technique_of(b)]) for b in needed})
+    if "per-mac" in space.mixed_by and any(not r.macs for b in needed for r in rows[technique_of(b)] if not r.error):
+        live.emit("sensitivity", "mixed precision per MAC: the stored analysis has layers without a MAC count "
+                                 "(measured before they were counted); those follow in deviation order")  # fmt: skip
+    return space.ranked({b: ranking(rows[technique_of(b)]) for b in needed},
+                        {b: per_mac_ranking(rows[technique_of(b)]) for b in needed})  # fmt: skip
 
 
 #: The study's user attribute that keeps the pruning probe: each channel group pruned alone.

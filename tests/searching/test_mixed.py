@@ -72,3 +72,26 @@ def test_max_drop_keeps_the_fewest_sensitive_layers_in_float_that_hold_the_floor
     assert not list(Path(result.best.artifact_path).parent.glob("*-kept*"))  # the other builds are gone
     builds = client(tmp_path).get_run(trial.user_attrs["run_id"]).data.metrics["accuracy_aware_builds"]
     assert builds >= 2  # one layer, two, ... re-measured each time
+
+
+def test_a_search_keeps_the_layers_of_the_per_mac_ranking_where_the_space_says_so(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from autoshrink.sensitivity import LayerSensitivity, per_mac_ranking
+
+    space = replace(MIXED, mixed=(1,), mixed_by=("per-mac",))
+    run_search(tmp_path, Budget(latency_ms=1000.0), trials=1, space=space, sampler="random")
+    stored = study(tmp_path)
+    rows = [LayerSensitivity.from_dict(r) for r in stored.user_attrs["sensitivity"]["int8"]]
+    assert all(r.macs > 0 for r in rows if not r.error), rows  # counted for every scored layer
+    (first,) = [t.user_attrs["plan"] for t in stored.trials]
+    assert first["layer_bits"] == {per_mac_ranking(rows)[0]: 32} and first["mixed_by"] == "per-mac", first
+
+    # Make the most sensitive layer the costliest by far: a resumed search must now keep another one.
+    costly = [replace(rows[0], macs=10**12), *rows[1:]]
+    stored.set_user_attr("sensitivity", {"int8": [r.to_dict() for r in costly]})
+    cheap = per_mac_ranking(costly)[0]
+    assert cheap != rows[0].layer
+    run_search(tmp_path, Budget(latency_ms=1000.0), trials=3, space=space, sampler="random")
+    resumed = [t.user_attrs["plan"]["layer_bits"] for t in study(tmp_path).trials[1:]]
+    assert resumed and all(bits == {cheap: 32} for bits in resumed), resumed
