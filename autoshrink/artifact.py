@@ -230,7 +230,7 @@ class Artifact:
         return p
 
     def __repr__(self) -> str:
-        skipped = f", {len(self.skipped)} layers skipped" if self.skipped else ""
+        skipped = f", {len(self.skipped)} layer{'' if len(self.skipped) == 1 else 's'} skipped" if self.skipped else ""
         return (
             f"Artifact({self.plan.label}, runtime={self.runtime}, {self.size_bytes:,} bytes, "
             f"{self.num_parameters:,} parameters{skipped})"
