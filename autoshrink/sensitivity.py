@@ -99,7 +99,8 @@ def per_mac_ranking(rows: list[LayerSensitivity]) -> list[str]:
     agreement at 0.80 of uniform int8's speed-up where the deviation ranking gave 0.949 at 0.84
     with 16 and 0.973 at 0.76 with 20 (``results/amd-avx2/mixed-selection.md``): a different
     trade, not a better default, so the search draws it (`autoshrink.space.SearchSpace.mixed_by`).
-    Layers whose MACs were not counted (rows stored before they were) follow in `ranking`'s order.
+    Layers without a MAC count (not a Conv or Linear module, such as an embedding table in a
+    4-bit plan, or rows stored before MACs were counted) follow in `ranking`'s order.
 
     Example:
         >>> rows = [LayerSensitivity("big", 0.9, 0.1, deviation=0.012, macs=1000),
@@ -109,7 +110,8 @@ def per_mac_ranking(rows: list[LayerSensitivity]) -> list[str]:
         >>> per_mac_ranking(rows)
         ['small', 'big', 'floor', 'old']
     """
-    scored = [r for r in rows if r.layer in set(ranking(rows))]
+    names = set(ranking(rows))
+    scored = [r for r in rows if r.layer in names]
     counted = [r for r in scored if r.macs > 0 and not math.isnan(r.deviation)]
     floor = min((r.deviation for r in counted), default=0.0)
     first = sorted(counted, key=lambda r: -(r.deviation - floor) / r.macs)

@@ -308,8 +308,8 @@ def _ranked(space: SearchSpace, opened: _Opened, wl: Workload, run: RunConfig, l
             chart(every, str(picture))
             opened.tracker.log_file(opened.parent, picture)
     if "per-mac" in space.mixed_by and any(not r.macs for b in needed for r in rows[technique_of(b)] if not r.error):
-        live.emit("sensitivity", "mixed precision per MAC: the stored analysis has layers without a MAC count "
-                                 "(measured before they were counted); those follow in deviation order")  # fmt: skip
+        live.emit("sensitivity", "mixed precision per MAC: some layers have no MAC count (not a Conv or Linear, or "
+                                 "measured before MACs were counted); they follow in deviation order")  # fmt: skip
     return space.ranked({b: ranking(rows[technique_of(b)]) for b in needed},
                         {b: per_mac_ranking(rows[technique_of(b)]) for b in needed})  # fmt: skip
 
