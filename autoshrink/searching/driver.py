@@ -109,7 +109,7 @@ def search(
             run, baseline = _resolved(run, baseline, opened, live)
             recorder.baseline, recorder.budget = baseline.measurement, run.budget
             space = _ranked(space, opened, wl, run, live)
-            runner = replace(runner, budget=run.budget, ranking=space.ranking)
+            runner = replace(runner, budget=run.budget, ranking=space.ranking, per_mac=space.per_mac)
             _probed(space, opened, wl, runner, live)
             _run_trials(opened.study, backend, space, runner, recorder, live)
             stopped = live.stopped_early(counted(opened.study))

@@ -168,7 +168,8 @@ class TrialRunner:
     candidate under the floor is built again with its most sensitive layers at the next
     precision up, the fewest that hold the floor: 1, 2, 4, ... layers until one holds, then
     bisected (the score is taken to rise as layers are kept, which the measurements re-check),
-    at most half of the ranked layers. If none holds, the best-scoring build is kept.
+    at most half of the ranked layers. If none holds, the best-scoring build is kept. A plan
+    whose table was chosen per MAC (`Plan.mixed_by`) is extended in the ``per_mac`` ranking.
     """
 
     workload: Workload
@@ -179,6 +180,7 @@ class TrialRunner:
     budget: Budget | None = None
     runtimes: tuple[str, ...] = ()
     ranking: tuple[tuple[int, tuple[str, ...]], ...] = ()
+    per_mac: tuple[tuple[int, tuple[str, ...]], ...] = ()
 
     def build(self, plan: Plan, on_epoch: Callable[[int, nn.Module], None] | None = None) -> Artifact:
         from autoshrink.pipeline import compress
@@ -352,7 +354,10 @@ class TrialRunner:
         assert self.budget is not None and self.budget.min_accuracy is not None
         floor = self.budget.min_accuracy
         table = dict(first.plan.layer_bits)
-        names = [n for n in dict(self.ranking)[first.plan.bits] if n not in table]
+        ranked = dict(self.ranking)[first.plan.bits]
+        if first.plan.mixed_by == "per-mac":
+            ranked = dict(self.per_mac).get(first.plan.bits, ranked)
+        names = [n for n in ranked if n not in table]
         higher = 32 if first.plan.bits == 8 else 8
         cap = max(1, len(names) // 2)
         tried: dict[int, TrialOutcome] = {0: first}

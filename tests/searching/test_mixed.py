@@ -95,3 +95,31 @@ def test_a_search_keeps_the_layers_of_the_per_mac_ranking_where_the_space_says_s
     run_search(tmp_path, Budget(latency_ms=1000.0), trials=3, space=space, sampler="random")
     resumed = [t.user_attrs["plan"]["layer_bits"] for t in study(tmp_path).trials[1:]]
     assert resumed and all(bits == {cheap: 32} for bits in resumed), resumed
+
+
+
+def test_max_drop_extends_a_per_mac_plan_in_the_per_mac_ranking(tmp_path: Path) -> None:
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from autoshrink.plan import Plan
+    from autoshrink.searching.trial import TrialOutcome, TrialRunner
+
+    built: list[Plan] = []
+
+    class Runner(TrialRunner):  # every extension holds the floor: the first one tried is kept
+        def candidate(self, plan: Plan, **kwargs: object) -> TrialOutcome:
+            built.append(plan)
+            return TrialOutcome(plan, measurement=SimpleNamespace(accuracy=1.0))  # type: ignore[arg-type]
+
+    budget = Budget(latency_ms=1e6, max_drop=1.0).resolved({"latency_ms": 1e6, "size_bytes": 1.0, "accuracy": 1.0})
+    runner = Runner(workload=None, hardware=None, artifacts_dir=tmp_path, budget=budget,  # type: ignore[arg-type]
+                    ranking=((8, ("a", "b", "c")),), per_mac=((8, ("c", "b", "a")),))  # fmt: skip
+    for mixed_by, first, added in (("per-mac", "c", "b"), ("deviation", "a", "b")):
+        plan = Plan(bits=8, layer_bits={first: 32}, mixed_by=mixed_by)
+        chosen = runner._accuracy_aware(TrialOutcome(plan), name="t", measure_with=None)
+        assert dict(chosen.plan.layer_bits) == {first: 32, added: 32} == dict(built[-1].layer_bits)
+    plan = Plan(bits=8, layer_bits={"b": 32}, mixed_by="per-mac")
+    assert dict(runner._accuracy_aware(TrialOutcome(plan), name="t", measure_with=None).plan.layer_bits) == {"b": 32, "c": 32}
+    assert dict(replace(runner, per_mac=())._accuracy_aware(TrialOutcome(plan), name="t", measure_with=None)
+                .plan.layer_bits) == {"b": 32, "a": 32}  # no per-MAC ranking (a study from before): deviation order
