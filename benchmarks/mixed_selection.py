@@ -164,7 +164,7 @@ def run_model(name: str, counts: tuple[int, ...], budgets: tuple[float, ...], ra
     rules = {"deviation": list(dev), "deviation per MAC": per_mac_ranking(analysed),
              "restore-one gain": sorted(dev, key=lambda n: -gain[n])}  # fmt: skip
     chosen = {(rule, f"{c} layers"): ranked[:c] for rule, ranked in rules.items() for c in counts}
-    per_ms = by_ratio(gain, {n: max(cost[n], 0.02) for n in dev})
+    per_ms = by_ratio(gain, {n: max(cost[n], 0.02) for n in dev})  # costs at or below 0 (timing noise) count as 0.02 ms
     for b in budgets:
         chosen[("gain per measured ms", f"{b:.0%} of int8's ms")] = within(per_ms, gain, cost, b * int8_ms)
     rows = [bench.row("fp32 torch", lambda: compress(wl.model, Plan(), train_data=wl.train, example_input=wl.example_input)),
