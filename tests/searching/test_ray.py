@@ -76,8 +76,10 @@ def test_settings_are_checked() -> None:
 
 
 def test_an_unexpected_worker_error_reaches_the_driver_with_its_message(tmp_path: Path, ray_session) -> None:
-    from autoshrink.config import Budget
-    from tests.searching.conftest import make_backend, run_search
+    from dataclasses import replace
+
+    from tests.searching.conftest import make_backend, tiny_search
+    from tests.tiny import SPACE, tiny_workload
 
     def broken(artifact, data):
         if artifact.plan.bits == 8:
@@ -93,10 +95,11 @@ def test_an_unexpected_worker_error_reaches_the_driver_with_its_message(tmp_path
         return set(root.glob("autoshrink-ray-results*")) | set(root.glob("autoshrink-ray-results*/*"))
 
     before = tune_folders()
-    result = run_search(tmp_path, Budget(latency_ms=1000.0), trials=6, experiment="worker-error", evaluate=broken,
-                        backend=make_backend("ray"))  # fmt: skip
+    int8 = replace(SPACE, bits=(8,))  # every trial reaches the broken evaluator, two of them at once
+    result = tiny_search(tmp_path, tiny_workload(tmp_path, evaluate=broken), trials=2, experiment="worker-error",
+                         space=int8, backend=make_backend("ray"))  # fmt: skip
     assert tune_folders() == before  # Tune's folder removed
-    assert result.n_failed >= 1
+    assert result.n_failed == 2
     assert all("KeyError" in e and "the evaluator lost its labels" in e for e in result.failures.values())
 
 
