@@ -6,8 +6,8 @@ torch model, either the weights or the activations to an integer grid and scores
 test crops by top-1 agreement with fp32 (and on the `stable` crops of ``results/pretrained.md``):
 
 * weights: per output channel, symmetric, the grid ONNX Runtime's int8 uses (``[-127, 127]``
-  times max|w| / 127; 7 bits, ``[-63, 63]``, where ONNX Runtime reduces the range on a CPU
-  without VNNI, depthwise convolutions keeping 8), on every Conv2d and Linear, then on one kind of
+  times max|w| / 127; ``[-64, 64]`` times max|w| / 64 where it reduces the range on a CPU without
+  VNNI, depthwise convolutions keeping the full range), on every Conv2d and Linear, then on one kind of
   layer at a time (depthwise, 1x1, other convolutions, linear), then at more bits;
 * activations: every Conv2d and Linear input rounded per tensor to unsigned 8 bits between the
   minimum and maximum that the calibration crops produce (MinMax, ONNX Runtime's default), then
@@ -82,16 +82,24 @@ def layers(model: Any) -> dict[str, Any]:
     return {name: m for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
 
 
+#: The largest weight level of ONNX Runtime's reduced int8 range (``[-64, 64]``, 129 levels: "7 bits").
+REDUCED_TOP = 64
+
+
 def round_weights(weight: Any, bits: int) -> Any:
-    """``weight`` rounded per output channel (dim 0) to a symmetric ``bits``-bit grid.
+    """``weight`` rounded per output channel (dim 0) to a symmetric ``bits``-bit grid
+    (``[-(2**(bits-1) - 1), 2**(bits-1) - 1]``, as ONNX Runtime's symmetric int8); ``bits=7`` is
+    ONNX Runtime's reduced int8 range, ``[-64, 64]``.
 
     >>> import torch
     >>> round_weights(torch.tensor([[1.0, 0.3, -0.52]]), 2).tolist()  # levels -1, 0, 1 times 1.0
     [[1.0, 0.0, -1.0]]
+    >>> round_weights(torch.tensor([[64.0, 0.4, 0.6]]), 7).tolist()  # step 1.0: 64 levels each side
+    [[64.0, 0.0, 1.0]]
     """
     import torch
 
-    top = 2 ** (bits - 1) - 1
+    top = REDUCED_TOP if bits == 7 else 2 ** (bits - 1) - 1
     scale = (weight.abs().flatten(1).amax(1).clamp_min(1e-12) / top).view(-1, *[1] * (weight.dim() - 1))
     return torch.clamp(torch.round(weight / scale), -top, top) * scale
 
@@ -157,7 +165,8 @@ def emulated(
 
 
 def int8_weight_bits(reduced: bool) -> Callable[[str, Any], int]:
-    """ONNX Runtime's int8 weight grid by layer: 7 bits where it reduces the range (depthwise 8)."""
+    """ONNX Runtime's int8 weight grid by layer: its reduced range (7, `round_weights`) where it
+    reduces it, depthwise layers keeping 8 bits."""
     return lambda name, layer: 8 if not reduced or kind(layer) == "depthwise" else 7
 
 
