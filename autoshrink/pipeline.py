@@ -47,7 +47,7 @@ def technique_configs(plan: Plan, *, int8_range: str = "auto") -> list[Any]:
         configs.append(DistillConfig(epochs=plan.distill_epochs))
     configs.append(
         QuantizeConfig(bits=plan.bits, runtime=plan.resolved_runtime, int8_range=int8_range, layer_bits=plan.layer_bits,
-                       calibration=plan.calibration)  # fmt: skip
+                       calibration=plan.calibration, rounding=plan.rounding)  # fmt: skip
     )
     return configs
 

@@ -33,6 +33,11 @@ CALIBRATION_METHODS = tuple(CALIBRATION_TAGS)
 #: (`autoshrink.sensitivity.per_mac_ranking`).
 MIXED_TAGS = {"deviation": "", "per-mac": "mac"}
 MIXED_RULES = tuple(MIXED_TAGS)
+#: How an int8 plan in ONNX Runtime's static recipe rounds its weights (`Plan.rounding`) and the
+#: tag in the label: to fit each layer's output (GPTQ with bias correction,
+#: `autoshrink.techniques._rounding`) or to the nearest level (the runtime's own rounding).
+ROUNDING_TAGS = {"gptq": "", "nearest": "near"}
+ROUNDINGS = tuple(ROUNDING_TAGS)
 
 
 def _shown(name: str, value: Any) -> bool:
@@ -43,6 +48,7 @@ def _shown(name: str, value: Any) -> bool:
         or (name == "prune_method" and value == PRUNE_METHODS[0])
         or (name == "calibration" and value == CALIBRATION_METHODS[0])
         or (name == "mixed_by" and value == MIXED_RULES[0])
+        or (name == "rounding" and value == ROUNDINGS[0])
     )
 
 
@@ -85,6 +91,10 @@ class Plan:
         mixed_by: how ``layer_bits`` was chosen, for the label and the record: ``"deviation"``
             (the layers that move the outputs most when quantized alone) or ``"per-mac"`` (most
             per multiply-accumulate, label ``mixed<n>mac``). The table itself is what is built.
+        rounding: how the int8 weights of ONNX Runtime's static recipe (the convolutions, and
+            every layer of a CNN) are rounded: ``"gptq"`` (the default: each layer's levels
+            chosen so that its output on calibration data stays close, with bias correction)
+            or ``"nearest"`` (label ``-near``: each weight to its nearest level).
 
     Example:
         >>> p = Plan(prune=0.5, rank=0.5, bits=8, distill_epochs=2)
@@ -104,6 +114,8 @@ class Plan:
         ('int8-mixed2', (('classifier', 32), ('features.0', 32)), True)
         >>> Plan(bits=8, calibration="percentile").label
         'int8-pct'
+        >>> Plan(bits=8, rounding="nearest").label
+        'int8-near'
     """
 
     prune: float = 0.0
@@ -116,6 +128,7 @@ class Plan:
     prune_method: str = PRUNE_METHODS[0]
     calibration: str = CALIBRATION_METHODS[0]
     mixed_by: str = MIXED_RULES[0]
+    rounding: str = ROUNDINGS[0]
 
     def __post_init__(self) -> None:
         table = dict(self.layer_bits.items() if isinstance(self.layer_bits, dict) else self.layer_bits)
@@ -153,6 +166,13 @@ class Plan:
                 f"Plan.calibration={self.calibration!r} applies to int8 and 4-bit plans in ONNX Runtime, "
                 f"not to a {self.bits}-bit plan in {self.resolved_runtime}"
             )
+        if self.rounding not in ROUNDINGS:
+            raise ValueError(f"Plan.rounding must be one of {ROUNDINGS}, got {self.rounding!r}")
+        if self.rounding != ROUNDINGS[0] and (self.bits == 32 or self.resolved_runtime != "onnxruntime"):
+            raise ValueError(
+                f"Plan.rounding={self.rounding!r} applies to int8 and 4-bit plans in ONNX Runtime, "
+                f"not to a {self.bits}-bit plan in {self.resolved_runtime}"
+            )
         if self.mixed_by not in MIXED_RULES:
             raise ValueError(f"Plan.mixed_by must be one of {MIXED_RULES}, got {self.mixed_by!r}")
         if self.mixed_by != MIXED_RULES[0] and not self.layer_bits:
@@ -188,15 +208,16 @@ class Plan:
         return self
 
     def on(self, runtime: str) -> Plan:
-        """This plan in ``runtime``; a calibration that only ONNX Runtime uses goes back to the
-        default elsewhere.
+        """This plan in ``runtime``; a calibration or rounding that only ONNX Runtime uses goes
+        back to the default elsewhere.
 
         Example:
             >>> Plan(bits=8, calibration="percentile").on("openvino").label
             'int8-ov'
         """
         keeps = resolve(runtime, self.bits) == "onnxruntime"
-        return replace(self, runtime=runtime, calibration=self.calibration if keeps else CALIBRATION_METHODS[0])
+        return replace(self, runtime=runtime, calibration=self.calibration if keeps else CALIBRATION_METHODS[0],
+                       rounding=self.rounding if keeps else ROUNDINGS[0])  # fmt: skip
 
     @property
     def label(self) -> str:
@@ -209,6 +230,8 @@ class Plan:
         parts.append("fp32" if self.bits == 32 else f"int{self.bits}")
         if CALIBRATION_TAGS[self.calibration]:
             parts.append(CALIBRATION_TAGS[self.calibration])
+        if ROUNDING_TAGS[self.rounding]:
+            parts.append(ROUNDING_TAGS[self.rounding])
         if self.resolved_runtime != default_runtime(self.bits):  # e.g. -ort for fp32, -ov
             parts.append(get(self.resolved_runtime).tag)
         if self.layer_bits:
@@ -230,6 +253,8 @@ class Plan:
             del out["calibration"]  # and the default calibration
         if self.mixed_by == MIXED_RULES[0]:
             del out["mixed_by"]  # and the default choice of mixed-precision layers
+        if self.rounding == ROUNDINGS[0]:
+            del out["rounding"]  # and the default rounding
         return out
 
     @classmethod

@@ -3,7 +3,8 @@
 ``python -m benchmarks pretrained`` from the repository root writes ``results/pretrained.md`` and
 ``.json``: for each pretrained EfficientNet-Lite (``--models``, Lite1 by default), fp32 in torch
 and ONNX Runtime; uniform int8 in ONNX Runtime with each calibration method of
-`autoshrink.techniques.quantize.CALIBRATIONS` and in OpenVINO with NNCF's options; the per-layer
+`autoshrink.techniques.quantize.CALIBRATIONS` (weights rounded by GPTQ, the default, and once
+to the nearest level, `Plan.rounding`) and in OpenVINO with NNCF's options; the per-layer
 sensitivity analysis (timed with the calibration computed once, and one layer timed without);
 mixed precision keeping the most sensitive 5% and 15% of the layers (``--mixed``) in float in both runtimes;
 and accuracy-aware int8 at a 1-point drop, built by the search's own trial runner.
@@ -85,6 +86,8 @@ def _configs() -> list[tuple[str, dict[str, Any]]]:
 
     out = [(f"int8 ORT, {name} calibration" + (" (default)" if name == DEFAULT_CALIBRATION else ""),
             {"runtime": "onnxruntime", "calibration": name}) for name in CALIBRATIONS]  # fmt: skip
+    out.insert(1, ("int8 ORT, minmax calibration, nearest rounding (GPTQ off)",
+                   {"runtime": "onnxruntime", "rounding": "nearest"}))  # fmt: skip
     out += [
         ("int8 OpenVINO, NNCF as autoshrink sets it (full bias correction)", {"runtime": "openvino"}),
         ("int8 OpenVINO, NNCF fast bias correction", {"runtime": "openvino",
@@ -410,6 +413,9 @@ def write(runs: list[ModelRun], report: Report, n_cal: int, n_score: int, sample
         f"speed-ups are ratios to rows timed in this same process. Sensitivity on {samples} validation crops drawn at random (seeded).",
         f"- Target (issue 18): agreement >= {TARGET_AGREEMENT} at >= {TARGET_SHARE:.0%} of the default uniform "
         f"int8's speed-up over torch.",
+        "- Weight rounding: every ONNX Runtime int8 row puts its weights on the runtime's grid by GPTQ with bias "
+        "correction (`Plan.rounding`, the default since 2026-12-07) but the row marked `nearest rounding`; "
+        "OpenVINO's rows are NNCF's own (GPTQ is not applied there).",
         "",
     ]
     for run in runs:
