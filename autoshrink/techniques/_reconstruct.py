@@ -32,10 +32,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from autoshrink.inputs import Inputs, batch_size, call_model, tree_index
+from autoshrink.techniques._patches import layer_rows
 
 #: Rows (samples x positions) of one batch that enter the normal equations; a random subset
 #: of a convolution's output positions beyond it.
@@ -53,20 +53,6 @@ def refittable(module: nn.Module) -> bool:
     subclass with its own ``forward`` (a convolution that pads itself first) is refitted as its
     parent computes; the refit is checked on the layer's real output and undone if it is worse."""
     return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
-
-
-def _rows(module: nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """The layer's input and target output as matching rows: (rows, inputs) and (rows, outputs)."""
-    if isinstance(module, nn.Conv2d):
-        patches = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)  # (N, d, L)
-        x2 = patches.transpose(1, 2).reshape(-1, patches.shape[1])
-        y2 = y.flatten(2).transpose(1, 2).reshape(-1, y.shape[1])
-    else:
-        x2, y2 = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
-    if x2.shape[0] > ROWS_PER_BATCH:
-        keep = torch.randperm(x2.shape[0], generator=gen)[:ROWS_PER_BATCH]
-        x2, y2 = x2[keep], y2[keep]
-    return x2, y2
 
 
 class _Stopped(BaseException):
@@ -253,7 +239,7 @@ def reconstruct(
                     check = (x, y)
                     if held_out is not None:
                         continue  # the check batch is not fitted on
-                x2, y2 = _rows(module, x, y, gen)
+                x2, y2 = (t[0] for t in layer_rows(module, x, y, gen, ROWS_PER_BATCH))  # one group: refittable
                 x2 = torch.cat([x2, torch.ones(x2.shape[0], 1, dtype=x2.dtype)], 1)  # the intercept
                 # float32 products of one batch, summed in float64 over the batches
                 rows += x2.shape[0]

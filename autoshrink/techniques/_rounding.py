@@ -42,10 +42,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from autoshrink.inputs import Inputs, batch_size, call_model, tree_index
+from autoshrink.techniques._patches import layer_rows
 
 #: Input rows (samples x positions) of one batch that enter a layer's Gram matrix: at most this
 #: many, and at most `ROWS_PER_INPUT` per input of one output (a depthwise 3x3 needs fewer than a
@@ -102,47 +102,6 @@ def depthwise(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and module.groups > 1 and module.weight.shape[:2] == (module.groups, 1)
 
 
-def _padded(module: nn.Conv2d, x: torch.Tensor, out_hw: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
-    """``x`` padded as the convolution pads it: its own ``padding`` when that gives the output's
-    size, else TensorFlow's "same" padding (extra row and column at the end) that convolutions
-    with static same padding apply before the call (EfficientNet-Lite's, timm's ``Conv2dSame``)."""
-    k, s, d = module.kernel_size, module.stride, module.dilation
-    pad = module.padding if isinstance(module.padding, tuple) else (0, 0)
-    size = [(x.shape[2 + i] + 2 * pad[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(2)]
-    if tuple(size) == tuple(out_hw) and module.padding_mode == "zeros":
-        return x, pad
-    total = [max((out_hw[i] - 1) * s[i] + (k[i] - 1) * d[i] + 1 - x.shape[2 + i], 0) for i in range(2)]
-    return F.pad(x, (total[1] // 2, total[1] - total[1] // 2, total[0] // 2, total[0] - total[0] // 2)), (0, 0)
-
-
-def _rows(module: nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """At most `ROWS_PER_BATCH` of the layer's input patches and outputs (random positions of a
-    convolution's output), as rows per group: (groups, rows, fan-in) and (groups, rows, outputs
-    per group). Patches are gathered at the chosen positions only, never unfolded whole."""
-    most = min(ROWS_PER_BATCH, ROWS_PER_INPUT * module.weight[0].numel())
-    if isinstance(module, nn.Linear):
-        x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
-        if x.shape[0] > most:
-            pick = torch.randperm(x.shape[0], generator=gen)[:most]
-            x, y = x[pick], y[pick]
-        return x[None], y[None]
-    out_h, out_w = y.shape[2:]
-    x, pad = _padded(module, x, (out_h, out_w))
-    if any(pad):
-        x = F.pad(x, (pad[1], pad[1], pad[0], pad[0]))
-    positions = y.shape[0] * out_h * out_w
-    pick = torch.randperm(positions, generator=gen)[:most] if positions > most else torch.arange(positions)
-    n, i, j = pick // (out_h * out_w), (pick // out_w) % out_h, pick % out_w
-    (kh, kw), (sh, sw), (dh, dw) = module.kernel_size, module.stride, module.dilation
-    rows = i[:, None] * sh + torch.arange(kh)[None] * dh  # (R, kh)
-    cols = j[:, None] * sw + torch.arange(kw)[None] * dw  # (R, kw)
-    patches = x[n[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (R, kh, kw, C)
-    g = module.groups
-    patches = patches.permute(0, 3, 1, 2).reshape(len(pick), g, -1).transpose(0, 1)  # (g, R, Cin/g * kh * kw)
-    out = y[n, :, i, j].reshape(len(pick), g, -1).transpose(0, 1)  # (g, R, Cout/g)
-    return patches, out
-
-
 def _grouped(module: nn.Module) -> torch.Tensor:
     """The weight as (groups, outputs per group, fan-in), float64."""
     groups = module.groups if isinstance(module, nn.Conv2d) else 1
@@ -182,7 +141,8 @@ def _collect(model: nn.Module, names: list[str], inputs: Inputs, seed: int) -> t
             left.setdefault(name, "its output is not one tensor")
             return
         try:
-            p, y = _rows(module, args[0].detach(), out.detach(), gen)
+            p, y = layer_rows(module, args[0].detach(), out.detach(), gen,
+                              min(ROWS_PER_BATCH, ROWS_PER_INPUT * module.weight[0].numel()))
         except (IndexError, RuntimeError) as exc:  # a padding or shape that patches cannot reproduce
             left[name] = f"its input patches could not be gathered ({type(exc).__name__}; left to nearest rounding)"
             return

@@ -104,3 +104,25 @@ def test_a_layer_without_bias_gets_one_that_takes_up_the_mean_of_the_removed_cha
     with torch.no_grad():  # and the error it reports is the model's: the teacher's output, within it
         err = float((student(x) - teacher(x)).norm() / teacher(x).norm())
     assert err < 1.5 * after
+
+
+class SamePadConv(nn.Conv2d):
+    """A convolution that pads itself before the call, TensorFlow's "same" (EfficientNet-Lite's)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.conv2d(nn.functional.pad(x, (0, 1, 0, 1)), self.weight, self.bias, self.stride, 0,
+                                    self.dilation, self.groups)  # fmt: skip
+
+
+def test_a_consumer_that_pads_itself_is_refitted_on_the_patches_it_really_multiplies() -> None:
+    # Its own padding (0) gives fewer positions than its output has: the rows of the fit are
+    # gathered with the padding it applies, and the refit lowers its error as for any convolution.
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), SamePadConv(16, 8, 3, stride=2))
+    student = nn.Sequential(nn.Conv2d(3, 12, 3, padding=1), nn.ReLU(), SamePadConv(12, 8, 3, stride=2))
+    with torch.no_grad():
+        teacher[0].bias.add_(1.0)
+        student[0].weight.copy_(teacher[0].weight[:12]), student[0].bias.copy_(teacher[0].bias[:12])
+        student[2].weight.copy_(teacher[2].weight[:, :12]), student[2].bias.copy_(teacher[2].bias)
+    before, after = reconstruct(student, teacher, ["2"], {}, torch.randn(96, 3, 8, 8))["2"]
+    assert after < 0.7 * before
