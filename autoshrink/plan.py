@@ -33,11 +33,13 @@ CALIBRATION_METHODS = tuple(CALIBRATION_TAGS)
 #: (`autoshrink.sensitivity.per_mac_ranking`).
 MIXED_TAGS = {"deviation": "", "per-mac": "mac"}
 MIXED_RULES = tuple(MIXED_TAGS)
-#: How an int8 plan in ONNX Runtime's static recipe rounds its weights (`Plan.rounding`) and the
+#: How an int8 plan's static recipe (CNNs, in ONNX Runtime or OpenVINO) rounds its weights (`Plan.rounding`) and the
 #: tag in the label: to fit each layer's output (GPTQ with bias correction,
 #: `autoshrink.techniques._rounding`) or to the nearest level (the runtime's own rounding).
 ROUNDING_TAGS = {"gptq": "", "nearest": "near"}
 ROUNDINGS = tuple(ROUNDING_TAGS)
+#: The runtimes whose int8 weights `Plan.rounding` rounds (both take the weights' grid per channel from their largest).
+ROUNDED_RUNTIMES = ("onnxruntime", "openvino")
 
 
 def _shown(name: str, value: Any) -> bool:
@@ -91,8 +93,8 @@ class Plan:
         mixed_by: how ``layer_bits`` was chosen, for the label and the record: ``"deviation"``
             (the layers that move the outputs most when quantized alone) or ``"per-mac"`` (most
             per multiply-accumulate, label ``mixed<n>mac``). The table itself is what is built.
-        rounding: how the int8 weights of ONNX Runtime's static recipe (the convolutions, and
-            every layer of a CNN) are rounded: ``"gptq"`` (the default: each layer's levels
+        rounding: how the int8 weights of the static recipe (the convolutions, and every layer
+            of a CNN, in ONNX Runtime; in OpenVINO all but the depthwise ones) are rounded: ``"gptq"`` (the default: each layer's levels
             chosen so that its output on calibration data stays close, with bias correction)
             or ``"nearest"`` (label ``-near``: each weight to its nearest level).
 
@@ -168,9 +170,9 @@ class Plan:
             )
         if self.rounding not in ROUNDINGS:
             raise ValueError(f"Plan.rounding must be one of {ROUNDINGS}, got {self.rounding!r}")
-        if self.rounding != ROUNDINGS[0] and (self.bits == 32 or self.resolved_runtime != "onnxruntime"):
+        if self.rounding != ROUNDINGS[0] and (self.bits == 32 or self.resolved_runtime not in ROUNDED_RUNTIMES):
             raise ValueError(
-                f"Plan.rounding={self.rounding!r} applies to int8 and 4-bit plans in ONNX Runtime, "
+                f"Plan.rounding={self.rounding!r} applies to int8 and 4-bit plans in ONNX Runtime or OpenVINO, "
                 f"not to a {self.bits}-bit plan in {self.resolved_runtime}"
             )
         if self.mixed_by not in MIXED_RULES:
@@ -208,16 +210,17 @@ class Plan:
         return self
 
     def on(self, runtime: str) -> Plan:
-        """This plan in ``runtime``; a calibration or rounding that only ONNX Runtime uses goes
-        back to the default elsewhere.
+        """This plan in ``runtime``; a calibration that only ONNX Runtime uses (or a rounding that
+        neither ONNX Runtime nor OpenVINO does) goes back to the default elsewhere.
 
         Example:
             >>> Plan(bits=8, calibration="percentile").on("openvino").label
             'int8-ov'
         """
-        keeps = resolve(runtime, self.bits) == "onnxruntime"
+        resolved = resolve(runtime, self.bits)
+        keeps = resolved == "onnxruntime"
         return replace(self, runtime=runtime, calibration=self.calibration if keeps else CALIBRATION_METHODS[0],
-                       rounding=self.rounding if keeps else ROUNDINGS[0])  # fmt: skip
+                       rounding=self.rounding if resolved in ROUNDED_RUNTIMES else ROUNDINGS[0])  # fmt: skip
 
     @property
     def label(self) -> str:

@@ -90,6 +90,7 @@ def _configs() -> list[tuple[str, dict[str, Any]]]:
                    {"runtime": "onnxruntime", "rounding": "nearest"}))  # fmt: skip
     out += [
         ("int8 OpenVINO, NNCF as autoshrink sets it (full bias correction)", {"runtime": "openvino"}),
+        ("int8 OpenVINO, NNCF, nearest rounding (GPTQ off)", {"runtime": "openvino", "rounding": "nearest"}),
         ("int8 OpenVINO, NNCF fast bias correction", {"runtime": "openvino",
                                                       "nncf_options": (("fast_bias_correction", True),)}),
         ("int8 OpenVINO, NNCF mixed preset (asymmetric activations)", {"runtime": "openvino",
@@ -413,9 +414,10 @@ def write(runs: list[ModelRun], report: Report, n_cal: int, n_score: int, sample
         f"speed-ups are ratios to rows timed in this same process. Sensitivity on {samples} validation crops drawn at random (seeded).",
         f"- Target (issue 18): agreement >= {TARGET_AGREEMENT} at >= {TARGET_SHARE:.0%} of the default uniform "
         f"int8's speed-up over torch.",
-        "- Weight rounding: every ONNX Runtime int8 row puts its weights on the runtime's grid by GPTQ with bias "
-        "correction (`Plan.rounding`, the default since 2026-12-07) but the row marked `nearest rounding`; "
-        "OpenVINO's rows are NNCF's own (GPTQ is not applied there).",
+        "- Weight rounding: every int8 row puts its weights on the runtime's grid by GPTQ with bias correction "
+        "(`Plan.rounding`, the default since 2026-12-07) but the rows marked `nearest rounding`; in OpenVINO (since "
+        "the same day) not the depthwise convolutions, and no layer where NNCF's weights are 7-bit (`int8 ISA` "
+        "without VNNI above), where NNCF rounds its own.",
         "",
     ]
     for run in runs:

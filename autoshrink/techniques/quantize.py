@@ -34,9 +34,11 @@
 * Weight rounding (``rounding``): in the static recipe, each int8 layer's weights are put on the
   runtime's grid before export by error-compensating rounding with bias correction
   (`autoshrink.techniques._rounding`, GPTQ), so that the layer's output on the calibration
-  inputs, not each weight, stays close; ONNX Runtime's own rounding then changes nothing.
-  ``nearest`` leaves it to ONNX Runtime. On pretrained EfficientNet-Lite1 (AVX2-only EPYC,
-  7-bit weights) int8's top-1 agreement with fp32 went from 0.797 to 0.8945 (README).
+  inputs, not each weight, stays close; the runtime's own rounding then changes nothing
+  (`rounding_tops` says which layers, on which grid: in OpenVINO, not the depthwise ones, and
+  none with 7-bit weights). ``nearest`` leaves it to the runtime. On pretrained
+  EfficientNet-Lite1, int8's top-1 agreement with fp32 went from 0.797 to 0.8945 in ONNX Runtime
+  (AVX2-only EPYC, 7-bit weights) and from 0.840 to 0.887 in OpenVINO (AVX-512 VNNI EPYC; README).
 
 * 4 bits: MatMul weights become ONNX Runtime ``MatMulNBits`` (asymmetric 4-bit blocks of 32,
   int8 compute); with the dynamic recipe embedding tables become 4-bit ``GatherBlockQuantized``
@@ -509,24 +511,52 @@ def exported(stage: Stage, context: Context, spec: InputSpec) -> onnx.ModelProto
 KEPT_ROUNDINGS = 2
 
 
+def rounding_tops(module: Any, runtime: str, reduce_range: bool) -> dict[str, int]:
+    """The Conv2d and Linear layers of ``module`` whose int8 weights ``runtime`` puts on one
+    symmetric grid per output channel (step ``max|w| / top``), with each one's ``top``.
+
+    * ONNX Runtime: 127, or 64 with the reduced range (`quantize_static`; depthwise weights keep
+      127, `depthwise_weights`).
+    * OpenVINO (NNCF): 127, on full-range CPUs only. Depthwise convolutions are not listed:
+      NNCF gives their weights a range per channel *and* kernel column, a finer grid than one
+      per channel. With NNCF's overflow fix (7-bit weights, for CPUs without VNNI) nothing is:
+      its step is ``max|w| / 63.5``, so a channel's largest weight is never on its grid and NNCF
+      rounds any weights it is given again (the levels move by half a step).
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(4, 8, 1), nn.Conv2d(8, 8, 3, groups=8), nn.Flatten(), nn.Linear(8, 2))
+        >>> rounding_tops(net, "onnxruntime", True), rounding_tops(net, "openvino", False), rounding_tops(net, "openvino", True)
+        ({'0': 64, '1': 127, '3': 64}, {'0': 127, '3': 127}, {})
+    """
+    from torch import nn
+
+    from autoshrink.techniques._rounding import depthwise
+
+    found = {n: m for n, m in module.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    if runtime == "openvino":
+        return {} if reduce_range else {n: 127 for n, m in found.items() if not depthwise(m)}
+    return {n: 64 if reduce_range and not depthwise(m) else 127 for n, m in found.items()}
+
+
 def rounded(
-    module: Any, context: Context, table: Mapping[str, int], bits: int, reduce_range: bool
+    module: Any, context: Context, table: Mapping[str, int], bits: int, tops: Mapping[str, int]
 ) -> tuple[Any, dict[str, Any]]:
-    """A copy of ``module`` whose layers that the static recipe makes int8 (every Conv2d and
-    Linear not kept in float; in a 4-bit plan, the convolutions and the layers named 8) have
-    their weights on the runtime's grid, rounded by `autoshrink.techniques._rounding` from the
-    calibration inputs, and a summary for the report. The rounding of every layer is computed
-    once per model and weights in ``context.cache`` and reused by each mixed-precision table (a
-    sensitivity analysis builds one layer at a time)."""
+    """A copy of ``module`` whose layers that the static recipe makes int8 (every layer of
+    ``tops`` not kept in float; in a 4-bit plan, the convolutions and the layers named 8) have
+    their weights on the runtime's grid (`rounding_tops`), rounded by
+    `autoshrink.techniques._rounding` from the calibration inputs, and a summary for the report.
+    The rounding of every layer is computed once per model, weights and grid in
+    ``context.cache`` and reused by each mixed-precision table (a sensitivity analysis builds
+    one layer at a time)."""
     import copy
 
     from torch import nn
 
-    from autoshrink.techniques._rounding import depthwise, round_layers
+    from autoshrink.techniques._rounding import round_layers
 
     found = {n: m for n, m in module.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-    tops = {n: 64 if reduce_range and not depthwise(m) else 127 for n, m in found.items()}
-    key = f"{weights_fingerprint(module)}:{reduce_range}"
+    key = f"{weights_fingerprint(module)}:{sorted(tops.items())}"
     calibration = stack_inputs(context.train_data, CALIBRATION_SAMPLES)
     rounding = remembered(context.cache, "roundings", key, lambda: round_layers(module, calibration, tops),
                           keep=KEPT_ROUNDINGS)  # fmt: skip
@@ -563,10 +593,13 @@ def quantize(stage: Stage, config: QuantizeConfig, context: Context) -> Stage:
     mixed = {"layer_bits": table} if table else {}
     rounding: dict[str, Any] = {}
     ranges_from = None
-    if config.runtime == "onnxruntime" and config.bits != 32 and scheme == "static" and config.rounding == "gptq":
-        module, rounding = rounded(stage.module, context, table, config.bits, reduce_range)
-        ranges_from, exported_graph = exported_graph, exported(Stage(module=module), context, spec)
-        unshare_weights(exported_graph)
+    if config.bits != 32 and scheme == "static" and config.rounding == "gptq":
+        grid = "openvino" if config.runtime == "openvino" and config.openvino_int8 == "nncf" else "onnxruntime"
+        tops = rounding_tops(stage.module, grid, reduce_range)
+        if tops:
+            module, rounding = rounded(stage.module, context, table, config.bits, tops)
+            ranges_from, exported_graph = exported_graph, exported(Stage(module=module), context, spec)
+            unshare_weights(exported_graph)
     if config.runtime == "openvino":
         from autoshrink.techniques import _openvino
 
@@ -584,7 +617,8 @@ def quantize(stage: Stage, config: QuantizeConfig, context: Context) -> Stage:
         report = TechniqueReport(
             technique="quantize",
             details={"bits": config.bits, "runtime": "openvino", "int8": how, "fake_quantize_ops": counts["FakeQuantize"]}
-            | ({INT8_RANGE_KEY: weight_range} if config.bits != 32 else {}) | mixed,
+            | ({INT8_RANGE_KEY: weight_range, "rounding": rounding or {"method": "nearest"}} if config.bits != 32 else {})
+            | mixed,
             skipped={
                 name: "kept in fp32 by the plan (layer_bits)"
                 for name, p in _openvino.layer_precision(model).items() if p == "fp32" and inside(module_path(name), table)

@@ -151,12 +151,56 @@ def test_mixed_precision_tables_share_one_rounding_and_one_calibration(monkeypat
     assert len(roundings) == 1 and len(calibrations) == 1
 
 
-def test_rounding_is_an_onnx_runtime_knob() -> None:
+def _openvino_weights(model: object) -> dict[tuple[int, ...], np.ndarray]:
+    """The int8 weights of an NNCF-quantized OpenVINO model's convolutions and matrix products
+    (int8 constants times their scales), by shape."""
+    out = {}
+    for op in model.get_ordered_ops():  # type: ignore[attr-defined]
+        weights = op.input_value(1).get_node() if op.get_type_name() in ("Convolution", "MatMul") else None
+        if weights is None or weights.get_type_name() != "Multiply":
+            continue
+        convert, scale = (weights.input_value(i).get_node() for i in (0, 1))
+        q = convert.input_value(0).get_node().get_data() if convert.get_type_name() == "Convert" else None
+        if q is not None and q.dtype == np.int8:
+            out[q.shape] = q.astype(np.float64) * scale.get_data().astype(np.float64)
+    return out
+
+
+def test_openvino_keeps_the_rounded_levels_of_every_layer_but_the_depthwise_one() -> None:
+    """NNCF's full-range grid is the same per-channel one; its depthwise weights get a range per
+    channel and kernel column, so that layer is not rounded."""
+    pytest.importorskip("nncf")
+    model, x = _cnn()
+    art = compress(model, Plan(bits=8, runtime="openvino"), train_data=(x,), example_input=x[:1], int8_range="full")
+    assert art.reports[-1].details["rounding"]["layers"] == 3
+    expected = round_layers(model, x, {"0": 127, "5": 127, "9": 127})
+    folded = expected.layers["0"].weight * (model[1].weight / (model[1].running_var + model[1].eps).sqrt()).view(-1, 1, 1, 1)
+    weights = _openvino_weights(art.openvino_model)
+    assert np.allclose(weights[(16, 3, 3, 3)], folded.detach().numpy(), rtol=1e-4, atol=1e-6)
+    for name in ("5", "9"):
+        w = expected.layers[name].weight.detach().numpy()
+        w = w.T if name == "9" and w.shape not in weights else w  # OpenVINO may store a Linear's weight transposed
+        assert np.allclose(weights[w.shape], w, rtol=1e-4, atol=1e-6), name
+    nearest = compress(model, Plan(bits=8, runtime="openvino", rounding="nearest"), train_data=(x,), example_input=x[:1],
+                       int8_range="full")  # fmt: skip
+    assert nearest.reports[-1].details["rounding"] == {"method": "nearest"}
+    assert not np.allclose(_openvino_weights(nearest.openvino_model)[(16, 16, 1, 1)], weights[(16, 16, 1, 1)])
+
+
+def test_openvino_with_7_bit_weights_keeps_nncfs_rounding() -> None:
+    """NNCF's overflow fix puts a channel's largest weight at 63.5 steps: no grid survives it."""
+    pytest.importorskip("nncf")
+    model, x = _cnn()
+    art = compress(model, Plan(bits=8, runtime="openvino"), train_data=(x,), example_input=x[:1], int8_range="reduced")
+    assert art.reports[-1].details["rounding"] == {"method": "nearest"}
+
+
+def test_rounding_is_a_knob_of_onnx_runtime_and_openvino() -> None:
     assert Plan(bits=8, rounding="nearest").label == "int8-near"
     assert Plan.from_json(Plan(bits=8, rounding="nearest").to_json()).rounding == "nearest"
     assert "rounding" not in Plan(bits=8).to_dict()
-    assert Plan(bits=8, rounding="nearest").on("openvino").rounding == "gptq"
-    with pytest.raises(ValueError, match="rounding='nearest' applies to int8 and 4-bit plans in ONNX Runtime"):
+    assert Plan(bits=8, rounding="nearest").on("openvino").rounding == "nearest"
+    with pytest.raises(ValueError, match="rounding='nearest' applies to int8 and 4-bit plans in ONNX Runtime or OpenVINO"):
         Plan(rounding="nearest")
     with pytest.raises(ValueError, match="Plan.rounding must be one of"):
         Plan(bits=8, rounding="adaround")
