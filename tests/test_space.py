@@ -144,3 +144,9 @@ def test_mixed_by_draws_the_per_mac_ranking_only_for_mixed_plans_and_round_trips
     assert "mixed_by" not in SearchSpace().to_dict()  # the default space reads as before
     with pytest.raises(ConfigError, match="mixed_by"):
         SearchSpace(mixed_by=("flops",))
+
+
+def test_the_pretrained_cnn_space_file_searches_int8_precision_only() -> None:
+    space = SearchSpace.from_yaml(ROOT / "search_spaces" / "pretrained-cnn.yaml")
+    assert (space.prune, space.rank, space.bits, space.distill_epochs) == ((0.0, 0.0, 0.1), ("off",), (8,), (0,))
+    assert space.mixed == (0, 0.05, 0.15) and space.calibration == ("minmax", "percentile")
