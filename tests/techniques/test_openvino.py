@@ -66,3 +66,29 @@ def test_openvino_artifacts_are_served_by_mlflow(plan: Plan, tmp_path: Path) -> 
     served = mlflow.pyfunc.load_model(model_uri)
     torch.testing.assert_close(torch.from_numpy(served.predict(x[:8].numpy())), art(x[:8]))
     assert tracker.download_artifact(run).size_bytes == art.size_bytes  # the measured file itself
+
+
+def test_nncf_finds_the_layers_biases_so_its_bias_correction_changes_the_model() -> None:
+    # Read with Core.read_model, each bias reached its layer through a Reshape of a computed
+    # shape: NNCF found no bias, and its bias correction changed nothing.
+    pytest.importorskip("nncf")
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+
+    from autoshrink.inputs import InputSpec
+    from autoshrink.techniques import _openvino
+    from autoshrink.techniques._onnx import export_onnx
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1),
+                              torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()  # fmt: skip
+    x = torch.randn(64, 3, 8, 8)
+    spec = InputSpec.of(x[:1])
+    onnx_bytes = export_onnx(net, x[:1], spec).SerializeToString()
+    outputs = []
+    for off in (False, True):
+        model = _openvino.quantize_nncf(_openvino.from_onnx(onnx_bytes), x, spec, transformer=False, reduce_range=False,
+                                        options={"fast_bias_correction": True, "advanced_parameters":
+                                                 AdvancedQuantizationParameters(disable_bias_correction=off)})  # fmt: skip
+        compiled = _openvino.compile_model(_openvino.pack(model, {}), 1)
+        outputs.append(torch.from_numpy(compiled({spec.names[0]: x.numpy()})[0]))
+    assert not torch.allclose(outputs[0], outputs[1])
