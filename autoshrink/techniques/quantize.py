@@ -38,7 +38,7 @@
   (`rounding_tops` says which layers, on which grid: in OpenVINO, not the depthwise ones, and
   none with 7-bit weights). ``nearest`` leaves it to the runtime. On pretrained
   EfficientNet-Lite1, int8's top-1 agreement with fp32 went from 0.797 to 0.8945 in ONNX Runtime
-  (AVX2-only EPYC, 7-bit weights) and from 0.840 to 0.887 in OpenVINO (AVX-512 VNNI EPYC; README).
+  (AVX2-only EPYC, 7-bit weights) and from 0.856 to 0.898 in OpenVINO (AVX-512 VNNI EPYC; README).
 
 * 4 bits: MatMul weights become ONNX Runtime ``MatMulNBits`` (asymmetric 4-bit blocks of 32,
   int8 compute); with the dynamic recipe embedding tables become 4-bit ``GatherBlockQuantized``
