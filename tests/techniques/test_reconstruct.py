@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from autoshrink.techniques._reconstruct import BATCH, reconstruct
+from tests.techniques.test_rounding import SamePadConv
 
 
 def _pair(widths: tuple[int, ...] = (8, 32, 32, 32, 4), keep: int = 24) -> tuple[nn.Sequential, nn.Sequential]:
@@ -104,14 +105,6 @@ def test_a_layer_without_bias_gets_one_that_takes_up_the_mean_of_the_removed_cha
     with torch.no_grad():  # and the error it reports is the model's: the teacher's output, within it
         err = float((student(x) - teacher(x)).norm() / teacher(x).norm())
     assert err < 1.5 * after
-
-
-class SamePadConv(nn.Conv2d):
-    """A convolution that pads itself before the call, TensorFlow's "same" (EfficientNet-Lite's)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.conv2d(nn.functional.pad(x, (0, 1, 0, 1)), self.weight, self.bias, self.stride, 0,
-                                    self.dilation, self.groups)  # fmt: skip
 
 
 def test_a_consumer_that_pads_itself_is_refitted_on_the_patches_it_really_multiplies() -> None:
