@@ -58,9 +58,9 @@ def test_a_row_that_fails_to_build_is_reported_failed_and_a_cell_that_cannot_be_
     ok = Row("m", "int8", 0.9, 5.0, 1.2, 2.0, removed="params 0%")
     classifier = Row("c", "int8", 0.8, 5.0, 1.2, 2.0, stable=0.85)
     text = write([failed, ok, classifier], Report("retraining-free", tmp_path)).read_text()
-    assert "| m | prune 0.2 | failed: structured pruning failed: boom | | | | 1.0 | |" in text
-    assert "| m | int8 | 0.9 |  | 5.0 | 1.2 | 2.0 | params 0% |" in text
-    assert "| c | int8 | 0.8 | 0.85 | 5.0 | 1.2 | 2.0 |  |" in text
+    assert "| m | prune 0.2 | failed: structured pruning failed: boom | | | | | 1.0 | |" in text
+    assert "| m | int8 | 0.9 |  | 5.0 | 1.2 | 1.00x | 2.0 | params 0% |" in text
+    assert "| c | int8 | 0.8 | 0.85 | 5.0 | 1.2 | 1.00x | 2.0 |  |" in text
     assert _annotation(torch.nn.Linear(2, 2), object()).startswith("not worked out: AttributeError")
 
 
@@ -75,3 +75,22 @@ def test_removed_counts_the_multiply_adds_a_pruned_cnn_lost_where_given_an_input
     # multiply-adds per position: 27*16 + 144*8 = 1584 before, 27*8 + 72*8 = 792 after; parameters lose as much
     assert removed(teacher, student, x) == "params 50%, MACs 50%"
     assert removed(teacher, student) == "params 50%"  # no input, no count
+
+
+def test_the_cnn_verdict_names_a_row_that_meets_the_target_and_otherwise_the_closest(tmp_path: Path) -> None:
+    from benchmarks._report import Report
+    from benchmarks.retraining_free import Row, write
+
+    model = "Lite (top-1 agreement)"
+    int8 = Row(model, "int8", 0.9, 5.0, 6.5, 2.0)
+    slow_good = Row(model, "prune 0.1 x", 0.95, 4.0, 6.0, 2.0)
+    fast_bad = Row(model, "prune 0.3 x", 0.5, 3.0, 4.0, 2.0)  # 1.625x int8's speed
+    text = write([int8, slow_good, fast_bad], Report("retraining-free", tmp_path)).read_text()
+    assert "| prune 0.3 x | 0.5 |  | 3.0 | 4.0 | 1.62x |" in text
+    assert (f"- {model}: **target not met**: no pruned or factorized row reaches >= 1.3x int8's speed at >= 0.9 "
+            "agreement; the best at >= 1.3x: prune 0.3 x, 0.5 at 1.62x; the best agreement: prune 0.1 x, 0.95 at 1.08x.") in text
+    fast_good = Row(model, "rank 0.5 y", 0.91, 3.0, 5.0, 2.0)  # exactly 1.3x
+    text = write([int8, slow_good, fast_good], Report("retraining-free", tmp_path)).read_text()
+    assert f"- {model}: **target met** (>= 1.3x int8's speed at >= 0.9): rank 0.5 y." in text
+    minilm = Row("MiniLM (cosine)", "int8", 0.99, 5.0, 6.5, 2.0)
+    assert "**target" not in write([minilm], Report("retraining-free", tmp_path)).read_text()
