@@ -94,3 +94,20 @@ def test_the_cnn_verdict_names_a_row_that_meets_the_target_and_otherwise_the_clo
     assert f"- {model}: **target met** (>= 1.3x int8's speed at >= 0.9): rank 0.5 y." in text
     minilm = Row("MiniLM (cosine)", "int8", 0.99, 5.0, 6.5, 2.0)
     assert "**target" not in write([minilm], Report("retraining-free", tmp_path)).read_text()
+
+
+def test_removed_counts_the_multiply_adds_of_convolutions_that_pad_themselves() -> None:
+    """EfficientNet-Lite's convolutions are a subclass that pads first; torch-pruning's counter
+    passed over them (Lite1 low rank read as 13 times the multiply-adds)."""
+    from torch import nn
+
+    from benchmarks.retraining_free import removed
+    from tests.techniques.test_rounding import SamePadConv
+
+    # the student's layers are plain convolutions, as a factorized layer's are
+    teacher = nn.Sequential(SamePadConv(3, 16, 2, stride=2), nn.ReLU(), nn.Conv2d(16, 8, 1))
+    student = nn.Sequential(nn.Conv2d(3, 8, 2, stride=2), nn.ReLU(), nn.Conv2d(8, 8, 1))  # half the inner width
+    x = torch.randn(1, 3, 8, 8)
+    # 4x4 output positions: 12*16 + 16*8 = 320 per position before, 12*8 + 8*8 = 160 after
+    # (torch-pruning counted 128 before, the subclass passed over: "MACs -25%")
+    assert removed(teacher, student, x) == "params 49%, MACs 50%"
