@@ -136,10 +136,12 @@ PROBE_SAMPLES = 32
 
 def probe_key(model: nn.Module, config: PruneSettings) -> str:
     """What the probe's result is kept under in a search's cache (and its study): the
-    architecture (its parameter count) and the settings that change which channels a group loses.
-    The weights are not in it: a study refuses to resume with other weights
+    architecture (its parameter count) and the settings that change which channels a group loses
+    (with activation importance, reconstruction too: it ranks channels by variance instead of mean
+    square). The weights are not in it: a study refuses to resume with other weights
     (`autoshrink.searching.study.check_weights`)."""
-    return f"prune_sensitivity:{count_parameters(model)}:{config.keep_streams}:{config.round_to}:{config.importance}"
+    ranked = "activation-centered" if config.importance == "activation" and config.reconstruct else config.importance
+    return f"prune_sensitivity:{count_parameters(model)}:{config.keep_streams}:{config.round_to}:{ranked}"
 
 
 def probe(context: Context, config: PruneSettings) -> list[Group]:

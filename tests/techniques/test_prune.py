@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -225,6 +227,13 @@ def test_the_sensitivity_probe_runs_once_per_architecture_and_search(monkeypatch
     assert len(calls) == 2  # another architecture is probed anew
     at_half = _pruned(model, PruneConfig(0.5, allocation="sensitivity", reconstruct=False), x, cache)
     assert len(calls) == 2 and at_half.reports[-1].details["allocation"].startswith("uniform")  # nothing to share out
+    activation = PruneConfig(0.3, allocation="sensitivity", importance="activation", reconstruct=False)
+    _pruned(model, activation, x, cache)
+    assert len(calls) == 3  # another ranking of the channels: probed anew
+    # with reconstruction the channels are ranked by variance, not mean square: probed anew too
+    # (it once reused the other ranking's probe)
+    _pruned(model, replace(activation, reconstruct=True), x, cache)
+    assert len(calls) == 4
 
 
 def test_a_probe_that_failed_fails_the_next_candidate_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
