@@ -137,19 +137,16 @@ PROBE_SAMPLES = 32
 def probe_key(model: nn.Module, config: PruneSettings) -> str:
     """What the probe's result is kept under in a search's cache (and its study): the
     architecture (its parameter count) and the settings that change which channels a group loses
-    (with activation importance, reconstruction too: it ranks channels by variance instead of mean
-    square). The weights are not in it: a study refuses to resume with other weights
+    (reconstruction is not: the probe ranks channels by mean square either way, `_probe`). The weights are not in it: a study refuses to resume with other weights
     (`autoshrink.searching.study.check_weights`)."""
-    ranked = "activation-centered" if config.importance == "activation" and config.reconstruct else config.importance
-    return f"prune_sensitivity:{count_parameters(model)}:{config.keep_streams}:{config.round_to}:{ranked}"
+    return f"prune_sensitivity:{count_parameters(model)}:{config.keep_streams}:{config.round_to}:{config.importance}"
 
 
 def probe(context: Context, config: PruneSettings) -> list[Group]:
     """Every channel group of ``context.teacher`` pruned alone (`_probe`): what a search measures
     once, keeps in its study and hands to its candidates' cache under `probe_key`."""
     try:
-        moments = cached_moments(context.teacher, context, centered=config.reconstruct) if config.importance == "activation" else None
-        return _probe(context.teacher, context, config, moments)
+        return _probe(context.teacher, context, config)
     except (RuntimeError, ValueError, KeyError, IndexError, AssertionError) as exc:  # as `prune` wraps them
         if isinstance(exc, CompressionError):
             raise
@@ -157,8 +154,8 @@ def probe(context: Context, config: PruneSettings) -> list[Group]:
 
 
 def sensitivity_shares(
-    model: nn.Module, context: Context, config: PruneSettings, moments: dict[str, torch.Tensor] | None,
-) -> tuple[dict[str, float], dict[str, float], int]:  # fmt: skip
+    model: nn.Module, context: Context, config: PruneSettings
+) -> tuple[dict[str, float], dict[str, float], int]:
     """Each group's share under the plan's budget, the probe's error by group, and the budget:
     the parameters the model keeps when every group loses ``config.ratio`` (uniform pruning,
     counted on a copy), so that a plan's ratio means the same size whatever its allocation. The
@@ -169,7 +166,7 @@ def sensitivity_shares(
     key = probe_key(model, config)
     if key not in context.cache:
         try:
-            context.cache[key] = _probe(model, context, config, moments)
+            context.cache[key] = _probe(model, context, config)
         except CompressionError as exc:  # kept: the next candidate fails at once, not after a probe
             context.cache[key] = exc
     probed = context.cache[key]
@@ -212,16 +209,24 @@ def _kept_parameters(model: nn.Module, example: Any, config: PruneSettings, shar
     return count_parameters(trial)
 
 
-def _probe(
-    model: nn.Module, context: Context, config: PruneSettings, moments: dict[str, torch.Tensor] | None
-) -> list[Group]:
+def _probe(model: nn.Module, context: Context, config: PruneSettings) -> list[Group]:
     """Every group of `groups` pruned alone by `PROBE_SHARE` on a copy of ``model``: the model's
-    squared relative output error on `PROBE_SAMPLES` training inputs, and the parameters removed."""
+    squared relative output error on `PROBE_SAMPLES` training inputs, and the parameters removed.
+
+    With activation importance the probe removes each group's channels of least mean square,
+    even where the pruning itself, followed by reconstruction, removes those of least variance:
+    nothing is refitted here, so a probe that removed the least varying channels measured mostly
+    the mean they carried, which reconstruction gives back (the refitted bias), and it spared the
+    wrong groups. Development runs on pretrained EfficientNet-Lite pruned by 0.1 with
+    reconstruction, fp32, top-1 agreement with the original on 256 test crops (AMD EPYC with
+    AVX-512 VNNI): Lite1 0.406 with a variance-ranked probe, 0.691 with this one; Lite2 0.316,
+    0.656 (ranking by mean square in the pruning too: Lite1 0.668)."""
     from autoshrink.data import dataset_size, stack_inputs
     from autoshrink.inputs import call_model
 
     if dataset_size(context.train_data) == 0:
         raise CompressionError("sensitivity allocation needs calibration inputs (train data), and there are none")
+    moments = cached_moments(model, context, centered=False) if config.importance == "activation" else None
     inputs = stack_inputs(context.train_data, PROBE_SAMPLES)
     with torch.no_grad():
         reference = call_model(model.eval(), inputs)

@@ -98,9 +98,7 @@ def prune(stage: Stage, config: PruneConfig, context: Context) -> Stage:
             # no group may lose more than the ratio (`autoshrink.techniques._allocate`), so every group loses the ratio
             details["allocation"] = "uniform (no group may lose more than the ratio, so every group loses it)"
         elif config.allocation == "sensitivity":
-            shares, details["sensitivity"], details["target_params"] = sensitivity_shares(
-                model, context, config, moments
-            )
+            shares, details["sensitivity"], details["target_params"] = sensitivity_shares(model, context, config)
         pruner, skipped = make_pruner(model, example, config, shares, moments)
         kept = step_keeping_track(pruner, {id(m): n for n, m in model.named_modules()})
     except (RuntimeError, ValueError, KeyError, IndexError, AssertionError) as exc:

@@ -230,10 +230,36 @@ def test_the_sensitivity_probe_runs_once_per_architecture_and_search(monkeypatch
     activation = PruneConfig(0.3, allocation="sensitivity", importance="activation", reconstruct=False)
     _pruned(model, activation, x, cache)
     assert len(calls) == 3  # another ranking of the channels: probed anew
-    # with reconstruction the channels are ranked by variance, not mean square: probed anew too
-    # (it once reused the other ranking's probe)
     _pruned(model, replace(activation, reconstruct=True), x, cache)
-    assert len(calls) == 4
+    assert len(calls) == 3  # the probe ranks by mean square, reconstructed or not (`_allocate._probe`)
+
+
+def test_the_probe_ranks_by_mean_square_where_the_pruning_ranks_by_variance(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing is refitted in the probe, so it removes the channels that carry the least, mean
+    included; reconstruction's pruning removes the least varying ones (their mean is refitted)."""
+    from autoshrink.techniques import _allocate, _pruner
+
+    seen: list[bool] = []  # for each pruner made: were its moments the variances?
+    make = _pruner.make_pruner
+
+    def spy(model, example, config, shares=None, moments=None):  # noqa: ANN001, ANN202
+        if moments is not None:
+            seen.append(bool(torch.equal(moments["head"], variances["head"])))
+        return make(model, example, config, shares, moments)
+
+    model, x = _TwoBranches().eval(), torch.randn(64, 16)
+    with torch.no_grad():
+        model.head.weight.zero_()  # (a constant output: the pruned model keeps it whatever goes)
+    from autoshrink.techniques._importance import input_moments
+
+    variances = input_moments(model, x, centered=True)
+    squares = input_moments(model, x, centered=False)
+    assert not torch.equal(variances["head"], squares["head"])  # ReLU outputs have a mean
+    monkeypatch.setattr(_allocate, "make_pruner", spy)
+    monkeypatch.setattr("autoshrink.techniques.prune.make_pruner", spy)
+    _pruned(model, PruneConfig(0.3, allocation="sensitivity", importance="activation"), x)
+    assert seen[:2] == [False, False], seen  # the probe: one pruner per group (a and b), mean squares
+    assert seen[-1] is True  # the pruning itself: variances
 
 
 def test_a_probe_that_failed_fails_the_next_candidate_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
