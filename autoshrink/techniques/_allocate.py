@@ -137,7 +137,8 @@ PROBE_SAMPLES = 32
 def probe_key(model: nn.Module, config: PruneSettings) -> str:
     """What the probe's result is kept under in a search's cache (and its study): the
     architecture (its parameter count) and the settings that change which channels a group loses
-    (reconstruction is not: the probe ranks channels by mean square either way, `_probe`). The weights are not in it: a study refuses to resume with other weights
+    (reconstruction is not: the probe ranks channels by mean square either way, `_probe`). The
+    weights are not in it: a study refuses to resume with other weights
     (`autoshrink.searching.study.check_weights`)."""
     return f"prune_sensitivity:{count_parameters(model)}:{config.keep_streams}:{config.round_to}:{config.importance}"
 
