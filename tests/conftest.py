@@ -55,6 +55,13 @@ class DepthwiseNet(nn.Module):
         return self.head(x.mean(dim=(2, 3)))
 
 
+class SamePadConv(nn.Conv2d):
+    """A convolution that pads itself before the call, TensorFlow's "same" (EfficientNet-Lite's)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.pad(x, (0, 1, 0, 1)), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
 class TinyTransformer(nn.Module):
     """Token projection, a 2-layer transformer encoder, mean pooling and a classifier."""
 

@@ -102,7 +102,7 @@ def test_removed_counts_the_multiply_adds_of_convolutions_that_pad_themselves() 
     from torch import nn
 
     from benchmarks.retraining_free import removed
-    from tests.techniques.test_rounding import SamePadConv
+    from tests.conftest import SamePadConv
 
     # the student's layers are plain convolutions, as a factorized layer's are
     teacher = nn.Sequential(SamePadConv(3, 16, 2, stride=2), nn.ReLU(), nn.Conv2d(16, 8, 1))

@@ -7,7 +7,7 @@ from torch import nn
 from autoshrink.pipeline import compress
 from autoshrink.plan import Plan
 from autoshrink.techniques.lowrank import LowRankConfig, factorize_conv, factorize_linear
-from tests.conftest import make_case
+from tests.conftest import SamePadConv, make_case
 
 
 def test_full_rank_factorization_is_exact() -> None:
@@ -140,15 +140,8 @@ def test_an_unknown_method_is_refused() -> None:
         LowRankConfig(0.5, method="fisher")
 
 
-class _SamePadConv(nn.Conv2d):
-    """A convolution that pads in its own forward (TensorFlow 'same', as EfficientNet ports do)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(nn.functional.pad(x, (0, 1, 0, 1)))
-
-
 def test_a_conv_that_pads_in_its_own_forward_is_not_split_into_plain_convs() -> None:
-    model = nn.Sequential(_SamePadConv(3, 32, 3, stride=2), nn.ReLU(), _SamePadConv(32, 32, 1), nn.ReLU(),
+    model = nn.Sequential(SamePadConv(3, 32, 3, stride=2), nn.ReLU(), SamePadConv(32, 32, 1), nn.ReLU(),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 4)).eval()  # fmt: skip
     x = torch.randn(16, 3, 16, 16)
     art = compress(model, Plan(rank=0.5), train_data=(x,), example_input=x[:1])

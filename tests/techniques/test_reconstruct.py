@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from autoshrink.techniques._reconstruct import BATCH, reconstruct
-from tests.techniques.test_rounding import SamePadConv
+from tests.conftest import SamePadConv
 
 
 def _pair(widths: tuple[int, ...] = (8, 32, 32, 32, 4), keep: int = 24) -> tuple[nn.Sequential, nn.Sequential]:

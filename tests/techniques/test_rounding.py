@@ -14,7 +14,7 @@ from autoshrink import host
 from autoshrink.pipeline import compress
 from autoshrink.plan import Plan
 from autoshrink.techniques._rounding import depthwise, round_layers
-from tests.conftest import count_calibrations
+from tests.conftest import SamePadConv, count_calibrations
 
 AVX2 = {"model": "AMD EPYC (test)", "int8_isa": ["avx2"]}
 
@@ -54,13 +54,6 @@ def test_levels_are_on_the_grid_and_each_channels_largest_weight_keeps_the_top_l
         levels = weight / scale
         assert torch.allclose(levels, levels.round(), atol=1e-3)
         assert torch.equal(levels.round().abs().amax(1), torch.full((8,), float(top)))  # same scale again
-
-
-class SamePadConv(nn.Conv2d):
-    """A convolution that pads itself before the call, TensorFlow's "same" (EfficientNet-Lite's)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.pad(x, (0, 1, 0, 1)), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
 class ScaledConv(nn.Conv2d):
