@@ -282,8 +282,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", default="lite1,lite2,minilm",
                         help="comma-separated: lite1, lite2, minilm (default: all three)")  # fmt: skip
     args = parser.parse_args(argv)
+    from benchmarks._pretrained import LITE_WEIGHTS
+
+    models = [m.strip() for m in args.models.split(",")]
+    known = [*LITE_WEIGHTS, "minilm"]
+    if unknown := [m for m in models if m not in known]:  # one line before any model is loaded
+        parser.error(f"--models: unknown {', '.join(map(repr, unknown))}; one of {', '.join(known)}")
     report = Report("retraining-free", args.out, argv=sys.argv[1:] if argv is None else argv)
-    print(f"wrote {write(run(args.models.split(',')), report)}")
+    print(f"wrote {write(run(models), report)}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from benchmarks.retraining_free import _rows
@@ -111,3 +112,16 @@ def test_removed_counts_the_multiply_adds_of_convolutions_that_pad_themselves() 
     # 4x4 output positions: 12*16 + 16*8 = 320 per position before, 12*8 + 8*8 = 160 after
     # (torch-pruning counted 128 before, the subclass passed over: "MACs -21%")
     assert removed(teacher, student, x) == "params 49%, MACs 50%"
+
+
+@pytest.mark.parametrize("models", ["foo", "lite1,lite9"])
+def test_an_unknown_model_ends_the_command_with_one_line_before_anything_runs(
+    models: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks.retraining_free import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--models", models, "--out", str(tmp_path)])
+    assert exit_.value.code == 2 and not list(tmp_path.iterdir())  # no report written
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith("one of lite0, lite1, lite2, minilm") and "--models: unknown" in err
