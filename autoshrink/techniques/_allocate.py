@@ -40,8 +40,8 @@ import torch
 from torch import nn
 
 from autoshrink.techniques import CompressionError, Context, count_parameters
-from autoshrink.techniques._importance import cached_moments
-from autoshrink.techniques._pruner import PruneSettings, make_pruner, update_head_counts
+from autoshrink.techniques._importance import cached_means, cached_moments
+from autoshrink.techniques._pruner import PruneSettings, make_pruner, step_keeping_track, update_head_counts
 from autoshrink.techniques._pruner import groups as channel_groups
 
 #: Groups whose probe changed nothing measurable are treated as this sensitive, not free.
@@ -136,11 +136,13 @@ PROBE_SAMPLES = 32
 
 def probe_key(model: nn.Module, config: PruneSettings) -> str:
     """What the probe's result is kept under in a search's cache (and its study): the
-    architecture (its parameter count) and the settings that change which channels a group loses
-    (reconstruction is not: the probe ranks channels by mean square either way, `_probe`). The
-    weights are not in it: a study refuses to resume with other weights
+    architecture (its parameter count) and the settings that change what a group loses (`_probe`).
+    The weights are not in it: a study refuses to resume with other weights
     (`autoshrink.searching.study.check_weights`)."""
-    return f"prune_sensitivity:{count_parameters(model)}:{config.keep_streams}:{config.round_to}:{config.importance}"
+    return (
+        f"prune_sensitivity:{count_parameters(model)}:{config.keep_streams}:{config.round_to}:{config.importance}"
+        f":{config.reconstruct}"
+    )
 
 
 def probe(context: Context, config: PruneSettings) -> list[Group]:
@@ -214,20 +216,25 @@ def _probe(model: nn.Module, context: Context, config: PruneSettings) -> list[Gr
     """Every group of `groups` pruned alone by `PROBE_SHARE` on a copy of ``model``: the model's
     squared relative output error on `PROBE_SAMPLES` training inputs, and the parameters removed.
 
-    With activation importance the probe removes each group's channels of least mean square,
-    even where the pruning itself, followed by reconstruction, removes those of least variance:
-    nothing is refitted here, so a probe that removed the least varying channels measured mostly
-    the mean they carried, which reconstruction gives back (the refitted bias), and it spared the
-    wrong groups. Development runs on pretrained EfficientNet-Lite pruned by 0.1 with
-    reconstruction, fp32, top-1 agreement with the original on 256 test crops (AMD EPYC with
-    AVX-512 VNNI): Lite1 0.406 with a variance-ranked probe, 0.691 with this one; Lite2 0.316,
-    0.656 (ranking by mean square in the pruning too: Lite1 0.668)."""
+    Nothing is refitted here, so with activation importance the probe removes what the pruning
+    itself would, as the pruning leaves it: where reconstruction follows, each group's least
+    varying channels, their mean folded into the consumers' bias (what the refitted intercept
+    gives back; `autoshrink.techniques._pruner.step_keeping_track`); otherwise the channels of
+    least mean square, nothing given back. A probe that removed the least varying channels
+    without folding their mean measured mostly that mean and spared the wrong groups.
+    Development runs on pretrained EfficientNet-Lite, fp32, top-1 agreement with the original on
+    256 test crops (AMD EPYC with AVX-512 VNNI), pruned by 0.1 / 0.2 with reconstruction: Lite1
+    variance-ranked probe without the mean 0.406 / -, mean square 0.691 / 0.332, folded mean
+    0.668 / 0.367; Lite2 0.316 / -, 0.656 / 0.340, 0.652 / 0.480.
+    """
     from autoshrink.data import dataset_size, stack_inputs
     from autoshrink.inputs import call_model
 
     if dataset_size(context.train_data) == 0:
         raise CompressionError("sensitivity allocation needs calibration inputs (train data), and there are none")
-    moments = cached_moments(model, context, centered=False) if config.importance == "activation" else None
+    compensate = config.importance == "activation" and config.reconstruct
+    moments = cached_moments(model, context, centered=compensate) if config.importance == "activation" else None
+    means = {n: m for n, (m, _) in cached_means(model, context).items()} if compensate else None
     inputs = stack_inputs(context.train_data, PROBE_SAMPLES)
     with torch.no_grad():
         reference = call_model(model.eval(), inputs)
@@ -239,7 +246,7 @@ def _probe(model: nn.Module, context: Context, config: PruneSettings) -> list[Gr
         trial = copy.deepcopy(model)
         pruner, _ = make_pruner(trial, context.example_input, config, {name: removed / width}, moments)
         before = count_parameters(trial)
-        pruner.step()
+        step_keeping_track(pruner, {id(m): n for n, m in trial.named_modules()}, means)
         update_head_counts(trial)
         with torch.no_grad():
             out = call_model(trial.eval(), inputs)

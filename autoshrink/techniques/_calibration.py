@@ -75,17 +75,15 @@ def input_grams(model: nn.Module, names: Sequence[str], inputs: Inputs, seed: in
     return {name: sums[name] / counts[name] for name in sums}
 
 
-def input_variances(
-    model: nn.Module, names: Sequence[str], inputs: Inputs, *, centered: bool = True, seed: int = 0,
-) -> dict[str, torch.Tensor]:  # fmt: skip
-    """The variance (``centered``) or the mean square of each input channel of the layers
-    ``names`` on ``inputs``: the diagonal of `input_grams` without the cost of the rest.
+def input_means(model: nn.Module, names: Sequence[str], inputs: Inputs, seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The mean and the mean square (float64) of each input channel of the layers ``names`` on
+    ``inputs``: the diagonal of `input_grams`, and the first moments, without the cost of the rest.
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2))
-        >>> x = torch.tensor([[1.0, 3.0], [1.0, -3.0]])
-        >>> input_variances(net, ["0"], x)["0"].tolist(), input_variances(net, ["0"], x, centered=False)["0"].tolist()
-        ([0.0, 9.0], [1.0, 9.0])
+        >>> mean, square = input_means(net, ["0"], torch.tensor([[1.0, 3.0], [1.0, -3.0]]))["0"]
+        >>> mean.tolist(), square.tolist()
+        ([1.0, 0.0], [1.0, 9.0])
     """
     sums: dict[str, list[Any]] = {}
 
@@ -94,8 +92,4 @@ def input_variances(
         total[0], total[1], total[2] = total[0] + rows.sum(0), total[1] + rows.pow(2).sum(0), total[2] + rows.shape[0]
 
     _each_input(model, names, inputs, seed, take)
-    out = {}
-    for name, (first, second, count) in sums.items():
-        mean, square = first / count, second / count
-        out[name] = (square - mean.pow(2) if centered else square).clamp_min(0).float()
-    return out
+    return {name: (first / count, second / count) for name, (first, second, count) in sums.items()}

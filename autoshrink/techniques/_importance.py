@@ -43,23 +43,40 @@ def input_moments(model: nn.Module, inputs: Inputs, *, centered: bool) -> dict[s
     ungrouped convolution of ``model`` (by layer name), its variance on ``inputs`` (``centered``:
     when the consumers are refitted after pruning, their bias takes up a removed channel's mean,
     so only its fluctuation is lost) or its mean square."""
-    from autoshrink.techniques._calibration import input_variances
-
-    return input_variances(model, [n for n, m in model.named_modules() if _consumer(m)], inputs, centered=centered)
+    return _moments(_statistics(model, inputs), centered)
 
 
 def cached_moments(model: nn.Module, context: Context, *, centered: bool) -> dict[str, torch.Tensor]:
     """The variance (``centered``) or mean square of each layer's input channels on up to
-    `SAMPLES` training inputs (`input_moments`), once per architecture and search
+    `SAMPLES` training inputs (`input_moments`), measured once per architecture and search
     (kept in ``context.cache``)."""
+    return _moments(cached_means(model, context), centered)
+
+
+def cached_means(model: nn.Module, context: Context) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The mean and mean square (float64) of every consumer layer's input channels on up to
+    `SAMPLES` training inputs, once per architecture and search (kept in ``context.cache``)."""
     from autoshrink.data import dataset_size, stack_inputs
 
     if dataset_size(context.train_data) == 0:
         raise CompressionError("activation importance needs calibration inputs (train data), and there are none")
-    key = f"prune_moments:{count_parameters(model)}:{centered}"
+    key = f"prune_moments:{count_parameters(model)}"
     if key not in context.cache:
-        context.cache[key] = input_moments(model, stack_inputs(context.train_data, SAMPLES), centered=centered)
+        context.cache[key] = _statistics(model, stack_inputs(context.train_data, SAMPLES))
     return context.cache[key]
+
+
+def _statistics(model: nn.Module, inputs: Inputs) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    from autoshrink.techniques._calibration import input_means
+
+    return input_means(model, [n for n, m in model.named_modules() if _consumer(m)], inputs)
+
+
+def _moments(stats: dict[str, tuple[torch.Tensor, torch.Tensor]], centered: bool) -> dict[str, torch.Tensor]:
+    return {
+        name: (square - mean.pow(2) if centered else square).clamp_min(0).float()
+        for name, (mean, square) in stats.items()
+    }
 
 
 def _consumer(module: nn.Module) -> bool:

@@ -277,22 +277,42 @@ def groups(model: nn.Module, example: Any, config: PruneSettings) -> list[tuple[
 MAX_RATIO = 0.9
 
 
-def step_keeping_track(pruner: tp.pruner.MetaPruner, names: dict[int, str]) -> dict[str, list[int]]:
+def step_keeping_track(
+    pruner: tp.pruner.MetaPruner, names: dict[int, str], means: dict[str, torch.Tensor] | None = None
+) -> dict[str, list[int]]:
     """Prune every group of ``pruner`` and say, for each layer that lost output channels, which
-    of its original channels it kept (by layer name)."""
+    of its original channels it kept (by layer name). ``means``: the mean of each input channel
+    of the Linear / ungrouped conv layers (by name); a layer that loses input channels then takes
+    what they contributed on average into its bias (given one if it had none), so that only their
+    fluctuation is lost (FLAP's bias compensation, without a refit)."""
     kept: dict[str, list[int]] = {}
+    left = {n: m.double() for n, m in (means or {}).items()}  # each layer's inputs' means as they are now
     for group in pruner.step(interactive=True):
+        shifts: list[tuple[nn.Module, torch.Tensor]] = []
         for dep, idxs in group:
             module = dep.target.module
-            if (
-                id(module) in names
-                and isinstance(module, (nn.Linear, nn.Conv2d))
-                and pruner.DG.is_out_channel_pruning_fn(dep.handler)
-            ):
-                current = kept.setdefault(names[id(module)], list(range(out_width(module))))
+            name = names.get(id(module))
+            if name is None or not isinstance(module, (nn.Linear, nn.Conv2d)):
+                continue
+            if pruner.DG.is_out_channel_pruning_fn(dep.handler):
+                current = kept.setdefault(name, list(range(out_width(module))))
                 gone = {int(i) for i in idxs}
-                kept[names[id(module)]] = [c for i, c in enumerate(current) if i not in gone]
+                kept[name] = [c for i, c in enumerate(current) if i not in gone]
+            elif name in left and left[name].numel() == module.weight.shape[1] and getattr(module, "groups", 1) == 1:
+                gone_idx = torch.tensor(sorted(int(i) for i in idxs), dtype=torch.long)
+                columns = module.weight.detach()[:, gone_idx].flatten(2).sum(-1) if module.weight.dim() > 2 else module.weight.detach()[:, gone_idx]
+                shifts.append((module, columns.double() @ left[name][gone_idx]))
+                keep = torch.ones(left[name].numel(), dtype=torch.bool)
+                keep[gone_idx] = False
+                left[name] = left[name][keep]
         group.prune()
+        for module, shift in shifts:
+            if shift.numel() != out_width(module):  # it lost outputs in the same group: not compensated
+                continue
+            with torch.no_grad():
+                if module.bias is None:
+                    module.bias = nn.Parameter(torch.zeros_like(shift, dtype=module.weight.dtype))
+                module.bias.add_(shift.to(module.bias.dtype))
     return kept
 
 

@@ -231,35 +231,43 @@ def test_the_sensitivity_probe_runs_once_per_architecture_and_search(monkeypatch
     _pruned(model, activation, x, cache)
     assert len(calls) == 3  # another ranking of the channels: probed anew
     _pruned(model, replace(activation, reconstruct=True), x, cache)
-    assert len(calls) == 3  # the probe ranks by mean square, reconstructed or not (`_allocate._probe`)
+    assert len(calls) == 4  # reconstruction gives back the removed channels' mean: the probe does too
 
 
-def test_the_probe_ranks_by_mean_square_where_the_pruning_ranks_by_variance(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Nothing is refitted in the probe, so it removes the channels that carry the least, mean
-    included; reconstruction's pruning removes the least varying ones (their mean is refitted)."""
-    from autoshrink.techniques import _allocate, _pruner
-
-    seen: list[bool] = []  # for each pruner made: were its moments the variances?
-    make = _pruner.make_pruner
-
-    def spy(model, example, config, shares=None, moments=None):  # noqa: ANN001, ANN202
-        if moments is not None:
-            seen.append(bool(torch.equal(moments["head"], variances["head"])))
-        return make(model, example, config, shares, moments)
-
-    model, x = _TwoBranches().eval(), torch.randn(64, 16)
+def test_the_probe_gives_back_the_mean_that_reconstruction_restores_and_nothing_without_it() -> None:
+    """Branch ``b`` is read with 10x the weights but carries a near-constant output: removing half
+    of it takes away a large mean and little fluctuation. A reconstructed plan gets that mean back
+    (the refitted bias), so its probe folds the mean into the head's bias and finds ``b`` cheap;
+    without reconstruction nothing gives it back, and ``b`` is the fragile group."""
+    model, x = _TwoBranches().eval(), torch.randn(128, 16)
     with torch.no_grad():
-        model.head.weight.zero_()  # (a constant output: the pruned model keeps it whatever goes)
-    from autoshrink.techniques._importance import input_moments
+        model.b.weight.mul_(0.01)
+        model.b.bias.fill_(5.0)
+    activation = PruneConfig(0.3, allocation="sensitivity", importance="activation")
+    folded = _pruned(model, activation, x).reports[-1].details["sensitivity"]
+    bare = _pruned(model, replace(activation, reconstruct=False), x).reports[-1].details["sensitivity"]
+    assert folded["b"] < folded["a"], folded
+    assert bare["b"] > 100 * bare["a"], bare
 
-    variances = input_moments(model, x, centered=True)
-    squares = input_moments(model, x, centered=False)
-    assert not torch.equal(variances["head"], squares["head"])  # ReLU outputs have a mean
-    monkeypatch.setattr(_allocate, "make_pruner", spy)
-    monkeypatch.setattr("autoshrink.techniques.prune.make_pruner", spy)
-    _pruned(model, PruneConfig(0.3, allocation="sensitivity", importance="activation"), x)
-    assert seen[:2] == [False, False], seen  # the probe: one pruner per group (a and b), mean squares
-    assert seen[-1] is True  # the pruning itself: variances
+
+def test_pruning_can_fold_the_removed_inputs_mean_into_the_consumers_bias() -> None:
+    from autoshrink.techniques._importance import input_moments
+    from autoshrink.techniques._pruner import make_pruner, step_keeping_track
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4, bias=False)).eval()
+    x = torch.randn(256, 8)
+    with torch.no_grad():
+        reference = model(x).mean(0)
+    means = {"2": model[1](model[0](x)).mean(0).detach()}  # what the consumer "2" receives, on average
+    for fold in (None, means):
+        pruned = __import__("copy").deepcopy(model)
+        pruner, _ = make_pruner(pruned, x[:1], PruneConfig(0.5, importance="activation"), moments=input_moments(model, x, centered=True))
+        step_keeping_track(pruner, {id(m): n for n, m in pruned.named_modules()}, fold)
+        assert pruned[2].in_features == 8
+        with torch.no_grad():
+            kept_mean = torch.allclose(pruned(x).mean(0), reference, atol=1e-4)
+        assert kept_mean is (fold is not None)  # given a bias that holds what the removed units gave on average
 
 
 def test_a_probe_that_failed_fails_the_next_candidate_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
