@@ -19,12 +19,19 @@ INT8_RANGES = ("auto", "full", "reduced")
 
 
 def cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
-    """The CPU's model name and which of `INT8_ISA` it has (read from ``cpuinfo`` on Linux;
-    ``unknown`` where there is none).
+    r"""The CPU's model name, with its family and model numbers where ``cpuinfo`` has them (a
+    virtual machine may name every generation "AMD EPYC", and int8 speed differs between them),
+    and which of `INT8_ISA` it has (read from ``cpuinfo`` on Linux; ``unknown`` where there is none).
 
     >>> info = cpu()
     >>> info["int8_isa"] == "unknown" or set(info["int8_isa"]) <= set(INT8_ISA)
     True
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile("w", suffix="cpuinfo") as f:
+    ...     _ = f.write("cpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\nflags\t\t: avx2\n")
+    ...     f.flush()
+    ...     cpu(Path(f.name))["model"]
+    'AMD EPYC (family 26, model 2)'
     """
     try:
         text = cpuinfo.read_text()
@@ -35,7 +42,10 @@ def cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
     flags = set(fields.get("flags", "").split())
     for flag, present in _cpuid().items():  # the CPU's own answer wins where it has one
         flags = flags | {flag} if present else flags - {flag}
-    return {"model": fields.get("model name", "unknown"), "int8_isa": [f for f in INT8_ISA if f in flags]}
+    name = fields.get("model name", "unknown")
+    if fields.get("cpu family") and fields.get("model"):
+        name = f"{name} (family {fields['cpu family']}, model {fields['model']})"
+    return {"model": name, "int8_isa": [f for f in INT8_ISA if f in flags]}
 
 
 # The instruction sets numpy's cpuid probe knows, by its names. The runtimes choose kernels from
