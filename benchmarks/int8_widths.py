@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = arguments("int8-widths", __doc__)
     parser.add_argument("--rounds", type=int, default=5, help="timing rounds over every artifact; the fastest is kept (default: 5)")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     import torch
 
     torch.set_num_threads(1)

@@ -55,3 +55,10 @@ def test_the_package_imports_nothing_from_the_benchmarks() -> None:
                 names = [node.module or ""]
             imports += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] == "benchmarks"]
     assert not imports
+
+
+def test_int8_widths_refuses_zero_rounds_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["int8-widths", "--rounds", "0"])
+    assert done.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("--rounds must be at least 1, got 0")
