@@ -51,9 +51,9 @@ def run(rounds: int, log: Callable[[str], None] = print) -> list[dict[str, Any]]
     for kind, _, side in LAYERS:
         for channels in CHANNELS:
             x = torch.randn(1, channels, side, side)
-            art = compress(layer(kind, channels), Plan(bits=8), train_data=(torch.randn(32, channels, side, side),),
-                           example_input=x)  # fmt: skip
-            built.append(({"layer": kind, "side": side, "channels": channels}, art, x))
+            art = compress(layer(kind, channels), Plan(bits=8, runtime="onnxruntime"),
+                           train_data=(torch.randn(32, channels, side, side),), example_input=x)  # fmt: skip
+            built.append(({"layer": kind, "side": side, "channels": channels, "runtime": art.runtime}, art, x))
     best: dict[int, float] = {}
     for i in range(rounds):
         order = list(enumerate(built)) if i % 2 == 0 else list(enumerate(built))[::-1]
@@ -83,7 +83,7 @@ def write(rows: list[dict[str, Any]], report: Report, rounds: int) -> Path:
     lines = [
         *report.header(
             "Int8 convolution latency by channel count",
-            f"One convolution and a ReLU6, ONNX Runtime static int8 (`Plan(bits=8)`), batch 1, 1 thread, every "
+            f"One convolution and a ReLU6, ONNX Runtime static int8 (`Plan(bits=8, runtime='onnxruntime')`), batch 1, 1 thread, every "
             f"artifact timed in turn, the fastest of {rounds} rounds. Why it matters: pruning keeps channel counts "
             "that are multiples of `PruneConfig.round_to` (8 by default).",
         ),
