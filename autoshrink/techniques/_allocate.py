@@ -234,7 +234,7 @@ def _probe(model: nn.Module, context: Context, config: PruneSettings) -> list[Gr
         raise CompressionError("sensitivity allocation needs calibration inputs (train data), and there are none")
     compensate = config.importance == "activation" and config.reconstruct
     moments = cached_moments(model, context, centered=compensate) if config.importance == "activation" else None
-    means = {n: m for n, (m, _) in cached_means(model, context).items()} if compensate else None
+    means = cached_means(model, context) if compensate else None
     inputs = stack_inputs(context.train_data, PROBE_SAMPLES)
     with torch.no_grad():
         reference = call_model(model.eval(), inputs)

@@ -50,10 +50,16 @@ def cached_moments(model: nn.Module, context: Context, *, centered: bool) -> dic
     """The variance (``centered``) or mean square of each layer's input channels on up to
     `SAMPLES` training inputs (`input_moments`), measured once per architecture and search
     (kept in ``context.cache``)."""
-    return _moments(cached_means(model, context), centered)
+    return _moments(_cached_statistics(model, context), centered)
 
 
-def cached_means(model: nn.Module, context: Context) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def cached_means(model: nn.Module, context: Context) -> dict[str, torch.Tensor]:
+    """The mean (float64) of each layer's input channels on the same inputs, from the same pass
+    as `cached_moments`."""
+    return {name: mean for name, (mean, _) in _cached_statistics(model, context).items()}
+
+
+def _cached_statistics(model: nn.Module, context: Context) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The mean and mean square (float64) of every consumer layer's input channels on up to
     `SAMPLES` training inputs, once per architecture and search (kept in ``context.cache``)."""
     from autoshrink.data import dataset_size, stack_inputs

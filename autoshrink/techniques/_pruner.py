@@ -284,7 +284,8 @@ def step_keeping_track(
     of its original channels it kept (by layer name). ``means``: the mean of each input channel
     of the Linear / ungrouped conv layers (by name); a layer that loses input channels then takes
     what they contributed on average into its bias (given one if it had none), so that only their
-    fluctuation is lost (FLAP's bias compensation, without a refit)."""
+    fluctuation is lost (FLAP's bias compensation, without a refit; exact for Linear layers and
+    1x1 convolutions, approximate at the padded border of a wider kernel)."""
     kept: dict[str, list[int]] = {}
     left = {n: m.double() for n, m in (means or {}).items()}  # each layer's inputs' means as they are now
     for group in pruner.step(interactive=True):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 
 import pytest
@@ -85,7 +86,7 @@ def test_reconstruction_refits_the_layers_that_lost_inputs_and_the_model_keeps_i
         from autoshrink.techniques import Context, Stage, apply
 
         stage = apply(
-            Stage(__import__("copy").deepcopy(model)), PruneConfig(ratio=0.5, reconstruct=reconstruct),
+            Stage(copy.deepcopy(model)), PruneConfig(ratio=0.5, reconstruct=reconstruct),
             Context(teacher=model, train_data=(x[:256],), example_input=example),
         )  # fmt: skip
         with torch.no_grad():
@@ -111,7 +112,7 @@ def test_the_ratio_is_met_over_the_model_and_global_allocation_differs_by_layer(
 
     model, (x, _), example = make_case("rescnn")
     stage = apply(
-        Stage(__import__("copy").deepcopy(model)), PruneConfig(ratio=0.5, allocation=allocation, reconstruct=False),
+        Stage(copy.deepcopy(model)), PruneConfig(ratio=0.5, allocation=allocation, reconstruct=False),
         Context(teacher=model, train_data=(x[:64],), example_input=example),
     )  # fmt: skip
     ratios = stage.reports[-1].details["layer_ratios"]
@@ -131,7 +132,7 @@ def test_residual_streams_are_kept_whole_unless_asked_and_said_so() -> None:
 
     def pruned(keep: bool) -> Stage:
         return apply(
-            Stage(__import__("copy").deepcopy(model)), PruneConfig(ratio=0.5, reconstruct=False, keep_streams=keep),
+            Stage(copy.deepcopy(model)), PruneConfig(ratio=0.5, reconstruct=False, keep_streams=keep),
             Context(teacher=model, train_data=(x[:64],), example_input=example),
         )  # fmt: skip
 
@@ -178,7 +179,7 @@ def _pruned(model: torch.nn.Module, config: PruneConfig, x: torch.Tensor, cache:
     from autoshrink.techniques import Context, Stage, apply
 
     context = Context(teacher=model, train_data=(x,), example_input=x[:1], cache=cache if cache is not None else {})
-    return apply(Stage(__import__("copy").deepcopy(model)), config, context)
+    return apply(Stage(copy.deepcopy(model)), config, context)
 
 
 def test_sensitivity_allocation_spends_the_uniform_budget_on_the_robust_group_and_spares_the_fragile_one() -> None:
@@ -261,7 +262,7 @@ def test_pruning_can_fold_the_removed_inputs_mean_into_the_consumers_bias() -> N
         reference = model(x).mean(0)
     means = {"2": model[1](model[0](x)).mean(0).detach()}  # what the consumer "2" receives, on average
     for fold in (None, means):
-        pruned = __import__("copy").deepcopy(model)
+        pruned = copy.deepcopy(model)
         pruner, _ = make_pruner(pruned, x[:1], PruneConfig(0.5, importance="activation"), moments=input_moments(model, x, centered=True))
         step_keeping_track(pruner, {id(m): n for n, m in pruned.named_modules()}, fold)
         assert pruned[2].in_features == 8
